@@ -1,0 +1,1 @@
+"""modalrec online service. Never imports torch."""

@@ -1,0 +1,1 @@
+"""modalrec offline trainer: datasets, multimodal recommenders, evaluation and bundle export."""

@@ -1,0 +1,1 @@
+"""Recommender models; the explicit registry lives in :mod:`trainer.models.registry`."""

@@ -1,0 +1,152 @@
+"""The model contract every recommender implements.
+
+A model is built from :class:`ModelInputs` (tensors already on the target device) and a typed
+config dataclass; its constructor does no file, argv or network I/O. The training loop only uses:
+
+* :meth:`Recommender.representations` -> (users [n_users, d], items [n_items, d]); score = inner product,
+  so the exported embeddings are exactly what FAISS inner-product search ranks by;
+* :meth:`Recommender.loss_terms` -> named scalar loss terms for one BPR batch; the loop minimises their sum
+  and logs each by name;
+* optional hooks: :meth:`auxiliary_parameters` / :meth:`auxiliary_loss_terms` (a second optimiser
+  step per batch, e.g. SAND's CLUB estimator), :meth:`on_epoch_start`, and :meth:`item_encoder`
+  (cold-start encoder exported to ONNX).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class ModelConfig:
+    """Fields shared by every model config; models subclass this with their own fields."""
+
+    embedding_dim: int = 64
+    reg_weight: float = 1e-4
+
+
+@dataclass
+class KGTensors:
+    """Knowledge graph as tensors on the model's device.
+
+    Attributes:
+        triples: int64 [n_triples, 3] (head entity, relation, tail entity), without inverse relations.
+        n_entities, n_relations: sizes of the entity and relation tables.
+        item_entity: int64 [n_items]; entity index of each item or -1 when unlinked.
+    """
+
+    triples: Tensor
+    n_entities: int
+    n_relations: int
+    item_entity: Tensor
+
+
+@dataclass
+class ModelInputs:
+    """Everything a model may be built from.
+
+    Attributes:
+        n_users, n_items: sizes.
+        train_matrix: scipy CSR [n_users, n_items] of training interactions (CPU; for graph building).
+        train_users, train_items: int64 [n_train] tensors on ``device`` (the same interactions, COO).
+        features: modality -> float32 [n_items, dim_m] tensor on ``device``.
+        kg: optional knowledge graph tensors.
+        device: where the model lives.
+    """
+
+    n_users: int
+    n_items: int
+    train_matrix: sp.csr_matrix
+    train_users: Tensor
+    train_items: Tensor
+    features: dict[str, Tensor] = field(default_factory=dict)
+    kg: KGTensors | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @classmethod
+    def from_dataset(cls, dataset, device: torch.device) -> ModelInputs:  # dataset: InteractionDataset
+        coo = dataset.train.tocoo()
+        kg = None
+        if dataset.kg is not None:
+            kg = KGTensors(
+                triples=torch.as_tensor(dataset.kg.triples, dtype=torch.long, device=device),
+                n_entities=dataset.kg.n_entities,
+                n_relations=dataset.kg.n_relations,
+                item_entity=torch.as_tensor(dataset.kg.item_entity, dtype=torch.long, device=device),
+            )
+        return cls(
+            n_users=dataset.n_users,
+            n_items=dataset.n_items,
+            train_matrix=dataset.train.tocsr(),
+            train_users=torch.as_tensor(coo.row.astype(np.int64), device=device),
+            train_items=torch.as_tensor(coo.col.astype(np.int64), device=device),
+            features={
+                name: torch.as_tensor(matrix, dtype=torch.float32, device=device)
+                for name, matrix in dataset.features.items()
+            },
+            kg=kg,
+            device=device,
+        )
+
+
+@dataclass
+class BPRBatch:
+    """One training batch: int64 [B] tensors of users, a positive and a sampled negative item each."""
+
+    users: Tensor
+    pos_items: Tensor
+    neg_items: Tensor
+
+
+class ModelInputError(ValueError):
+    """The inputs do not fit the model (missing modality, wrong feature dimension, no KG...)."""
+
+
+class Recommender(nn.Module):
+    """Base class of every model. Subclasses set ``config_class`` and implement the abstract methods."""
+
+    config_class: type[ModelConfig] = ModelConfig
+
+    def __init__(self, inputs: ModelInputs, config: ModelConfig) -> None:
+        super().__init__()
+        self.n_users = inputs.n_users
+        self.n_items = inputs.n_items
+        self.config = config
+
+    def representations(self) -> tuple[Tensor, Tensor]:
+        """Return (users [n_users, d], items [n_items, d]) such that scores are their inner products."""
+        raise NotImplementedError
+
+    def loss_terms(self, batch: BPRBatch) -> dict[str, Tensor]:
+        """Named scalar loss terms for one batch; the optimiser minimises their sum."""
+        raise NotImplementedError
+
+    def scores(self, users: Tensor, representations: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """Scores float [len(users), n_items] by inner product of the final representations."""
+        user_repr, item_repr = representations if representations is not None else self.representations()
+        return user_repr[users] @ item_repr.T
+
+    def auxiliary_parameters(self) -> list[nn.Parameter]:
+        """Parameters trained by their own optimiser step (excluded from the main optimiser)."""
+        return []
+
+    def auxiliary_loss_terms(self, batch: BPRBatch) -> dict[str, Tensor]:
+        """Loss terms for the auxiliary optimiser step, run before the main step of each batch."""
+        return {}
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Hook called before each training epoch (e.g. to resample cached structures)."""
+
+    def item_encoder(self) -> nn.Module | None:
+        """A module mapping {modality: float [B, dim_m]} to item embeddings [B, d], or None.
+
+        Its forward takes the modality tensors as positional arguments in ``sorted(modalities)`` order.
+        Used to export ``item_encoder.onnx`` for cold-start items.
+        """
+        return None
+

@@ -1,0 +1,55 @@
+"""LightGCN (He et al., SIGIR 2020): linear propagation on the normalised user-item graph."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from trainer.graphs import normalized_bipartite_adjacency, to_torch_sparse_csr
+from trainer.losses import bpr_loss, l2_reg
+from trainer.models.base import BPRBatch, ModelConfig, ModelInputs, Recommender
+
+
+@dataclass
+class LightGCNConfig(ModelConfig):
+    embedding_dim: int = 64
+    n_layers: int = 2
+    reg_weight: float = 1e-4
+
+
+def propagate(adjacency: Tensor, ego: Tensor, n_layers: int) -> Tensor:
+    """Mean over layers 0..L of Â^l · ego; adjacency sparse [N, N], ego [N, d] -> [N, d]."""
+    layers = [ego]
+    current = ego
+    for _ in range(n_layers):
+        current = torch.sparse.mm(adjacency, current)
+        layers.append(current)
+    return torch.stack(layers, dim=0).mean(dim=0)
+
+
+class LightGCN(Recommender):
+    config_class = LightGCNConfig
+
+    def __init__(self, inputs: ModelInputs, config: LightGCNConfig) -> None:
+        super().__init__(inputs, config)
+        self.user_embedding = nn.Embedding(inputs.n_users, config.embedding_dim)
+        self.item_embedding = nn.Embedding(inputs.n_items, config.embedding_dim)
+        nn.init.xavier_uniform_(self.user_embedding.weight)
+        nn.init.xavier_uniform_(self.item_embedding.weight)
+        adjacency = normalized_bipartite_adjacency(inputs.train_matrix)
+        self.register_buffer("adjacency", to_torch_sparse_csr(adjacency, inputs.device), persistent=False)
+
+    def representations(self) -> tuple[Tensor, Tensor]:
+        ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight], dim=0)
+        final = propagate(self.adjacency, ego, self.config.n_layers)
+        return final[: self.n_users], final[self.n_users :]
+
+    def loss_terms(self, batch: BPRBatch) -> dict[str, Tensor]:
+        users, items = self.representations()
+        u, p, n = users[batch.users], items[batch.pos_items], items[batch.neg_items]
+        reg = l2_reg(
+            self.user_embedding(batch.users), self.item_embedding(batch.pos_items), self.item_embedding(batch.neg_items)
+        )
+        return {"bpr": bpr_loss((u * p).sum(-1), (u * n).sum(-1)), "reg": self.config.reg_weight * reg}
