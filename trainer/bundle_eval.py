@@ -1,0 +1,79 @@
+"""Independent re-computation of test metrics from an exported bundle and a split file.
+
+This path shares no code with :mod:`trainer.evaluate` or the models: it reads the bundle through the
+service contract (numpy only), maps the split's external ids to bundle rows, ranks with numpy and
+computes Recall/NDCG@K from scratch. It is what the README's result tables are computed with.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from service.bundle import load_bundle
+
+
+def read_split_file(path: Path) -> dict[int, dict[str, set[str]]]:
+    """MMRec split file (``userID itemID x_label``) -> {label: {user_id: {item_id, ...}}}."""
+    by_label: dict[int, dict[str, set[str]]] = {0: defaultdict(set), 1: defaultdict(set), 2: defaultdict(set)}
+    with open(path, encoding="utf-8") as handle:
+        reader = csv.reader(handle, delimiter="\t")
+        header = next(reader)
+        columns = {name: position for position, name in enumerate(header)}
+        for required in ("userID", "itemID", "x_label"):
+            if required not in columns:
+                raise ValueError(f"{path}: header lacks column {required!r}")
+        for line_number, row in enumerate(reader, start=2):
+            label = int(row[columns["x_label"]])
+            if label not in by_label:
+                raise ValueError(f"{path}:{line_number}: x_label must be 0, 1 or 2, got {label}")
+            by_label[label][row[columns["userID"]]].add(row[columns["itemID"]])
+    return by_label
+
+
+def evaluate_bundle_on_split(
+    bundle_path: Path, split_path: Path, label: int = 2, ks: tuple[int, ...] = (10, 20, 50), batch: int = 2048
+) -> dict[str, float]:
+    """Recall@K and NDCG@K of the bundle's embeddings on split ``label`` (2 = test).
+
+    Items of the other splits that come before it (train, and valid when label = 2) are excluded from
+    the ranking. Ties are broken by lower item row.
+    """
+    bundle = load_bundle(bundle_path)
+    split = read_split_file(split_path)
+    user_row = {uid: row for row, uid in enumerate(bundle.user_ids)}
+    item_row = {iid: row for row, iid in enumerate(bundle.item_ids)}
+    masked_labels = [0] if label == 1 else [0, 1]
+    target_users = sorted(split[label], key=lambda uid: user_row[uid])
+    k_max = max(ks)
+    recall_sums = dict.fromkeys(ks, 0.0)
+    ndcg_sums = dict.fromkeys(ks, 0.0)
+    discounts = 1.0 / np.log2(np.arange(2, k_max + 2))
+    items_t = bundle.item_embeddings.astype(np.float64).T
+    for start in range(0, len(target_users), batch):
+        uids = target_users[start : start + batch]
+        rows = np.array([user_row[uid] for uid in uids])
+        scores = bundle.user_embeddings[rows].astype(np.float64) @ items_t
+        for position, uid in enumerate(uids):
+            for masked_label in masked_labels:
+                seen = [item_row[iid] for iid in split[masked_label].get(uid, ())]
+                scores[position, seen] = -np.inf
+        candidates = np.argpartition(-scores, k_max, axis=1)[:, : k_max + 1]
+        for position, uid in enumerate(uids):
+            cand = candidates[position]
+            order = np.lexsort((cand, -scores[position, cand]))[:k_max]
+            ranked = cand[order]
+            truth = {item_row[iid] for iid in split[label][uid]}
+            relevant = np.array([item in truth for item in ranked], dtype=np.float64)
+            for k in ks:
+                recall_sums[k] += relevant[:k].sum() / len(truth)
+                ideal = discounts[: min(len(truth), k)].sum()
+                ndcg_sums[k] += (relevant[:k] * discounts[:k]).sum() / ideal
+    n = max(len(target_users), 1)
+    result = {f"recall@{k}": recall_sums[k] / n for k in ks}
+    result.update({f"ndcg@{k}": ndcg_sums[k] / n for k in ks})
+    result["n_users"] = float(len(target_users))
+    return result

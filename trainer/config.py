@@ -1,0 +1,107 @@
+"""Typed run configuration and YAML presets.
+
+Resolution order for ``fit``: ``trainer/configs/<model>.yaml`` (the model's defaults), then
+``trainer/configs/<dataset-dir-name>/<model>.yaml`` (hyperparameters tuned on that dataset's VALID
+split), then the user's ``--config`` file, then command-line flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+logger = logging.getLogger(__name__)
+
+PRESET_DIR = Path(__file__).resolve().parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is invalid."""
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and early-stopping settings (MMRec defaults)."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 2048
+    max_epochs: int = 1000
+    patience: int = 20
+    eval_every: int = 1
+    eval_batch_size: int = 4096
+    stopping_metric: str = "recall@20"
+    seed: int = 999
+    device: str = "auto"
+
+
+@dataclass
+class RunConfig:
+    model: str
+    model_params: dict[str, Any] = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sources: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "model_params": dict(self.model_params),
+            "train": dataclasses.asdict(self.train),
+            "sources": list(self.sources),
+        }
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        payload = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    if not isinstance(payload, dict):
+        raise ConfigError(f"config {path} must be a mapping with keys model_params / train")
+    unknown = set(payload) - {"model", "model_params", "train"}
+    if unknown:
+        raise ConfigError(f"config {path}: unknown top-level keys {sorted(unknown)} (allowed: model, model_params, train)")
+    return payload
+
+
+def _merge(run: RunConfig, payload: dict[str, Any], source: str) -> None:
+    if payload.get("model") not in (None, run.model):
+        raise ConfigError(f"config {source} is for model {payload['model']!r}, not {run.model!r}")
+    run.model_params.update(payload.get("model_params") or {})
+    train_overrides = payload.get("train") or {}
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = set(train_overrides) - known
+    if unknown:
+        raise ConfigError(f"config {source}: unknown train keys {sorted(unknown)}; known: {sorted(known)}")
+    run.train = dataclasses.replace(run.train, **train_overrides)
+    run.sources.append(source)
+
+
+def resolve_run_config(
+    model: str,
+    dataset_name: str | None = None,
+    config_path: Path | None = None,
+    train_overrides: dict[str, Any] | None = None,
+    preset_dir: Path = PRESET_DIR,
+) -> RunConfig:
+    """Merge model preset, dataset preset, user config and CLI overrides (later wins)."""
+    run = RunConfig(model=model)
+    candidates = [preset_dir / f"{model}.yaml"]
+    if dataset_name:
+        candidates.append(preset_dir / dataset_name / f"{model}.yaml")
+    for candidate in candidates:
+        if candidate.is_file():
+            _merge(run, read_yaml(candidate), str(candidate))
+    if config_path is not None:
+        if not config_path.is_file():
+            raise ConfigError(f"config file {config_path} does not exist")
+        _merge(run, read_yaml(config_path), str(config_path))
+    overrides = {k: v for k, v in (train_overrides or {}).items() if v is not None}
+    if overrides:
+        _merge(run, {"train": overrides}, "command line")
+    return run

@@ -1,0 +1,121 @@
+"""The one in-memory dataset every reader produces and every model trains from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+
+class DatasetError(ValueError):
+    """A dataset on disk is malformed; the message names the file, the line and what was expected."""
+
+
+@dataclass
+class KnowledgeGraph:
+    """Item-entity knowledge graph with internal integer ids.
+
+    Attributes:
+        triples: int64 [n_triples, 3] of (head entity, relation, tail entity) internal indices.
+        entity_ids: external entity ids; row ``e`` of any entity table is ``entity_ids[e]``.
+        relation_ids: external relation names; relation ``r`` is ``relation_ids[r]``.
+        item_entity: int64 [n_items]; the entity index linked to each item, ``-1`` when unlinked.
+    """
+
+    triples: np.ndarray
+    entity_ids: list[str]
+    relation_ids: list[str]
+    item_entity: np.ndarray
+
+    @property
+    def n_entities(self) -> int:
+        return len(self.entity_ids)
+
+    @property
+    def n_relations(self) -> int:
+        return len(self.relation_ids)
+
+    def validate(self, n_items: int) -> None:
+        if self.triples.ndim != 2 or self.triples.shape[1] != 3:
+            raise DatasetError(f"KG triples must be [n, 3], got {self.triples.shape}")
+        if self.item_entity.shape != (n_items,):
+            raise DatasetError(f"item_entity must have one entry per item ({n_items}), got {self.item_entity.shape}")
+        if len(self.triples):
+            if self.triples[:, [0, 2]].min() < 0 or self.triples[:, [0, 2]].max() >= self.n_entities:
+                raise DatasetError("KG triple references an entity index out of range")
+            if self.triples[:, 1].min() < 0 or self.triples[:, 1].max() >= self.n_relations:
+                raise DatasetError("KG triple references a relation index out of range")
+        if (self.item_entity >= self.n_entities).any():
+            raise DatasetError("item_entity references an entity index out of range")
+
+
+@dataclass
+class InteractionDataset:
+    """Users, items, a train/valid/test split and per-modality item features.
+
+    Attributes:
+        name: dataset name (used in bundle manifests).
+        user_ids: external user ids (strings); internal user ``u`` is ``user_ids[u]``.
+        item_ids: external item ids (strings); internal item ``i`` is ``item_ids[i]``.
+        train, valid, test: binary CSR [n_users, n_items] interaction matrices (disjoint).
+        features: modality name -> float32 [n_items, dim_m] item features, finite.
+        kg: optional item-entity knowledge graph.
+    """
+
+    name: str
+    user_ids: list[str]
+    item_ids: list[str]
+    train: sp.csr_matrix
+    valid: sp.csr_matrix
+    test: sp.csr_matrix
+    features: dict[str, np.ndarray] = field(default_factory=dict)
+    kg: KnowledgeGraph | None = None
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    @property
+    def modality_dims(self) -> dict[str, int]:
+        return {name: int(matrix.shape[1]) for name, matrix in self.features.items()}
+
+    def validate(self) -> None:
+        """Raise :class:`DatasetError` when shapes, ids or features are inconsistent."""
+        shape = (self.n_users, self.n_items)
+        for split_name in ("train", "valid", "test"):
+            matrix = getattr(self, split_name)
+            if matrix.shape != shape:
+                raise DatasetError(f"{split_name} matrix has shape {matrix.shape}, expected {shape}")
+        if len(set(self.user_ids)) != self.n_users:
+            raise DatasetError("user ids are not unique")
+        if len(set(self.item_ids)) != self.n_items:
+            raise DatasetError("item ids are not unique")
+        for modality, matrix in self.features.items():
+            if matrix.ndim != 2 or matrix.shape[0] != self.n_items:
+                raise DatasetError(
+                    f"feature '{modality}' has shape {matrix.shape}; expected {self.n_items} rows (one per item)"
+                )
+            if matrix.dtype != np.float32:
+                raise DatasetError(f"feature '{modality}' must be float32, got {matrix.dtype}")
+            if not np.isfinite(matrix).all():
+                bad_row = int(np.where(~np.isfinite(matrix).all(axis=1))[0][0])
+                raise DatasetError(f"feature '{modality}' contains NaN or inf (first at item row {bad_row})")
+        if self.kg is not None:
+            self.kg.validate(self.n_items)
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "n_users": self.n_users,
+            "n_items": self.n_items,
+            "n_train": int(self.train.nnz),
+            "n_valid": int(self.valid.nnz),
+            "n_test": int(self.test.nnz),
+            "modalities": self.modality_dims,
+            "kg_triples": 0 if self.kg is None else int(len(self.kg.triples)),
+        }

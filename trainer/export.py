@@ -1,0 +1,137 @@
+"""Bundle export: embeddings, seen items, popularity, and the ONNX cold-start item encoder."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from service.bundle import ITEM_ENCODER, write_bundle
+from trainer.data.dataset import InteractionDataset
+from trainer.loop import compute_representations
+from trainer.models.base import Recommender
+
+logger = logging.getLogger(__name__)
+
+ONNX_OPSET = 17
+
+
+class _CPUCopy(torch.nn.Module):
+    def __init__(self, encoder: torch.nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, *features: torch.Tensor) -> torch.Tensor:
+        return self.encoder(*features)
+
+
+def export_item_encoder(
+    model: Recommender, dataset: InteractionDataset, path: Path, check_rows: int = 64
+) -> dict[str, Any] | None:
+    """Export ``model.item_encoder()`` to ONNX; verify onnxruntime against torch on real item rows.
+
+    Inputs are named after the modalities (sorted), float32 [B, dim_m]; the output is ``embedding``
+    float32 [B, dim]. Returns a manifest description, or None when the model has no encoder.
+    """
+    encoder = model.item_encoder()
+    if encoder is None or not dataset.features:
+        return None
+    modalities = sorted(dataset.features)
+    encoder = encoder.eval()
+    device = next(iter(model.parameters())).device
+    sample = tuple(
+        torch.as_tensor(dataset.features[name][:check_rows], device=device) for name in modalities
+    )
+    with torch.no_grad():
+        expected = encoder(*sample).float().cpu().numpy()
+    cpu_encoder = _CPUCopy(encoder).to("cpu")
+    cpu_sample = tuple(t.cpu() for t in sample)
+    dynamic_axes = {name: {0: "batch"} for name in modalities}
+    dynamic_axes["embedding"] = {0: "batch"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            cpu_encoder,
+            cpu_sample,
+            str(path),
+            input_names=modalities,
+            output_names=["embedding"],
+            dynamic_axes=dynamic_axes,
+            opset_version=ONNX_OPSET,
+            dynamo=False,
+        )
+    encoder.to(device)
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(["embedding"], {name: t.numpy() for name, t in zip(modalities, cpu_sample)})[0]
+    max_error = float(np.abs(got - expected).max()) if got.size else 0.0
+    if max_error > 1e-3 * max(1.0, float(np.abs(expected).max())):
+        raise RuntimeError(f"ONNX item encoder disagrees with torch: max abs error {max_error:.3g}")
+    return {
+        "inputs": {name: int(dataset.features[name].shape[1]) for name in modalities},
+        "output": "embedding",
+        "opset": ONNX_OPSET,
+        "max_abs_error_vs_torch": max_error,
+    }
+
+
+def export_bundle(
+    model: Recommender,
+    dataset: InteractionDataset,
+    bundle_root: Path,
+    model_name: str,
+    metrics: dict[str, Any] | None = None,
+    extra_manifest: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``bundle_root/<version>/`` and point ``bundle_root/current`` at it; return the bundle path."""
+    users, items = compute_representations(model)
+    user_embeddings = users.float().cpu().numpy()
+    item_embeddings = items.float().cpu().numpy()
+    train = dataset.train.tocsr()
+    train.sort_indices()
+    popularity = np.asarray(train.sum(axis=0)).ravel().astype(np.float32)
+    manifest_extra = dict(extra_manifest or {})
+    with tempfile.TemporaryDirectory(prefix="modalrec-export-") as tmp:
+        extra_files: dict[str, Path] = {}
+        encoder_path = Path(tmp) / ITEM_ENCODER
+        encoder_info = export_item_encoder(model, dataset, encoder_path)
+        if encoder_info is not None:
+            extra_files[ITEM_ENCODER] = encoder_path
+            manifest_extra["item_encoder"] = encoder_info
+        index_file = _maybe_build_index(item_embeddings, Path(tmp))
+        if index_file is not None:
+            extra_files[index_file[0]] = index_file[1]
+            manifest_extra["index"] = index_file[2]
+        bundle = write_bundle(
+            bundle_root,
+            model=model_name,
+            dataset=dataset.name,
+            user_ids=dataset.user_ids,
+            item_ids=dataset.item_ids,
+            user_embeddings=user_embeddings,
+            item_embeddings=item_embeddings,
+            seen_indptr=train.indptr,
+            seen_indices=train.indices,
+            popularity=popularity,
+            modalities=dataset.modality_dims,
+            metrics=metrics,
+            extra_files=extra_files,
+            extra_manifest=manifest_extra,
+        )
+    logger.info("exported bundle %s", bundle)
+    return bundle
+
+
+def _maybe_build_index(item_embeddings: np.ndarray, tmp: Path) -> tuple[str, Path, dict[str, Any]] | None:
+    """Let the service build its ANN index file at export time for large catalogues (needs faiss)."""
+    try:
+        from service.index import build_index_file  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return build_index_file(item_embeddings, tmp)

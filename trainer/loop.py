@@ -1,0 +1,255 @@
+"""The training loop: BPR with uniform negatives, Adam, early stopping on VALID, test read once."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from tqdm.auto import tqdm
+
+from trainer.config import RunConfig
+from trainer.data.dataset import InteractionDataset
+from trainer.evaluate import evaluate_full_ranking
+from trainer.models.base import BPRBatch, ModelInputs, Recommender
+from trainer.models.registry import build_model
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.json"
+SPLIT_FILE = "split.inter"
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was requested but torch.cuda.is_available() is False")
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise ValueError(f"unknown device {name!r}; use auto, cpu or cuda[:N]")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+class NegativeSampler:
+    """Uniform negatives not among the user's training items (rejection sampling, vectorised)."""
+
+    def __init__(self, train: sp.csr_matrix, rng: np.random.Generator) -> None:
+        coo = train.tocoo()
+        self.n_items = train.shape[1]
+        self.users = coo.row.astype(np.int64)
+        self.items = coo.col.astype(np.int64)
+        self.known = np.sort(self.users * self.n_items + self.items)
+        full_rows = np.flatnonzero(np.diff(train.indptr) >= self.n_items)
+        if len(full_rows):
+            raise ValueError(f"user row {int(full_rows[0])} interacted with every item: no negative exists")
+        self.rng = rng
+
+    def _is_known(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        keys = users * self.n_items + items
+        positions = np.searchsorted(self.known, keys)
+        positions = np.minimum(positions, len(self.known) - 1)
+        return self.known[positions] == keys
+
+    def sample(self, users: np.ndarray) -> np.ndarray:
+        negatives = self.rng.integers(0, self.n_items, size=len(users))
+        redo = self._is_known(users, negatives)
+        while redo.any():
+            negatives[redo] = self.rng.integers(0, self.n_items, size=int(redo.sum()))
+            redo[redo] = self._is_known(users[redo], negatives[redo])
+        return negatives
+
+    def epoch_batches(self, batch_size: int, device: torch.device):
+        """Yield BPRBatch over a random permutation of all training pairs."""
+        order = self.rng.permutation(len(self.users))
+        users, positives = self.users[order], self.items[order]
+        negatives = self.sample(users)
+        for start in range(0, len(order), batch_size):
+            stop = start + batch_size
+            yield BPRBatch(
+                users=torch.as_tensor(users[start:stop], device=device),
+                pos_items=torch.as_tensor(positives[start:stop], device=device),
+                neg_items=torch.as_tensor(negatives[start:stop], device=device),
+            )
+
+
+@dataclass
+class FitResult:
+    model: Recommender
+    best_epoch: int
+    valid: dict[str, float]
+    test: dict[str, float]
+    history: list[dict[str, Any]]
+    seconds_per_epoch: float
+    device: str
+
+
+@torch.no_grad()
+def compute_representations(model: Recommender) -> tuple[torch.Tensor, torch.Tensor]:
+    was_training = model.training
+    model.eval()
+    users, items = model.representations()
+    model.train(was_training)
+    return users.detach(), items.detach()
+
+
+def fit(
+    dataset: InteractionDataset,
+    run_config: RunConfig,
+    progress: bool = True,
+    checkpoint_path: Path | None = None,
+    checkpoint_extra: dict[str, Any] | None = None,
+) -> FitResult:
+    """Train ``run_config.model`` on ``dataset``; select the epoch on VALID; evaluate TEST once.
+
+    The test split is masked with train + valid items and evaluated only after training, with the
+    best-valid state restored.
+    """
+    cfg = run_config.train
+    seed_everything(cfg.seed)
+    device = select_device(cfg.device)
+    inputs = ModelInputs.from_dataset(dataset, device)
+    model = build_model(run_config.model, inputs, run_config.model_params)
+    aux_params = model.auxiliary_parameters()
+    aux_ids = {id(p) for p in aux_params}
+    main_params = [p for p in model.parameters() if id(p) not in aux_ids]
+    optimizer = torch.optim.Adam(main_params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    aux_optimizer = torch.optim.Adam(aux_params, lr=cfg.lr) if aux_params else None
+    sampler = NegativeSampler(dataset.train, np.random.default_rng(cfg.seed))
+    train_and_valid = (dataset.train + dataset.valid).tocsr()
+    logger.info("fit %s on %s (%s); %d parameters", run_config.model, dataset.name, device,
+                sum(p.numel() for p in main_params))
+
+    best_score, best_epoch, best_state, best_valid = -1.0, -1, None, {}
+    epochs_without_gain = 0
+    history: list[dict[str, Any]] = []
+    train_seconds = 0.0
+    bar = tqdm(range(1, cfg.max_epochs + 1), desc=run_config.model, disable=not progress, leave=False)
+    for epoch in bar:
+        model.train()
+        model.on_epoch_start(epoch)
+        started = time.perf_counter()
+        totals: dict[str, float] = {}
+        n_batches = 0
+        for batch in sampler.epoch_batches(cfg.batch_size, device):
+            if aux_optimizer is not None:
+                aux_terms = model.auxiliary_loss_terms(batch)
+                if aux_terms:
+                    aux_optimizer.zero_grad(set_to_none=True)
+                    aux_loss = sum(aux_terms.values())
+                    aux_loss.backward()
+                    aux_optimizer.step()
+                    for name, value in aux_terms.items():
+                        totals[f"aux_{name}"] = totals.get(f"aux_{name}", 0.0) + float(value.detach())
+            terms = model.loss_terms(batch)
+            loss = sum(terms.values())
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss at epoch {epoch}: {({k: float(v) for k, v in terms.items()})}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            for name, value in terms.items():
+                totals[name] = totals.get(name, 0.0) + float(value.detach())
+            n_batches += 1
+        epoch_seconds = time.perf_counter() - started
+        train_seconds += epoch_seconds
+        record: dict[str, Any] = {
+            "epoch": epoch,
+            "train_seconds": round(epoch_seconds, 4),
+            "loss": {name: value / max(n_batches, 1) for name, value in totals.items()},
+        }
+        if epoch % cfg.eval_every == 0 or epoch == cfg.max_epochs:
+            eval_started = time.perf_counter()
+            users, items = compute_representations(model)
+            valid = evaluate_full_ranking(users, items, dataset.valid, dataset.train, batch_size=cfg.eval_batch_size)
+            record["eval_seconds"] = round(time.perf_counter() - eval_started, 4)
+            record["valid"] = valid
+            score = valid[cfg.stopping_metric]
+            if score > best_score:
+                best_score, best_epoch, best_valid = score, epoch, valid
+                best_state = copy.deepcopy(model.state_dict())
+                epochs_without_gain = 0
+                if checkpoint_path is not None:
+                    save_checkpoint(checkpoint_path, run_config, model, epoch, checkpoint_extra)
+            else:
+                epochs_without_gain += cfg.eval_every
+        history.append(record)
+        loss_text = " ".join(f"{k}={v:.4f}" for k, v in record["loss"].items())
+        valid_text = f" valid {cfg.stopping_metric}={record['valid'][cfg.stopping_metric]:.4f}" if "valid" in record else ""
+        logger.info("epoch %d %s train %.2fs%s", epoch, loss_text, epoch_seconds, valid_text)
+        bar.set_postfix(loss=f"{float(loss.detach()):.4f}", best=f"{best_score:.4f}@{best_epoch}")
+        if epochs_without_gain >= cfg.patience:
+            logger.info("early stop at epoch %d: no valid gain for %d epochs", epoch, cfg.patience)
+            break
+    bar.close()
+    if best_state is None:
+        raise RuntimeError("training ended without any validation epoch")
+    model.load_state_dict(best_state)
+    users, items = compute_representations(model)
+    test = evaluate_full_ranking(users, items, dataset.test, train_and_valid, batch_size=cfg.eval_batch_size)
+    return FitResult(
+        model=model,
+        best_epoch=best_epoch,
+        valid=best_valid,
+        test=test,
+        history=history,
+        seconds_per_epoch=train_seconds / max(len(history), 1),
+        device=str(device),
+    )
+
+
+def save_checkpoint(
+    path: Path, run_config: RunConfig, model: Recommender, epoch: int, extra: dict[str, Any] | None = None
+) -> None:
+    """Atomically write {model, model_params (resolved config), run config, epoch, state_dict}."""
+    import dataclasses
+
+    payload = {
+        "model": run_config.model,
+        "model_params": dataclasses.asdict(model.config),
+        "run_config": run_config.to_dict(),
+        "epoch": epoch,
+        "state_dict": {k: v.detach().to("cpu") for k, v in model.state_dict().items()},
+        **(extra or {}),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def write_split(path: Path, dataset: InteractionDataset) -> None:
+    """MMRec-format split file with external ids: header ``userID itemID x_label`` (0 train, 1 valid, 2 test)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write("userID\titemID\tx_label\n")
+        for label, matrix in enumerate((dataset.train, dataset.valid, dataset.test)):
+            coo = matrix.tocoo()
+            order = np.lexsort((coo.col, coo.row))
+            for row, col in zip(coo.row[order], coo.col[order]):
+                handle.write(f"{dataset.user_ids[row]}\t{dataset.item_ids[col]}\t{label}\n")
+    os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=float), encoding="utf-8")
+    os.replace(tmp, path)
