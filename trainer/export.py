@@ -129,9 +129,16 @@ def export_bundle(
 
 
 def _maybe_build_index(item_embeddings: np.ndarray, tmp: Path) -> tuple[str, Path, dict[str, Any]] | None:
-    """Let the service build its ANN index file at export time for large catalogues (needs faiss)."""
+    """For catalogues above the service's exact-search limit, build the HNSW index file at export time.
+
+    Needs faiss (the ``serve`` extra); without it the service builds its index at start-up instead.
+    """
     try:
-        from service.index import build_index_file  # type: ignore[attr-defined]
+        from service.index import DEFAULT_FLAT_MAX_ITEMS, INDEX_FILE, build_index_file
     except ImportError:
+        logger.info("faiss not importable: no index file in the bundle; the service will build one")
         return None
-    return build_index_file(item_embeddings, tmp)
+    if len(item_embeddings) <= DEFAULT_FLAT_MAX_ITEMS:
+        return None
+    path = tmp / INDEX_FILE
+    return INDEX_FILE, path, dict(build_index_file(item_embeddings, path))

@@ -54,3 +54,82 @@ def to_torch_sparse_csr(matrix: sp.spmatrix, device: torch.device | str = "cpu")
         size=csr.shape,
         dtype=torch.float32,
     ).to(device)
+
+
+def knn_graph(
+    features: Tensor,
+    k: int,
+    exclude_self: bool = True,
+    max_chunk_bytes: int = 256 * 2**20,
+) -> tuple[Tensor, Tensor]:
+    """Top-k cosine-similarity neighbours of every row, in row chunks on ``features``' device.
+
+    Never materialises the [n, n] similarity matrix: each chunk of rows holds at most
+    ``max_chunk_bytes`` of similarities ([chunk, n] float32) at a time. Rows of zeros have cosine
+    similarity 0 to everything. Callers choose how to binarise or normalise the returned values.
+
+    Args:
+        features: float [n, d].
+        k: neighbours per row; clipped to the number of candidates (n, or n - 1 with ``exclude_self``).
+        exclude_self: drop the row itself from its candidates.
+        max_chunk_bytes: memory bound of one chunk's similarity block.
+
+    Returns:
+        (neighbours int64 [n, k'], similarities float32 [n, k']), each row sorted by decreasing similarity.
+    """
+    if features.ndim != 2:
+        raise ValueError(f"knn_graph expects features [n, d], got shape {tuple(features.shape)}")
+    if k < 1:
+        raise ValueError(f"knn_graph needs k >= 1, got {k}")
+    n = features.shape[0]
+    k = min(k, n - 1 if exclude_self else n)
+    if k < 1:
+        raise ValueError(f"knn_graph needs at least {2 if exclude_self else 1} rows, got {n}")
+    unit = features.float()
+    unit = unit / unit.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    chunk = max(1, min(n, max_chunk_bytes // (4 * n)))
+    neighbours = torch.empty((n, k), dtype=torch.long, device=features.device)
+    similarities = torch.empty((n, k), dtype=torch.float32, device=features.device)
+    with torch.no_grad():
+        for start in range(0, n, chunk):
+            stop = min(start + chunk, n)
+            block = unit[start:stop] @ unit.T
+            if exclude_self:
+                rows = torch.arange(stop - start, device=features.device)
+                block[rows, rows + start] = float("-inf")
+            values, indices = torch.topk(block, k, dim=1, sorted=True)
+            neighbours[start:stop] = indices
+            similarities[start:stop] = values
+            del block
+    return neighbours, similarities
+
+
+def ludp_item_graph_weights(similarities: Tensor, binary: bool = False) -> Tensor:
+    """LUDP's edge weights of a kNN item graph: a_ij = s_ij / sqrt(|N_i|) (or 1 / sqrt(|N_i|) if ``binary``).
+
+    |N_i| is the number of neighbours kept in row i (the row length of ``similarities`` [n, k]), so that
+    h_i^(l+1) = sum_j a_ij h_j^(l) is the paper's sum over N_i scaled by 1 / sqrt(|N_i|), with the kept
+    similarity values weighting the neighbours.
+    """
+    if similarities.ndim != 2:
+        raise ValueError(f"expected similarities [n, k], got shape {tuple(similarities.shape)}")
+    scale = similarities.shape[1] ** -0.5
+    if binary:
+        return torch.full_like(similarities, scale)
+    return similarities * scale
+
+
+def knn_to_torch_sparse_csr(neighbours: Tensor, weights: Tensor, n_columns: int) -> Tensor:
+    """[n, k] neighbour indices and edge weights -> torch sparse CSR [n, n_columns] on their device."""
+    if neighbours.shape != weights.shape or neighbours.ndim != 2:
+        raise ValueError(
+            f"neighbours and weights must both be [n, k]; got {tuple(neighbours.shape)} and {tuple(weights.shape)}"
+        )
+    n, k = neighbours.shape
+    order = torch.argsort(neighbours, dim=1)
+    columns = torch.gather(neighbours, 1, order)
+    values = torch.gather(weights.float(), 1, order)
+    crow = torch.arange(0, n * k + 1, k, dtype=torch.long, device=neighbours.device)
+    return torch.sparse_csr_tensor(
+        crow, columns.reshape(-1), values.reshape(-1), size=(n, n_columns), dtype=torch.float32
+    )

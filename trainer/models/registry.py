@@ -12,7 +12,11 @@ from typing import Any
 
 from trainer.models.base import ModelConfig, ModelInputs, Recommender
 from trainer.models.lightgcn import LightGCN
+from trainer.models.lightgcn_sand import LightGCNSAND
+from trainer.models.ludp import LUDP
 from trainer.models.mf import MFBPR
+from trainer.models.multikg4rec import MultiKG4Rec
+from trainer.models.sand import SAND
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,11 @@ class ModelSpec:
 MODELS: dict[str, ModelSpec] = {
     "mf": ModelSpec(MFBPR, description="MF-BPR (Rendle et al. 2009)"),
     "lightgcn": ModelSpec(LightGCN, description="LightGCN (He et al. 2020)"),
+    "multikg4rec": ModelSpec(MultiKG4Rec, description="Multi-KG4Rec: CKG + cross-modal Bi-Transformer + knowledge-aware attention (Wang et al. 2025)"),
+    "kgat": ModelSpec(MultiKG4Rec, {"fusion": "none"}, description="KGAT: Multi-KG4Rec without multimodal fusion (the paper's w/o t&v)"),
+    "ludp": ModelSpec(LUDP, description="LUDP: item modal kNN graphs + user preference graph on LightGCN (Lei et al. 2023)"),
+    "sand": ModelSpec(SAND, description="SAND: separate alignment and distancing of modal-generic/unique parts (2024)"),
+    "lightgcn_sand": ModelSpec(LightGCNSAND, description="LightGCN + projected features with SAND's alignment and distancing"),
 }
 
 

@@ -1,0 +1,63 @@
+"""Training loop: negatives, early stopping on valid, the test split read exactly once."""
+
+import numpy as np
+import pytest
+import torch
+
+import trainer.loop as loop
+from trainer.config import RunConfig, TrainConfig
+from trainer.data.synthetic import planted_dataset
+
+
+def test_negative_sampler_never_returns_a_training_item():
+    data = planted_dataset(n_users=50, n_items=60, interactions_per_user=30, seed=3)
+    sampler = loop.NegativeSampler(data.train, np.random.default_rng(0))
+    users = np.repeat(np.arange(50), 200)
+    negatives = sampler.sample(users)
+    train = data.train.tocsr()
+    assert not np.asarray(train[users, negatives]).any()
+    assert len(np.unique(negatives)) > 50  # uniform over the non-interacted items, not a few
+
+
+def test_negative_sampler_rejects_a_user_with_every_item():
+    import scipy.sparse as sp
+
+    full = sp.csr_matrix(np.ones((2, 3), dtype=np.float32))
+    with pytest.raises(ValueError, match="every item"):
+        loop.NegativeSampler(full, np.random.default_rng(0))
+
+
+def test_test_split_is_read_once_after_selection_on_valid(monkeypatch):
+    data = planted_dataset(n_users=60, n_items=80, seed=1)
+    calls = []
+    real = loop.evaluate_full_ranking
+
+    def spy(users, items, ground_truth, mask, **kwargs):
+        calls.append("test" if ground_truth is data.test else "valid" if ground_truth is data.valid else "?")
+        return real(users, items, ground_truth, mask, **kwargs)
+
+    monkeypatch.setattr(loop, "evaluate_full_ranking", spy)
+    run = RunConfig(model="mf", train=TrainConfig(lr=0.01, batch_size=256, max_epochs=6, patience=2, device="cpu"))
+    result = loop.fit(data, run, progress=False)
+    assert calls[-1] == "test" and calls.count("test") == 1
+    assert set(calls[:-1]) == {"valid"}
+    assert 1 <= result.best_epoch <= 6
+    assert result.history[result.best_epoch - 1]["valid"]["recall@20"] == result.valid["recall@20"]
+
+
+def test_early_stopping_stops_after_patience_without_gain():
+    data = planted_dataset(n_users=60, n_items=80, seed=1)
+    run = RunConfig(model="mf", train=TrainConfig(lr=0.0, batch_size=256, max_epochs=50, patience=3, device="cpu"))
+    result = loop.fit(data, run, progress=False)  # lr 0: valid never improves after epoch 1
+    assert result.best_epoch == 1
+    assert len(result.history) == 4
+
+
+def test_select_device():
+    assert loop.select_device("cpu") == torch.device("cpu")
+    assert loop.select_device("auto").type in ("cpu", "cuda")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="cuda"):
+            loop.select_device("cuda")
+    with pytest.raises(ValueError):
+        loop.select_device("tpu")

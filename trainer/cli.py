@@ -1,0 +1,203 @@
+"""Command line: ``python -m trainer fit|evaluate|export|features|compare|demo|explain|retrain|models``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger("trainer")
+
+
+def _add_train_overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seed", type=int, default=None, help="random seed (default: preset, 999)")
+    parser.add_argument("--device", default=None, help="auto (default) | cpu | cuda[:N]")
+    parser.add_argument("--max-epochs", type=int, default=None, help="cap on training epochs")
+    parser.add_argument("--patience", type=int, default=None, help="early-stopping patience (valid evaluations)")
+    parser.add_argument("--lr", type=float, default=None, help="learning rate override")
+
+
+def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {"seed": args.seed, "device": args.device, "max_epochs": args.max_epochs,
+            "patience": args.patience, "lr": args.lr}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    fit = sub.add_parser("fit", help="train a model, evaluate (valid-selected, test once) and export a bundle")
+    fit.add_argument("--model", required=True, help="registered model name (see `models`)")
+    fit.add_argument("--dataset", required=True, type=Path, help="dataset directory (format auto-detected)")
+    fit.add_argument("--out", required=True, type=Path, help="run directory to write")
+    fit.add_argument("--config", type=Path, default=None, help="YAML with model_params / train overrides")
+    fit.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_train_overrides(fit)
+
+    evaluate = sub.add_parser("evaluate", help="recompute metrics from an exported bundle and a split file")
+    evaluate.add_argument("--run", type=Path, help="run directory (uses RUN/bundles/current and RUN/split.inter)")
+    evaluate.add_argument("--bundle", type=Path, help="bundle directory or bundle root")
+    evaluate.add_argument("--split", type=Path, help="MMRec split file (userID itemID x_label)")
+    evaluate.add_argument("--on", choices=["valid", "test"], default="test")
+
+    export = sub.add_parser("export", help="re-export RUN/checkpoint.pt as a new bundle")
+    export.add_argument("--run", required=True, type=Path)
+    export.add_argument("--dataset", type=Path, default=None, help="dataset directory (default: the one trained on)")
+
+    features = sub.add_parser("features", help="build a multimodal dataset directory from a raw dataset")
+    features.add_argument("--dataset", required=True, type=Path, help="raw dataset directory (e.g. RecBole ml-100k)")
+    features.add_argument("--out", required=True, type=Path)
+    features.add_argument("--split-seed", type=int, default=2024)
+    features.add_argument("--text-model", type=Path, default=None, help="sentence-transformers model directory")
+
+    cmp = sub.add_parser("compare", help="train variants × seeds and print a mean ± std table")
+    cmp.add_argument("--dataset", required=True, type=Path)
+    cmp.add_argument("--out", required=True, type=Path)
+    cmp.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    cmp.add_argument("--variant", action="append", required=True, help="LABEL=MODEL[:CONFIG.yaml]; repeatable")
+    cmp.add_argument("--max-epochs", type=int, default=None)
+    cmp.add_argument("--patience", type=int, default=None)
+    cmp.add_argument("--device", default=None)
+
+    demo = sub.add_parser("demo", help="obtain MovieLens-100K, build features, train, export (the README's demo)")
+    demo.add_argument("--workdir", type=Path, default=Path("runs/demo"))
+    demo.add_argument("--model", default="lightgcn")
+    demo.add_argument("--max-epochs", type=int, default=None)
+
+    explain = sub.add_parser("explain", help="why a user gets their recommendations (modality weights, neighbours)")
+    explain.add_argument("--run", required=True, type=Path)
+    explain.add_argument("--user", required=True, help="external user id")
+    explain.add_argument("--k", type=int, default=10)
+    explain.add_argument("--dataset", type=Path, default=None)
+
+    retrain = sub.add_parser("retrain", help="fold the store's online events into the dataset and train a new bundle")
+    retrain.add_argument("--dataset", required=True, type=Path)
+    retrain.add_argument("--out", required=True, type=Path, help="run directory whose bundles/ the service watches")
+    retrain.add_argument("--model", default="lightgcn")
+    retrain.add_argument("--redis-url", default=None, help="read events from this Redis (default: $MODALREC_REDIS_URL)")
+    retrain.add_argument("--key-prefix", default="modalrec:")
+    retrain.add_argument("--max-epochs", type=int, default=None)
+
+    sub.add_parser("models", help="list registered models")
+    return parser
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from trainer.pipeline import run_fit
+
+    metrics = run_fit(args.model, args.dataset, args.out, args.config, _train_overrides(args), progress=not args.quiet)
+    _print_summary(metrics)
+    return 0
+
+
+def _print_summary(metrics: dict[str, Any]) -> None:
+    rows = ["| split | " + " | ".join(k for k in metrics["test"] if k != "n_users") + " |"]
+    rows.append("|---" * (len(metrics["test"])) + "|")
+    for split in ("valid", "test"):
+        values = metrics[split]
+        rows.append(f"| {split} | " + " | ".join(f"{v:.4f}" for k, v in values.items() if k != "n_users") + " |")
+    print(f"model {metrics['model']} on {metrics['dataset']} (seed {metrics['seed']}, {metrics['device']}): "
+          f"best valid epoch {metrics['best_epoch']} of {metrics['epochs_run']}, "
+          f"{metrics['seconds_per_epoch']:.2f} s/epoch")
+    print("\n".join(rows))
+    print(f"bundle: {metrics['bundle']}")
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from trainer.bundle_eval import evaluate_bundle_on_split
+
+    if args.run is not None:
+        bundle, split = args.run / "bundles", args.run / "split.inter"
+    else:
+        bundle, split = args.bundle, args.split
+    if bundle is None or split is None:
+        raise ValueError("give --run RUN, or both --bundle and --split")
+    result = evaluate_bundle_on_split(Path(bundle), Path(split), label=2 if args.on == "test" else 1)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from trainer.pipeline import export_checkpoint
+
+    print(export_checkpoint(args.run, args.dataset))
+    return 0
+
+
+def _cmd_features(args: argparse.Namespace) -> int:
+    from trainer.data.features import build_features
+
+    out = build_features(args.dataset, args.out, split_seed=args.split_seed, text_model=args.text_model)
+    print(out if out is not None else args.out)
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from trainer.pipeline import compare
+
+    overrides = {"max_epochs": args.max_epochs, "patience": args.patience, "device": args.device}
+    _, table = compare(args.dataset, args.out, args.variant, args.seeds,
+                       {k: v for k, v in overrides.items() if v is not None})
+    (args.out / "compare.md").write_text(table + "\n", encoding="utf-8")
+    print(table)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from trainer.demo import run_demo
+
+    run_demo(args.workdir, args.model, args.max_epochs)
+    return 0
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from trainer.explain import explain
+
+    report = explain(args.run, args.user, args.k, dataset_path=args.dataset)
+    print(report if isinstance(report, str) else json.dumps(report, indent=2, default=str))
+    return 0
+
+
+def _cmd_retrain(args: argparse.Namespace) -> int:
+    from trainer.retrain import retrain
+
+    print(retrain(args.dataset, args.out, args.model, args.redis_url, args.key_prefix, args.max_epochs))
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from trainer.models.registry import MODELS
+
+    for name, spec in MODELS.items():
+        print(f"{name:16s} {spec.description}")
+    return 0
+
+
+COMMANDS = {
+    "fit": _cmd_fit, "evaluate": _cmd_evaluate, "export": _cmd_export, "features": _cmd_features,
+    "compare": _cmd_compare, "demo": _cmd_demo, "explain": _cmd_explain, "retrain": _cmd_retrain,
+    "models": _cmd_models,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    from service.bundle import BundleError
+    from trainer.config import ConfigError
+    from trainer.data.dataset import DatasetError
+
+    try:
+        return COMMANDS[args.command](args)
+    except (DatasetError, ConfigError, BundleError, FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
+        message = str(exc) if not isinstance(exc, KeyError) else str(exc).strip("'\"")
+        print(f"error: {message}", file=sys.stderr)
+        return 2

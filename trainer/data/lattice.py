@@ -1,0 +1,96 @@
+"""LATTICE / MMHCL json format: ``train.json``, ``val.json``, ``test.json`` = ``{userID: [itemIDs]}``,
+optional ``item2id.json`` / ``user2id.json`` (external -> integer id) and ``<modality>_feat.npy``.
+
+Ids stay the json's own integers (as strings) and are dense: ``n_items = len(item2id)`` when present, else
+max item id + 1 over all splits (same for users), so feature row ``k`` is item ``k``. The split is kept.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from trainer.data.dataset import DatasetError, InteractionDataset
+from trainer.data.parsing import binary_csr, check_disjoint, load_features, require_file
+
+SPLIT_FILES = {"train": "train.json", "valid": "val.json", "test": "test.json"}
+
+
+def _load_json(path: Path) -> object:
+    try:
+        with path.open(encoding="utf-8") as handle:
+            return json.load(handle)
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from exc
+
+
+def _non_negative_int(value: object) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return None
+
+
+def _read_split(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(user ids, item ids) int64 pairs of one ``{userID: [itemIDs]}`` file."""
+    mapping = _load_json(path)
+    if not isinstance(mapping, dict):
+        raise DatasetError(f"{path}: expected a JSON object {{userID: [itemIDs]}}, got {type(mapping).__name__}")
+    users, items = [], []
+    for key, values in mapping.items():
+        user = _non_negative_int(key)
+        if user is None:
+            raise DatasetError(f"{path}: key {key!r}: expected a non-negative integer user id")
+        if not isinstance(values, list):
+            raise DatasetError(f"{path}: user {key!r}: expected a list of item ids, got {type(values).__name__}")
+        for value in values:
+            item = _non_negative_int(value)
+            if item is None:
+                raise DatasetError(f"{path}: user {key!r}: expected non-negative integer item ids, got {value!r}")
+            users.append(user)
+            items.append(item)
+    return np.asarray(users, dtype=np.int64), np.asarray(items, dtype=np.int64)
+
+
+def _id_count(directory: Path, mapping_file: str, observed_max: int, what: str) -> int:
+    path = directory / mapping_file
+    if not path.is_file():
+        return observed_max + 1
+    mapping = _load_json(path)
+    if not isinstance(mapping, dict):
+        raise DatasetError(f"{path}: expected a JSON object {{external id: integer id}}")
+    ids = sorted(_non_negative_int(v) if _non_negative_int(v) is not None else -1 for v in mapping.values())
+    if ids != list(range(len(ids))):
+        raise DatasetError(f"{path}: expected the {what} ids 0..{len(ids) - 1}, each exactly once")
+    if observed_max >= len(ids):
+        raise DatasetError(
+            f"{directory}: {what} id {observed_max} is used in a split but {mapping_file} has only {len(ids)} ids"
+        )
+    return len(ids)
+
+
+def read_lattice(directory: Path) -> InteractionDataset:
+    pairs = {
+        name: _read_split(require_file(directory / file, f"LATTICE {name} split")) for name, file in SPLIT_FILES.items()
+    }
+    max_user = max((int(u.max()) for u, _ in pairs.values() if len(u)), default=-1)
+    max_item = max((int(i.max()) for _, i in pairs.values() if len(i)), default=-1)
+    if max_user < 0:
+        raise DatasetError(f"{directory}: the split files hold no interactions")
+    n_users = _id_count(directory, "user2id.json", max_user, "user")
+    n_items = _id_count(directory, "item2id.json", max_item, "item")
+    shape = (n_users, n_items)
+    splits = {name: binary_csr(u, i, shape) for name, (u, i) in pairs.items()}
+    check_disjoint(splits, directory)
+    return InteractionDataset(
+        name=directory.name,
+        user_ids=[str(u) for u in range(n_users)],
+        item_ids=[str(i) for i in range(n_items)],
+        features=load_features(directory, n_items),
+        **splits,
+    )

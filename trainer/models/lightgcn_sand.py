@@ -1,0 +1,122 @@
+"""LightGCN + projected features, with SAND's alignment and distancing plugged in (the paper's Table 3 idea).
+
+VBPR-style late fusion on a LightGCN backbone:
+
+* user = [LightGCN user (D) ‖ θ_u (D)], θ_u a free (unpropagated) feature-preference embedding;
+* item = [LightGCN item (D) ‖ g_1 ‖ q_1 ‖ g_2 ‖ q_2 ‖ ...], the feature half being the modalities' generic
+  and unique parts from :class:`~trainer.modules.alignment.ModalSplitProjection` (p = D / (2M) each);
+* loss = BPR + reg + α·align + β·Σ_m distance, exactly as in SAND (same modules, same batch items).
+
+The final dimension is 2·embedding_dim, like MMRec's VBPR. A cold-start item gets [0 ‖ its projected
+features]: it has no ID embedding and no interactions to propagate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from trainer.graphs import normalized_bipartite_adjacency, to_torch_sparse_csr
+from trainer.losses import bpr_loss, l2_reg
+from trainer.models.base import BPRBatch, ModelConfig, ModelInputs, Recommender
+from trainer.models.lightgcn import propagate
+from trainer.models.sand import part_dimension
+from trainer.modules.alignment import ModalSplitProjection, SeparateAlignmentDistancing, select_modalities
+
+
+@dataclass
+class LightGCNSANDConfig(ModelConfig):
+    """embedding_dim D: the ID half; the feature half is also D (divisible by 2·M). Other fields as in SAND."""
+
+    embedding_dim: int = 64
+    reg_weight: float = 1e-4
+    n_layers: int = 2
+    align: str = "solosim"
+    distance: str = "mi"
+    alpha: float = 0.1
+    beta: float = 0.1
+    temperature: float = 0.2
+    club_hidden_dim: int | None = None
+    modalities: list[str] | None = None
+    feature_dims: dict[str, int] | None = None
+
+
+class LightGCNSANDItemEncoder(nn.Module):
+    """Raw modality features (positional, sorted names) -> [0 (D) ‖ g_1 ‖ q_1 ‖ ...] [B, 2D]."""
+
+    def __init__(self, projection: ModalSplitProjection, id_dim: int) -> None:
+        super().__init__()
+        self.projection = projection
+        self.id_dim = id_dim
+
+    def forward(self, *features: Tensor) -> Tensor:
+        feature_half = ModalSplitProjection.concatenate(self.projection(dict(zip(self.projection.modalities, features))))
+        return torch.cat([feature_half.new_zeros(feature_half.shape[0], self.id_dim), feature_half], dim=1)
+
+
+class LightGCNSAND(Recommender):
+    config_class = LightGCNSANDConfig
+
+    def __init__(self, inputs: ModelInputs, config: LightGCNSANDConfig) -> None:
+        super().__init__(inputs, config)
+        dims = select_modalities(inputs.features, config.modalities, config.feature_dims)
+        self.modalities = sorted(dims)
+        self.part_dim = part_dimension(config.embedding_dim, len(self.modalities))
+        features = {name: inputs.features[name].float() for name in self.modalities}
+        for name in self.modalities:
+            self.register_buffer(f"features_{name}", features[name], persistent=False)
+        self.projection = ModalSplitProjection(features, self.part_dim)
+        self.objective = SeparateAlignmentDistancing(
+            self.modalities, self.part_dim, config.align, config.distance, config.alpha, config.beta,
+            config.temperature, config.club_hidden_dim,
+        )
+        self.user_embedding = nn.Embedding(inputs.n_users, config.embedding_dim)
+        self.user_feature_preference = nn.Embedding(inputs.n_users, config.embedding_dim)
+        self.item_embedding = nn.Embedding(inputs.n_items, config.embedding_dim)
+        for table in (self.user_embedding, self.user_feature_preference, self.item_embedding):
+            nn.init.xavier_uniform_(table.weight)
+        adjacency = normalized_bipartite_adjacency(inputs.train_matrix)
+        self.register_buffer("adjacency", to_torch_sparse_csr(adjacency, inputs.device), persistent=False)
+
+    def _features(self, items: Tensor | None = None) -> dict[str, Tensor]:
+        if items is None:
+            return {name: getattr(self, f"features_{name}") for name in self.modalities}
+        return {name: getattr(self, f"features_{name}")[items] for name in self.modalities}
+
+    def _forward(self) -> tuple[Tensor, Tensor, dict[str, tuple[Tensor, Tensor]]]:
+        ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight], dim=0)
+        final = propagate(self.adjacency, ego, self.config.n_layers)
+        parts = self.projection(self._features())
+        users = torch.cat([final[: self.n_users], self.user_feature_preference.weight], dim=1)
+        items = torch.cat([final[self.n_users :], ModalSplitProjection.concatenate(parts)], dim=1)
+        return users, items, parts
+
+    def representations(self) -> tuple[Tensor, Tensor]:
+        users, items, _ = self._forward()
+        return users, items
+
+    def loss_terms(self, batch: BPRBatch) -> dict[str, Tensor]:
+        users, items, parts = self._forward()
+        u, p, n = users[batch.users], items[batch.pos_items], items[batch.neg_items]
+        reg = l2_reg(
+            self.user_embedding(batch.users),
+            self.user_feature_preference(batch.users),
+            self.item_embedding(batch.pos_items),
+            self.item_embedding(batch.neg_items),
+        )
+        terms = {"bpr": bpr_loss((u * p).sum(-1), (u * n).sum(-1)), "reg": self.config.reg_weight * reg}
+        terms.update(self.objective.loss_terms(parts, self.objective.batch_items(batch.pos_items, batch.neg_items)))
+        return terms
+
+    def auxiliary_parameters(self) -> list[nn.Parameter]:
+        return self.objective.estimator_parameters()
+
+    def auxiliary_loss_terms(self, batch: BPRBatch) -> dict[str, Tensor]:
+        """One q-network fitting step on the (E_g^m, E_q^m) pairs of this batch's distinct items."""
+        items = self.objective.batch_items(batch.pos_items, batch.neg_items)
+        return self.objective.estimator_loss_terms(self.projection, self._features(items))
+
+    def item_encoder(self) -> nn.Module:
+        return LightGCNSANDItemEncoder(self.projection, self.config.embedding_dim)

@@ -1,0 +1,366 @@
+"""LUDP: Learning the User's Deeper Preferences (Lei et al., ACM TOMM 2023).
+
+Three parts, added together:
+
+* collaborative: LightGCN on the user-item graph, summed over layers 0..L -> E_u, E_i;
+* item side: per modality m, a kNN item-item graph over cosine similarity of the item features keeping the
+  top-k similarity values, item ID embeddings propagated on it with a_ij = s_ij / sqrt(|N_i|) (no feature
+  transform, no nonlinearity), modalities fused (attention w_i^m = q^T tanh(W_m h_i^m + b), softmax over
+  modalities; or sum; or concat + linear) -> H_i;
+* user side (user preference graph): p^m = LeakyReLU(mean over the user's training items of W1_m x_j^m),
+  p_hat^m = LeakyReLU(W2_m p^m) + e_u, fused over modalities the same way -> P_u.
+
+Final representations e_u* = E_u + P_u, e_i* = E_i + H_i; score = e_u*^T e_i*; loss BPR + lambda * L2.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from trainer.graphs import (
+    knn_graph,
+    knn_to_torch_sparse_csr,
+    ludp_item_graph_weights,
+    normalized_bipartite_adjacency,
+    to_torch_sparse_csr,
+)
+from trainer.losses import bpr_loss, l2_reg
+from trainer.models.base import BPRBatch, ModelConfig, ModelInputError, ModelInputs, Recommender
+
+logger = logging.getLogger(__name__)
+
+FUSIONS = ("attention", "sum", "concat")
+ITEM_GRAPH_WEIGHTS = ("similarity", "binary")
+
+
+@dataclass
+class LUDPConfig(ModelConfig):
+    """LUDP hyperparameters (defaults: the paper's d = 64, k = 10, attention fusion, both graphs on).
+
+    Attributes:
+        n_layers: LightGCN layers on the user-item graph.
+        item_graph: use the item-item modal similarity graphs (H); False is the "no item graph" ablation.
+        user_graph: use the user preference graph (P); False is the "no user graph" ablation.
+        fusion: how per-modality representations are combined: attention | sum | concat (concat + linear).
+        knn_k: neighbours kept per item in each modality's kNN graph.
+        item_graph_layers: propagation layers on the item graphs (H is the last layer's output).
+        item_graph_weights: similarity (a_ij = s_ij / sqrt(|N_i|)) or binary (a_ij = 1 / sqrt(|N_i|)).
+        negative_slope: LeakyReLU slope of the user preference graph.
+        modalities: the modalities to use (None: every modality of the dataset).
+    """
+
+    embedding_dim: int = 64
+    reg_weight: float = 1e-4
+    n_layers: int = 2
+    item_graph: bool = True
+    user_graph: bool = True
+    fusion: str = "attention"
+    knn_k: int = 10
+    item_graph_layers: int = 1
+    item_graph_weights: str = "similarity"
+    negative_slope: float = 0.01
+    modalities: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.fusion not in FUSIONS:
+            raise ModelInputError(f"LUDP fusion must be one of {FUSIONS}, got {self.fusion!r}")
+        if self.item_graph_weights not in ITEM_GRAPH_WEIGHTS:
+            raise ModelInputError(
+                f"LUDP item_graph_weights must be one of {ITEM_GRAPH_WEIGHTS}, got {self.item_graph_weights!r}"
+            )
+        for name in ("embedding_dim", "knn_k", "item_graph_layers"):
+            if getattr(self, name) < 1:
+                raise ModelInputError(f"LUDP {name} must be >= 1, got {getattr(self, name)}")
+        if self.n_layers < 0:
+            raise ModelInputError(f"LUDP n_layers must be >= 0, got {self.n_layers}")
+
+
+class ModalityFusion(nn.Module):
+    """Combine per-modality representations [M, N, d] into [N, d].
+
+    ``attention``: w^m = q^T tanh(W_m h^m + b), alpha = softmax over m, output sum_m alpha^m h^m.
+    ``sum``: sum_m h^m. ``concat``: Linear([h^1 || ... || h^M]) -> d.
+    """
+
+    def __init__(self, fusion: str, n_modalities: int, dim: int) -> None:
+        super().__init__()
+        self.fusion = fusion
+        self.n_modalities = n_modalities
+        if fusion == "attention":
+            self.projections = nn.ModuleList(nn.Linear(dim, dim, bias=False) for _ in range(n_modalities))
+            self.bias = nn.Parameter(torch.zeros(dim))
+            self.query = nn.Parameter(torch.empty(dim))
+            nn.init.normal_(self.query, std=dim**-0.5)
+        elif fusion == "concat":
+            self.linear = nn.Linear(n_modalities * dim, dim)
+
+    def weights(self, stacked: Tensor) -> Tensor | None:
+        """Modality weights [N, M] (rows sum to one); uniform for ``sum``; None for ``concat``."""
+        if self.fusion == "attention":
+            logits = torch.stack(
+                [
+                    torch.tanh(proj(h) + self.bias) @ self.query
+                    for proj, h in zip(self.projections, stacked, strict=True)
+                ],
+                dim=1,
+            )
+            return torch.softmax(logits, dim=1)
+        if self.fusion == "sum":
+            n = stacked.shape[1]
+            return torch.full((n, self.n_modalities), 1.0 / self.n_modalities, device=stacked.device)
+        return None
+
+    def forward(self, stacked: Tensor) -> Tensor:
+        """stacked [M, N, d] -> fused [N, d]."""
+        if stacked.shape[0] != self.n_modalities:
+            raise ValueError(f"expected {self.n_modalities} modalities, got {stacked.shape[0]}")
+        if self.fusion == "attention":
+            alpha = self.weights(stacked)
+            return torch.einsum("nm,mnd->nd", alpha, stacked)
+        if self.fusion == "sum":
+            return stacked.sum(dim=0)
+        return self.linear(torch.cat(list(stacked), dim=1))
+
+
+def lightgcn_layer_sum(adjacency: Tensor, ego: Tensor, n_layers: int) -> Tensor:
+    """sum_{l=0..L} A^l ego; adjacency sparse [N, N], ego [N, d] -> [N, d]."""
+    total = ego
+    current = ego
+    for _ in range(n_layers):
+        current = torch.sparse.mm(adjacency, current)
+        total = total + current
+    return total
+
+
+def mean_item_features_per_user(train_matrix: sp.spmatrix, features: Tensor) -> Tensor:
+    """Mean of each user's training items' features: D_u^-1 R X; [n_users, n_items] x [n_items, d] -> [n_users, d].
+
+    Users without training items get zeros.
+    """
+    r = sp.csr_matrix(train_matrix, dtype=np.float32)
+    r.data[:] = 1.0
+    degree = np.asarray(r.sum(axis=1)).ravel()
+    inv = np.zeros_like(degree)
+    inv[degree > 0] = 1.0 / degree[degree > 0]
+    mean_operator = to_torch_sparse_csr(sp.diags(inv) @ r, features.device)
+    return torch.sparse.mm(mean_operator, features.float())
+
+
+class LUDP(Recommender):
+    config_class = LUDPConfig
+
+    def __init__(self, inputs: ModelInputs, config: LUDPConfig) -> None:
+        super().__init__(inputs, config)
+        self.all_modalities = sorted(inputs.features)
+        wanted = self.all_modalities if config.modalities is None else list(config.modalities)
+        missing = [m for m in wanted if m not in inputs.features]
+        if missing:
+            raise ModelInputError(
+                f"LUDP modalities {missing} are not in the dataset (it has {self.all_modalities or 'none'})"
+            )
+        if not wanted:
+            raise ModelInputError("LUDP needs at least one item feature modality; the dataset has none")
+        self.modalities = sorted(wanted)
+        for name in self.modalities:
+            matrix = inputs.features[name]
+            if matrix.ndim != 2 or matrix.shape[0] != inputs.n_items:
+                raise ModelInputError(
+                    f"feature {name!r} must be [n_items={inputs.n_items}, d], got {tuple(matrix.shape)}"
+                )
+        d = config.embedding_dim
+        n_modalities = len(self.modalities)
+        self.user_embedding = nn.Embedding(inputs.n_users, d)
+        self.item_embedding = nn.Embedding(inputs.n_items, d)
+        nn.init.xavier_uniform_(self.user_embedding.weight)
+        nn.init.xavier_uniform_(self.item_embedding.weight)
+        adjacency = normalized_bipartite_adjacency(inputs.train_matrix)
+        self.register_buffer("adjacency", to_torch_sparse_csr(adjacency, inputs.device), persistent=False)
+
+        # kNN graphs and feature tables are rebuilt from the inputs, so they are not saved in checkpoints.
+        for index, name in enumerate(self.modalities):
+            neighbours, similarities = knn_graph(inputs.features[name], config.knn_k)
+            weights = ludp_item_graph_weights(similarities, binary=config.item_graph_weights == "binary")
+            graph = knn_to_torch_sparse_csr(neighbours, weights, inputs.n_items)
+            self.register_buffer(f"item_graph_{index}", graph, persistent=False)
+            features = inputs.features[name].float()
+            unit = features / features.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            self.register_buffer(f"unit_features_{index}", unit, persistent=False)
+        if config.item_graph:
+            self.item_fusion = ModalityFusion(config.fusion, n_modalities, d)
+        if config.user_graph:
+            for index, name in enumerate(self.modalities):
+                means = mean_item_features_per_user(inputs.train_matrix, inputs.features[name])
+                self.register_buffer(f"user_mean_features_{index}", means, persistent=False)
+            self.feature_projections = nn.ModuleList(
+                nn.Linear(inputs.features[name].shape[1], d) for name in self.modalities
+            )
+            self.preference_projections = nn.ModuleList(nn.Linear(d, d) for _ in self.modalities)
+            self.user_fusion = ModalityFusion(config.fusion, n_modalities, d)
+
+    def _per_modality(self, prefix: str) -> list[Tensor]:
+        return [getattr(self, f"{prefix}_{index}") for index in range(len(self.modalities))]
+
+    @property
+    def item_graphs(self) -> list[Tensor]:
+        """Per-modality normalised kNN item graphs, sparse CSR [n_items, n_items] (order: ``modalities``)."""
+        return self._per_modality("item_graph")
+
+    @property
+    def unit_features(self) -> list[Tensor]:
+        """Per-modality L2-normalised item features [n_items, d_m]."""
+        return self._per_modality("unit_features")
+
+    @property
+    def user_mean_features(self) -> list[Tensor]:
+        """Per-modality mean feature of each user's training items [n_users, d_m]."""
+        return self._per_modality("user_mean_features")
+
+    # ----- parts -----------------------------------------------------------------------------------------
+
+    def collaborative(self) -> tuple[Tensor, Tensor]:
+        """(E_u [n_users, d], E_i [n_items, d]): LightGCN summed over layers 0..n_layers."""
+        ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight], dim=0)
+        final = lightgcn_layer_sum(self.adjacency, ego, self.config.n_layers)
+        return final[: self.n_users], final[self.n_users :]
+
+    def item_modal_representations(self) -> Tensor:
+        """h^m: item ID embeddings propagated on each modality's kNN graph; [M, n_items, d]."""
+        per_modality = []
+        for graph in self.item_graphs:
+            h = self.item_embedding.weight
+            for _ in range(self.config.item_graph_layers):
+                h = torch.sparse.mm(graph, h)
+            per_modality.append(h)
+        return torch.stack(per_modality, dim=0)
+
+    def user_modal_representations(self, users: Tensor | None = None) -> Tensor:
+        """p_hat^m for ``users`` (int64 [B]; all users if None); [M, B, d]."""
+        ego = self.user_embedding.weight if users is None else self.user_embedding(users)
+        per_modality = []
+        for mean_features, w1, w2 in zip(
+            self.user_mean_features, self.feature_projections, self.preference_projections, strict=True
+        ):
+            x = mean_features if users is None else mean_features[users]
+            p = F.leaky_relu(w1(x), self.config.negative_slope)
+            per_modality.append(F.leaky_relu(w2(p), self.config.negative_slope) + ego)
+        return torch.stack(per_modality, dim=0)
+
+    def item_graph_part(self) -> Tensor | None:
+        """H [n_items, d], or None when the item graph is switched off."""
+        return self.item_fusion(self.item_modal_representations()) if self.config.item_graph else None
+
+    def user_graph_part(self, users: Tensor | None = None) -> Tensor | None:
+        """P [B, d] for ``users`` (all if None), or None when the user graph is switched off."""
+        return self.user_fusion(self.user_modal_representations(users)) if self.config.user_graph else None
+
+    # ----- contract ----------------------------------------------------------------------------------------
+
+    def representations(self) -> tuple[Tensor, Tensor]:
+        users, items = self.collaborative()
+        item_part = self.item_graph_part()
+        user_part = self.user_graph_part()
+        if item_part is not None:
+            items = items + item_part
+        if user_part is not None:
+            users = users + user_part
+        return users, items
+
+    def loss_terms(self, batch: BPRBatch) -> dict[str, Tensor]:
+        users, items = self.collaborative()
+        item_part = self.item_graph_part()
+        if item_part is not None:
+            items = items + item_part
+        u = users[batch.users]
+        if self.config.user_graph:
+            unique_users, inverse = torch.unique(batch.users, return_inverse=True)
+            u = u + self.user_graph_part(unique_users)[inverse]
+        p, n = items[batch.pos_items], items[batch.neg_items]
+        reg = l2_reg(
+            self.user_embedding(batch.users),
+            self.item_embedding(batch.pos_items),
+            self.item_embedding(batch.neg_items),
+        )
+        return {"bpr": bpr_loss((u * p).sum(-1), (u * n).sum(-1)), "reg": self.config.reg_weight * reg}
+
+    @torch.no_grad()
+    def modality_weights(self) -> tuple[Tensor | None, Tensor | None]:
+        """Per-user and per-item modality weights (users [n_users, M], items [n_items, M]); rows sum to one.
+
+        Columns follow ``self.modalities``. A side is None when its graph is off or fusion is ``concat``
+        (concatenation has no per-modality weights); ``sum`` gives uniform weights.
+        """
+        user_weights = (
+            self.user_fusion.weights(self.user_modal_representations()) if self.config.user_graph else None
+        )
+        item_weights = (
+            self.item_fusion.weights(self.item_modal_representations()) if self.config.item_graph else None
+        )
+        return user_weights, item_weights
+
+    @torch.no_grad()
+    def item_encoder(self) -> nn.Module:
+        was_training = self.training
+        self.eval()
+        _, items = self.representations()
+        self.train(was_training)
+        return LUDPColdStartEncoder(
+            unit_features=self.unit_features,
+            item_embeddings=items.detach().clone(),
+            used_positions=[self.all_modalities.index(name) for name in self.modalities],
+            n_inputs=len(self.all_modalities),
+            k=self.config.knn_k,
+        )
+
+
+class LUDPColdStartEncoder(nn.Module):
+    """Cold-start item encoder: a new item's embedding from its feature neighbours among existing items.
+
+    Features enter LUDP only through the item kNN graphs, so a new item is placed where its neighbours
+    are: per modality m, cosine similarity to every existing item (MatMul), its top-k (TopK), weights
+    max(s, 0) normalised to sum to one (uniform if all are <= 0), and the weighted mean of those
+    neighbours' final item embeddings e_j* (Gather); the result is the mean over modalities. Every step
+    is a standard ONNX operator. An existing item's own features return (close to) the mean of itself and
+    its nearest items, not exactly its trained embedding.
+
+    Forward takes one float [B, dim_m] tensor per dataset modality in sorted order (unused ones ignored)
+    and returns [B, d].
+    """
+
+    def __init__(
+        self,
+        unit_features: list[Tensor],
+        item_embeddings: Tensor,
+        used_positions: list[int],
+        n_inputs: int,
+        k: int,
+    ) -> None:
+        super().__init__()
+        self.used_positions = list(used_positions)
+        self.n_inputs = n_inputs
+        self.k = min(k, item_embeddings.shape[0])
+        for index, table in enumerate(unit_features):
+            self.register_buffer(f"unit_features_{index}", table.detach().clone())
+        self.register_buffer("item_embeddings", item_embeddings)
+
+    def forward(self, *features: Tensor) -> Tensor:
+        if len(features) != self.n_inputs:
+            raise ValueError(
+                f"expected {self.n_inputs} modality tensors (sorted by name), got {len(features)}"
+            )
+        per_modality = []
+        for index, position in enumerate(self.used_positions):
+            x = features[position].float()
+            x = x / torch.sqrt((x * x).sum(dim=1, keepdim=True)).clamp_min(1e-12)
+            similarities = x @ getattr(self, f"unit_features_{index}").T
+            values, neighbours = torch.topk(similarities, self.k, dim=1)
+            weights = torch.relu(values) + 1e-8
+            weights = weights / weights.sum(dim=1, keepdim=True)
+            per_modality.append((weights.unsqueeze(-1) * self.item_embeddings[neighbours]).sum(dim=1))
+        return torch.stack(per_modality, dim=0).mean(dim=0)

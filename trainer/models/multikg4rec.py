@@ -1,0 +1,356 @@
+"""Multi-KG4Rec (Wang et al., Expert Systems with Applications 268, 2025) and its KGAT ablation.
+
+Pipeline per forward pass (all inside autograd):
+
+1. Collaborative KG (users, items, entities; CF + KG relations and inverses), built once from the inputs.
+2. Multimodal item vectors (``fusion != "none"``): each modality's features are reduced to ``embedding_dim``
+   by Linear + LeakyReLU; every item reads a cached BFS sequence of its ``sequence_length`` nearest CKG
+   nodes (itself first, sorted by hop); the Bi-Transformer fuses the per-modality token sequences; the
+   item's output tokens of all modalities are concatenated and mapped to ``embedding_dim``.
+3. Ego embedding of every node = ID embedding (+ the multimodal vector for item nodes).
+4. Knowledge-aware attention π(h, r, t) = (W_r e_t)ᵀ tanh(W_r e_h + e_r) on ego embeddings, normalised
+   by a segment softmax over each head's neighbours.
+5. Bi-Interaction layers (sizes ``layer_dims``); ego and L2-normalised layer outputs are concatenated;
+   score = e_uᵀ e_i.
+
+Loss = BPR + λ‖Θ‖² on the batch's ego rows + ``kg_weight`` · TransR L_KG on a KG batch sampled inside
+:meth:`MultiKG4Rec.loss_terms` (uniform KG edges, uniformly corrupted tails, torch's RNG).
+
+Interpretations of the paper are listed in docs/results/multikg4rec.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from trainer.kg import (
+    N_CF_RELATIONS,
+    CollaborativeKG,
+    bfs_sequences,
+    build_collaborative_kg,
+    neighbour_mean_features,
+    segment_softmax,
+    transr_distance,
+    transr_loss,
+)
+from trainer.losses import bpr_loss, l2_reg
+from trainer.models.base import BPRBatch, ModelConfig, ModelInputError, ModelInputs, Recommender
+from trainer.modules.multikg4rec_transformer import BiTransformer, leaky_projection
+
+logger = logging.getLogger(__name__)
+
+NODE_ENTITY, NODE_ITEM, NODE_USER, NODE_PADDING = 0, 1, 2, 3
+_DIRECTION = re.compile(r"^\s*([^-\s>]+)\s*->\s*([^-\s>]+)\s*$")
+
+
+@dataclass
+class MultiKG4RecConfig(ModelConfig):
+    """Hyperparameters; defaults are the paper's settings where it gives them.
+
+    ``fusion``: ``bi`` (both directions), ``<a>-><b>`` (only modality b's cross attention reads a),
+    ``self`` (per-modality transformers, no cross-modal exchange), or ``none`` (no multimodal features:
+    the KGAT ablation).
+    """
+
+    embedding_dim: int = 64
+    relation_dim: int = 64
+    layer_dims: list[int] = field(default_factory=lambda: [64, 32, 16])
+    message_dropout: float = 0.1
+    reg_weight: float = 1e-5
+    fusion: str = "bi"
+    sequence_length: int = 8
+    max_hops: int = 3
+    n_blocks: int = 3
+    n_heads: int = 8
+    ffn_multiplier: int = 2
+    transformer_dropout: float = 0.1
+    kg_weight: float = 1.0
+    kg_batch_size: int = 2048
+    kg_reg_weight: float = 1e-5
+
+
+def parse_fusion(fusion: str, modalities: list[str]) -> list[list[int]] | None:
+    """Cross-attention sources per modality (positions in ``modalities``), or None for ``none``.
+
+    Raises:
+        ModelInputError: unknown mode or a direction naming a modality the dataset does not have.
+    """
+    mode = fusion.strip()
+    if mode == "none":
+        return None
+    if not modalities:
+        raise ModelInputError(f"fusion {fusion!r} needs item features, but the dataset has no modality")
+    everyone = list(range(len(modalities)))
+    if mode == "bi":
+        return [everyone for _ in modalities]
+    if mode == "self":
+        return [[m] for m in everyone]
+    match = _DIRECTION.match(mode)
+    if match is None:
+        raise ModelInputError(f"fusion must be 'bi', 'self', 'none' or '<modality>-><modality>', got {fusion!r}")
+    source, target = match.groups()
+    for name in (source, target):
+        if name not in modalities:
+            raise ModelInputError(f"fusion {fusion!r} names modality {name!r}; the dataset has {modalities}")
+    if source == target:
+        raise ModelInputError(f"fusion {fusion!r} must name two different modalities")
+    src, dst = modalities.index(source), modalities.index(target)
+    return [[m] if m != dst else [dst, src] for m in everyone]
+
+
+class BiInteraction(nn.Module):
+    """KGAT's Bi-Interaction aggregator: LeakyReLU(W₁(e_h + e_N)) + LeakyReLU(W₂(e_h ⊙ e_N)); [N, d] -> [N, d']."""
+
+    def __init__(self, in_dim: int, out_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.sum_linear = nn.Linear(in_dim, out_dim)
+        self.product_linear = nn.Linear(in_dim, out_dim)
+        self.dropout = nn.Dropout(dropout)
+        nn.init.xavier_uniform_(self.sum_linear.weight)
+        nn.init.xavier_uniform_(self.product_linear.weight)
+
+    def forward(self, ego: Tensor, neighbourhood: Tensor) -> Tensor:
+        summed = F.leaky_relu(self.sum_linear(ego + neighbourhood), 0.2)
+        product = F.leaky_relu(self.product_linear(ego * neighbourhood), 0.2)
+        return self.dropout(summed + product)
+
+
+class MultimodalItemEncoder(nn.Module):
+    """Item token sequences (per modality) -> fused multimodal item vectors [B, d].
+
+    Inputs: per modality raw features of the sequence's nodes float [B, n, d_m]; node types int64 [B, n];
+    hops int64 [B, n]; padding bool [B, n]. The item itself is token 0.
+    """
+
+    def __init__(self, modality_dims: list[int], sources: list[list[int]], dim: int, config: MultiKG4RecConfig):
+        super().__init__()
+        self.projections = nn.ModuleList(leaky_projection(d_m, dim) for d_m in modality_dims)
+        self.type_embedding = nn.Embedding(4, dim)
+        self.hop_embedding = nn.Embedding(config.max_hops + 1, dim)
+        nn.init.normal_(self.type_embedding.weight, std=0.02)
+        nn.init.normal_(self.hop_embedding.weight, std=0.02)
+        self.transformer = BiTransformer(
+            sources, dim, config.n_blocks, config.n_heads, config.ffn_multiplier * dim, config.transformer_dropout
+        )
+        self.fuse = nn.Linear(len(modality_dims) * dim, dim)
+
+    def forward(self, features: list[Tensor], types: Tensor, hops: Tensor, padding: Tensor | None) -> Tensor:
+        position = self.type_embedding(types) + self.hop_embedding(hops)
+        tokens = [projection(x) + position for projection, x in zip(self.projections, features)]
+        outputs = self.transformer(tokens, padding)
+        return self.fuse(torch.cat([out[:, 0] for out in outputs], dim=-1))
+
+
+class ColdStartItemEncoder(nn.Module):
+    """A new item's modality features -> its embedding in the item space (what an isolated item node gets).
+
+    The new item has no ID embedding (zero), no interactions and no KG edges, so its BFS sequence is itself
+    only and every Bi-Interaction layer sees an empty neighbourhood. Positional inputs: one float [B, d_m]
+    per modality in ``sorted(modality)`` order; output [B, sum of the representation sizes].
+    """
+
+    def __init__(self, model: MultiKG4Rec) -> None:
+        super().__init__()
+        self.multimodal = model.multimodal
+        self.layers = model.layers
+
+    def forward(self, *features: Tensor) -> Tensor:
+        batch = features[0].shape[0]
+        sequences = [x.unsqueeze(1) for x in features]
+        types = torch.full((batch, 1), NODE_ITEM, dtype=torch.long, device=features[0].device)
+        hops = torch.zeros((batch, 1), dtype=torch.long, device=features[0].device)
+        ego = self.multimodal(sequences, types, hops, None)
+        return _stack_layers(ego, self.layers, lambda x: torch.zeros_like(x))
+
+
+def _stack_layers(ego: Tensor, layers: nn.ModuleList, neighbourhood) -> Tensor:
+    """[ego ‖ normalize(layer_1) ‖ ... ]; ``neighbourhood(x)`` aggregates x over each node's neighbours."""
+    outputs = [ego]
+    current = ego
+    for layer in layers:
+        current = layer(current, neighbourhood(current))
+        outputs.append(F.normalize(current, dim=-1))
+    return torch.cat(outputs, dim=-1)
+
+
+class MultiKG4Rec(Recommender):
+    config_class = MultiKG4RecConfig
+
+    def __init__(self, inputs: ModelInputs, config: MultiKG4RecConfig) -> None:
+        super().__init__(inputs, config)
+        if not config.layer_dims:
+            raise ModelInputError("layer_dims must list at least one layer size")
+        self.modalities = sorted(inputs.features)
+        sources = parse_fusion(config.fusion, self.modalities)
+        kg = inputs.kg
+        if kg is None:
+            logger.warning("no knowledge graph: Multi-KG4Rec runs on the user-item part of the CKG only")
+        ckg = build_collaborative_kg(
+            inputs.train_matrix,
+            None if kg is None else kg.triples,
+            0 if kg is None else kg.n_entities,
+            0 if kg is None else kg.n_relations,
+            None if kg is None else kg.item_entity,
+        )
+        self.n_nodes = ckg.n_nodes
+        self.n_relations = ckg.n_relations
+        device = inputs.device
+        self._register_graph(ckg, device)
+
+        dim = config.embedding_dim
+        self.node_embedding = nn.Embedding(ckg.n_nodes, dim)
+        nn.init.xavier_uniform_(self.node_embedding.weight)
+        self.relation_embedding = nn.Embedding(ckg.n_relations, config.relation_dim)
+        nn.init.xavier_uniform_(self.relation_embedding.weight)
+        self.relation_projection = nn.Parameter(torch.empty(ckg.n_relations, dim, config.relation_dim))
+        nn.init.xavier_uniform_(self.relation_projection)
+        sizes = [dim, *config.layer_dims]
+        self.layers = nn.ModuleList(
+            BiInteraction(sizes[k], sizes[k + 1], config.message_dropout) for k in range(len(config.layer_dims))
+        )
+        self.multimodal: MultimodalItemEncoder | None = None
+        if sources is not None:
+            modality_dims = [int(inputs.features[m].shape[1]) for m in self.modalities]
+            self.multimodal = MultimodalItemEncoder(modality_dims, sources, dim, config)
+            self._register_sequences(ckg, inputs, device)
+
+    # ------------------------------------------------------------------ construction helpers
+    def _register_graph(self, ckg: CollaborativeKG, device: torch.device) -> None:
+        def buffer(name: str, array: np.ndarray) -> None:
+            self.register_buffer(name, torch.as_tensor(array, dtype=torch.long, device=device), persistent=False)
+
+        buffer("edge_heads", ckg.heads)
+        buffer("edge_tails", ckg.tails)
+        buffer("edge_relations", ckg.relations)
+        buffer("item_node", ckg.item_node)
+        buffer("user_node", ckg.user_node)
+        # W_r e is computed once per (relation, node) pair and gathered per edge, not once per edge
+        projection_nodes, head_index, tail_index, projection_ptr = [], np.empty_like(ckg.heads), np.empty_like(ckg.heads), [0]
+        for r in range(ckg.n_relations):
+            lo, hi = ckg.relation_ptr[r], ckg.relation_ptr[r + 1]
+            unique, inverse = np.unique(np.concatenate([ckg.heads[lo:hi], ckg.tails[lo:hi]]), return_inverse=True)
+            head_index[lo:hi] = projection_ptr[-1] + inverse[: hi - lo]
+            tail_index[lo:hi] = projection_ptr[-1] + inverse[hi - lo :]
+            projection_nodes.append(unique)
+            projection_ptr.append(projection_ptr[-1] + len(unique))
+        buffer("projection_nodes", np.concatenate(projection_nodes) if projection_nodes else np.zeros(0, np.int64))
+        buffer("edge_head_projection", head_index)
+        buffer("edge_tail_projection", tail_index)
+        self.projection_ptr = [int(p) for p in projection_ptr]
+        kg_lo = int(ckg.relation_ptr[N_CF_RELATIONS])
+        self.kg_edge_range = (kg_lo, ckg.n_edges) if kg_lo < ckg.n_edges else (0, ckg.n_edges)
+
+    def _register_sequences(self, ckg: CollaborativeKG, inputs: ModelInputs, device: torch.device) -> None:
+        """BFS sequences of every item (built once per model, i.e. per training run) and their token tables."""
+        config = self.config
+        nodes, hops = bfs_sequences(ckg.adjacency(), ckg.item_node, config.sequence_length, config.max_hops)
+        padding = nodes < 0
+        token_nodes, token_rows = np.unique(np.where(padding, ckg.item_node[:, None], nodes), return_inverse=True)
+        token_rows = token_rows.reshape(nodes.shape)
+        token_rows[padding] = len(token_nodes)  # the all-zero padding row
+        node_types = ckg.node_types()
+        types = np.where(padding, NODE_PADDING, node_types[np.where(padding, 0, nodes)])
+        long = {"device": device, "dtype": torch.long}
+        self.register_buffer("sequence_token_rows", torch.as_tensor(token_rows, **long), persistent=False)
+        self.register_buffer("sequence_types", torch.as_tensor(types, **long), persistent=False)
+        self.register_buffer("sequence_hops", torch.as_tensor(np.where(padding, 0, hops), **long), persistent=False)
+        self.register_buffer("sequence_padding", torch.as_tensor(padding, device=device), persistent=False)
+        for position, name in enumerate(self.modalities):
+            table = neighbour_mean_features(ckg, inputs.features[name], token_nodes)
+            table = np.vstack([table, np.zeros((1, table.shape[1]), np.float32)])
+            self.register_buffer(
+                f"token_features_{position}", torch.as_tensor(table, device=device), persistent=False
+            )
+        logger.info("BFS sequences: %d items x %d tokens, %.1f%% padding, mean hop %.2f",
+                    nodes.shape[0], nodes.shape[1], 100 * padding.mean(), hops[~padding].mean())
+
+    # ------------------------------------------------------------------ forward pieces
+    def multimodal_item_vectors(self) -> Tensor:
+        """Fused multimodal vector of every item, float [n_items, d]."""
+        assert self.multimodal is not None
+        features = [
+            getattr(self, f"token_features_{m}")[self.sequence_token_rows] for m in range(len(self.modalities))
+        ]
+        return self.multimodal(features, self.sequence_types, self.sequence_hops, self.sequence_padding)
+
+    def ego_embeddings(self) -> Tensor:
+        """Layer-0 embedding of every CKG node, float [n_nodes, d]."""
+        ego = self.node_embedding.weight
+        if self.multimodal is not None:
+            ego = ego.index_add(0, self.item_node, self.multimodal_item_vectors())
+        return ego
+
+    def relation_projected(self, ego: Tensor) -> Tensor:
+        """W_r e for every (relation, node) pair of the CKG, float [n_pairs, relation_dim]."""
+        parts = []
+        for r in range(self.n_relations):
+            lo, hi = self.projection_ptr[r], self.projection_ptr[r + 1]
+            if hi > lo:
+                parts.append(ego[self.projection_nodes[lo:hi]] @ self.relation_projection[r])
+        return torch.cat(parts, dim=0)
+
+    def attention(self, ego: Tensor) -> Tensor:
+        """Knowledge-aware attention per edge, softmax-normalised over each head's neighbours; float [n_edges]."""
+        projected = self.relation_projected(ego)
+        tails = projected[self.edge_tail_projection]
+        heads = projected[self.edge_head_projection]
+        logits = (tails * torch.tanh(heads + self.relation_embedding(self.edge_relations))).sum(-1)
+        return segment_softmax(logits, self.edge_heads, self.n_nodes)
+
+    def propagate(self, ego: Tensor) -> Tensor:
+        """Concatenated layer outputs of every node, float [n_nodes, d + sum(layer_dims)]."""
+        weights = self.attention(ego).unsqueeze(-1)
+
+        def neighbourhood(x: Tensor) -> Tensor:
+            messages = weights * x[self.edge_tails]
+            return torch.zeros_like(x).index_add(0, self.edge_heads, messages)
+
+        return _stack_layers(ego, self.layers, neighbourhood)
+
+    # ------------------------------------------------------------------ contract
+    def representations(self) -> tuple[Tensor, Tensor]:
+        final = self.propagate(self.ego_embeddings())
+        return final[self.user_node], final[self.item_node]
+
+    def loss_terms(self, batch: BPRBatch) -> dict[str, Tensor]:
+        ego = self.ego_embeddings()
+        final = self.propagate(ego)
+        users = self.user_node[batch.users]
+        positives, negatives = self.item_node[batch.pos_items], self.item_node[batch.neg_items]
+        u, p, n = final[users], final[positives], final[negatives]
+        terms = {
+            "bpr": bpr_loss((u * p).sum(-1), (u * n).sum(-1)),
+            "reg": self.config.reg_weight * l2_reg(ego[users], ego[positives], ego[negatives]),
+        }
+        if self.config.kg_weight > 0:
+            terms.update(self.kg_loss_terms(ego))
+        return terms
+
+    def kg_loss_terms(self, ego: Tensor) -> dict[str, Tensor]:
+        """TransR on a batch of KG edges (uniform, with inverses) with uniformly corrupted tails."""
+        lo, hi = self.kg_edge_range
+        device = ego.device
+        edges = torch.randint(lo, hi, (self.config.kg_batch_size,), device=device)
+        heads, relations, tails = self.edge_heads[edges], self.edge_relations[edges], self.edge_tails[edges]
+        corrupted = torch.randint(0, self.n_nodes, (len(edges),), device=device)
+        projection = self.relation_projection[relations]
+        relation_vectors = self.relation_embedding(relations)
+        e_h, e_t, e_c = ego[heads], ego[tails], ego[corrupted]
+        positive = transr_distance(e_h, relation_vectors, e_t, projection)
+        negative = transr_distance(e_h, relation_vectors, e_c, projection)
+        return {
+            "kg": self.config.kg_weight * transr_loss(positive, negative),
+            "kg_reg": self.config.kg_reg_weight * l2_reg(e_h, relation_vectors, e_t, e_c),
+        }
+
+    def item_encoder(self) -> nn.Module | None:
+        if self.multimodal is None:
+            return None
+        return ColdStartItemEncoder(self)

@@ -1,0 +1,224 @@
+"""SAND: Separate Alignment aNd Distancing of modal-generic and modal-unique representations.
+
+Per modality m (any number M ≥ 2, any feature dimension), item features are standardised, projected and
+split into a generic part E_g^m and a unique part E_q^m ([n_items, p] each, p = embedding_dim / (2M)).
+
+* User-item graph: per modality, users have a free embedding [n_users, 2p] and items their [E_g^m ‖ E_q^m];
+  symmetric-normalised LightGCN propagation, layers 0..L summed. All modalities propagate as the column
+  blocks of one [n_users + n_items, embedding_dim] matrix (propagation is column-wise, so this is exactly
+  M separate GCNs, at LightGCN's cost for the same width).
+* Item-item graph: per modality, binary cosine top-k graph of the raw features, symmetric-normalised;
+  mixed with fixed weights S = Σ_m w_m S_m (the paper's W_s·S_v + (1 - W_s)·S_t for two modalities);
+  H = S^K · E_id with a free item ID embedding [n_items, embedding_dim].
+* item = [g_1 ‖ q_1 ‖ g_2 ‖ q_2 ‖ ...] (after the GCN) + H;
+  user = [a_1·u_1 ‖ a_2·u_2 ‖ ...] with a_m = softmax_m(wᵀ tanh(W u_m + b)) per user.
+* loss = BPR + reg + α·align(E_g over all modality pairs) + β·Σ_m distance(E_q^m, E_g^m), both on the
+  distinct items of the batch (positives ∪ negatives), computed before the graph convolution.
+  With ``distance: mi`` the CLUB q-networks are fitted in :meth:`auxiliary_loss_terms` (one estimator
+  step per batch, on the same within-modality (generic, unique) pairs the bound is evaluated on).
+
+Ablations: ``align: none`` (w/o alignment), ``distance: none`` (w/o distancing), both (w/o both).
+Every call of :meth:`representations` recomputes everything from the current parameters (no caches).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import Tensor, nn
+
+from trainer.graphs import knn_graph, normalized_bipartite_adjacency, sym_normalize, to_torch_sparse_csr
+from trainer.losses import bpr_loss, l2_reg
+from trainer.models.base import BPRBatch, ModelConfig, ModelInputError, ModelInputs, Recommender
+from trainer.modules.alignment import ModalSplitProjection, SeparateAlignmentDistancing, select_modalities
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SANDConfig(ModelConfig):
+    """SAND hyperparameters (defaults: the paper's settings where it gives them).
+
+    Attributes:
+        embedding_dim: final embedding dimension D (= 2·M·p); must be divisible by 2·M.
+        n_layers: user-item GCN layers L (summed with layer 0).
+        knn_k: neighbours per item in each modality's item-item graph.
+        knn_layers: propagation steps K on the item-item graph.
+        knn_modality_weights: mixing weights w_m in sorted modality order (normalised to sum 1);
+            None gives equal weights.
+        align: solosim | infonce | none.
+        distance: mi | l2 | none.
+        alpha, beta: weights of the alignment and distancing terms.
+        temperature: τ of the alignment softmax.
+        club_hidden_dim: hidden width of each CLUB q-network (None: 2·p).
+        attention_dim: width of the user modality attention.
+        modalities: modality names to use (None: every modality of the dataset).
+        feature_dims: expected {modality: feature dimension}; a mismatch raises ModelInputError.
+    """
+
+    embedding_dim: int = 64
+    reg_weight: float = 1e-4
+    n_layers: int = 2
+    knn_k: int = 10
+    knn_layers: int = 1
+    knn_modality_weights: list[float] | None = None
+    align: str = "solosim"
+    distance: str = "mi"
+    alpha: float = 0.1
+    beta: float = 0.1
+    temperature: float = 0.2
+    club_hidden_dim: int | None = None
+    attention_dim: int = 32
+    modalities: list[str] | None = None
+    feature_dims: dict[str, int] | None = None
+
+
+def part_dimension(embedding_dim: int, n_modalities: int) -> int:
+    """p = embedding_dim / (2·M), with a clear error when it does not divide."""
+    if embedding_dim % (2 * n_modalities) != 0 or embedding_dim <= 0:
+        raise ModelInputError(
+            f"embedding_dim {embedding_dim} must be a positive multiple of 2 x {n_modalities} modalities "
+            f"(one generic and one unique part per modality)"
+        )
+    return embedding_dim // (2 * n_modalities)
+
+
+def mixed_knn_adjacency(features: dict[str, Tensor], k: int, weights: list[float] | None) -> sp.csr_matrix:
+    """Σ_m w_m · sym_normalize(binary cosine top-k graph of modality m) as CSR [n_items, n_items].
+
+    Args:
+        features: modality -> float [n_items, d_m] (only their row similarities are used).
+        k: neighbours per item (each item is among its own candidates, as in LATTICE/FREEDOM).
+        weights: per-modality weights in sorted modality order, or None for equal weights.
+    """
+    names = sorted(features)
+    if weights is None:
+        weights = [1.0] * len(names)
+    if len(weights) != len(names) or min(weights) < 0 or sum(weights) <= 0:
+        raise ModelInputError(
+            f"knn_modality_weights must be {len(names)} non-negative numbers (for {names}), got {weights}"
+        )
+    total = float(sum(weights))
+    mixed = None
+    for name, weight in zip(names, weights):
+        neighbours, _ = knn_graph(features[name], k, exclude_self=False)
+        n, k_used = neighbours.shape
+        rows = np.repeat(np.arange(n), k_used)
+        binary = sp.csr_matrix(
+            (np.ones(n * k_used, dtype=np.float32), (rows, neighbours.reshape(-1).cpu().numpy())), shape=(n, n)
+        )
+        term = sym_normalize(binary) * (weight / total)
+        mixed = term if mixed is None else mixed + term
+    return mixed.tocsr()
+
+
+class SANDItemEncoder(nn.Module):
+    """Cold-start encoder: raw modality features (positional, sorted names) -> [g_1 ‖ q_1 ‖ ...] [B, D].
+
+    A new item has no interactions and no kNN-graph neighbourhood in the trained graphs, so it gets the
+    layer-0 term of its GCN representation only (its projected, split features); the propagated user
+    terms and H (which come from interactions and the item ID table) are zero for it.
+    """
+
+    def __init__(self, projection: ModalSplitProjection) -> None:
+        super().__init__()
+        self.projection = projection
+
+    def forward(self, *features: Tensor) -> Tensor:
+        if len(features) != len(self.projection.modalities):
+            raise ValueError(f"expected {len(self.projection.modalities)} inputs {self.projection.modalities}")
+        parts = self.projection(dict(zip(self.projection.modalities, features)))
+        return ModalSplitProjection.concatenate(parts)
+
+
+class SAND(Recommender):
+    config_class = SANDConfig
+
+    def __init__(self, inputs: ModelInputs, config: SANDConfig) -> None:
+        super().__init__(inputs, config)
+        dims = select_modalities(inputs.features, config.modalities, config.feature_dims)
+        self.modalities = sorted(dims)
+        self.part_dim = part_dimension(config.embedding_dim, len(self.modalities))
+        features = {name: inputs.features[name].float() for name in self.modalities}
+        for name, matrix in features.items():
+            if matrix.shape[0] != inputs.n_items:
+                raise ModelInputError(f"modality {name!r} has {matrix.shape[0]} rows, expected n_items={inputs.n_items}")
+        for name in self.modalities:
+            self.register_buffer(f"features_{name}", features[name], persistent=False)
+
+        self.projection = ModalSplitProjection(features, self.part_dim)
+        self.objective = SeparateAlignmentDistancing(
+            self.modalities, self.part_dim, config.align, config.distance, config.alpha, config.beta,
+            config.temperature, config.club_hidden_dim,
+        )
+        self.user_embedding = nn.Embedding(inputs.n_users, config.embedding_dim)
+        self.item_id_embedding = nn.Embedding(inputs.n_items, config.embedding_dim)
+        nn.init.xavier_uniform_(self.user_embedding.weight)
+        nn.init.xavier_uniform_(self.item_id_embedding.weight)
+        self.attention = nn.Linear(2 * self.part_dim, config.attention_dim)
+        self.attention_query = nn.Parameter(torch.empty(config.attention_dim).uniform_(-0.1, 0.1))
+
+        adjacency = normalized_bipartite_adjacency(inputs.train_matrix)
+        self.register_buffer("adjacency", to_torch_sparse_csr(adjacency, inputs.device), persistent=False)
+        item_graph = mixed_knn_adjacency(features, config.knn_k, config.knn_modality_weights)
+        self.register_buffer("item_graph", to_torch_sparse_csr(item_graph, inputs.device), persistent=False)
+
+    # -------------------------------------------------------------------------------------- forward
+    def _features(self, items: Tensor | None = None) -> dict[str, Tensor]:
+        if items is None:
+            return {name: getattr(self, f"features_{name}") for name in self.modalities}
+        return {name: getattr(self, f"features_{name}")[items] for name in self.modalities}
+
+    def _forward(self) -> tuple[Tensor, Tensor, dict[str, tuple[Tensor, Tensor]]]:
+        """(users [n_users, D], items [n_items, D], {modality: (E_g, E_q) [n_items, p]})."""
+        parts = self.projection(self._features())
+        ego = torch.cat([self.user_embedding.weight, ModalSplitProjection.concatenate(parts)], dim=0)
+        summed = ego
+        current = ego
+        for _ in range(self.config.n_layers):
+            current = torch.sparse.mm(self.adjacency, current)
+            summed = summed + current
+        users_by_modality = summed[: self.n_users].split(2 * self.part_dim, dim=1)
+        items = summed[self.n_users :]
+
+        h = self.item_id_embedding.weight
+        for _ in range(self.config.knn_layers):
+            h = torch.sparse.mm(self.item_graph, h)
+        items = items + h
+
+        stacked = torch.stack(users_by_modality, dim=1)  # [n_users, M, 2p]
+        attention = torch.softmax(torch.tanh(self.attention(stacked)) @ self.attention_query, dim=1)  # [n_users, M]
+        users = (stacked * attention.unsqueeze(-1)).reshape(self.n_users, -1)
+        return users, items, parts
+
+    def representations(self) -> tuple[Tensor, Tensor]:
+        users, items, _ = self._forward()
+        return users, items
+
+    def loss_terms(self, batch: BPRBatch) -> dict[str, Tensor]:
+        users, items, parts = self._forward()
+        u, p, n = users[batch.users], items[batch.pos_items], items[batch.neg_items]
+        reg = l2_reg(
+            self.user_embedding(batch.users),
+            self.item_id_embedding(batch.pos_items),
+            self.item_id_embedding(batch.neg_items),
+        )
+        terms = {"bpr": bpr_loss((u * p).sum(-1), (u * n).sum(-1)), "reg": self.config.reg_weight * reg}
+        terms.update(self.objective.loss_terms(parts, self.objective.batch_items(batch.pos_items, batch.neg_items)))
+        return terms
+
+    # ------------------------------------------------------------------------------ CLUB estimator step
+    def auxiliary_parameters(self) -> list[nn.Parameter]:
+        return self.objective.estimator_parameters()
+
+    def auxiliary_loss_terms(self, batch: BPRBatch) -> dict[str, Tensor]:
+        """One q-network fitting step on the (E_g^m, E_q^m) pairs of this batch's distinct items."""
+        items = self.objective.batch_items(batch.pos_items, batch.neg_items)
+        return self.objective.estimator_loss_terms(self.projection, self._features(items))
+
+    def item_encoder(self) -> nn.Module:
+        return SANDItemEncoder(self.projection)

@@ -1,0 +1,291 @@
+"""SAND's reusable pieces: generic/unique split projection, cross-modal alignment, unique-part distancing.
+
+Any backbone that has per-modality item features can use them (see ``trainer/models/sand.py`` for SAND
+itself and ``trainer/models/lightgcn_sand.py`` for LightGCN + projected features):
+
+* :class:`ModalSplitProjection` maps each modality's raw features [n, d_m] to a generic part E_g^m and a
+  unique part E_q^m, both [n, part_dim];
+* :class:`GenericAlignment` aligns the generic parts of every pair of modalities over the items of a batch
+  (SoloSim: one-directional in-batch softmax; InfoNCE: the symmetric version);
+* :class:`UniqueDistancing` pushes each modality's unique part away from its own generic part, either by
+  minimising the CLUB mutual-information upper bound (with one Gaussian q-network per modality, fitted in
+  its own optimiser step on the same (generic, unique) pairs) or by the bounded negative squared ℓ2
+  distance between the L2-normalised parts.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from trainer.models.base import ModelInputError
+
+ALIGN_KINDS = ("solosim", "infonce", "none")
+DISTANCE_KINDS = ("mi", "l2", "none")
+
+
+# ---------------------------------------------------------------------------------------------- losses
+
+
+def solosim_loss(anchor: Tensor, positive: Tensor, temperature: float) -> Tensor:
+    """SoloSim: -mean_i log softmax_j(cos(a_i, p_j) / τ) at j = i, over the rows of a batch.
+
+    Args:
+        anchor, positive: float [B, d]; row i of both describes the same item.
+        temperature: τ > 0.
+
+    Returns:
+        scalar; log(B) for uninformative (constant) similarities, → 0 when each row is closest to its pair.
+    """
+    logits = F.normalize(anchor, dim=1) @ F.normalize(positive, dim=1).T / temperature
+    targets = torch.arange(anchor.shape[0], device=anchor.device)
+    return F.cross_entropy(logits, targets)
+
+
+def infonce_loss(first: Tensor, second: Tensor, temperature: float) -> Tensor:
+    """Symmetric InfoNCE: the mean of SoloSim in both directions. Inputs float [B, d]; returns a scalar."""
+    return 0.5 * (solosim_loss(first, second, temperature) + solosim_loss(second, first, temperature))
+
+
+def neg_l2_distance(generic: Tensor, unique: Tensor) -> Tensor:
+    """-mean_i ||ĝ_i - q̂_i||² of the L2-normalised rows; bounded in [-4, 0].
+
+    The raw -||q - g||² has no lower bound: the model would minimise it by inflating the norm of the
+    unique part without limit (its gradient grows with the distance). On the unit sphere the term is
+    2·cos(g, q) - 2, so distancing can only rotate the unique part away from the generic one.
+
+    Args:
+        generic, unique: float [B, d].
+    """
+    return -(F.normalize(generic, dim=1) - F.normalize(unique, dim=1)).pow(2).sum(dim=1).mean()
+
+
+class CLUBEstimator(nn.Module):
+    """Variational Gaussian q_φ(y | x) = N(μ(x), diag σ²(x)) for the CLUB MI upper bound (Cheng et al. 2020).
+
+    ``x`` is a modality's unique part, ``y`` its generic part. Fit it by maximising
+    :meth:`log_likelihood` (with x, y detached) in its own optimiser step; minimise
+    :meth:`mi_upper_bound` (with the estimator frozen) in the model's step, on the same pairs.
+    """
+
+    def __init__(self, x_dim: int, y_dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.mu = nn.Sequential(nn.Linear(x_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, y_dim))
+        self.logvar = nn.Sequential(nn.Linear(x_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, y_dim), nn.Tanh())
+
+    def _gaussian(self, x: Tensor, frozen: bool) -> tuple[Tensor, Tensor]:
+        if not frozen:
+            return self.mu(x), self.logvar(x)
+        params = {name: p.detach() for name, p in self.named_parameters()}
+        mu = torch.func.functional_call(self.mu, {k[3:]: v for k, v in params.items() if k.startswith("mu.")}, (x,))
+        logvar = torch.func.functional_call(
+            self.logvar, {k[7:]: v for k, v in params.items() if k.startswith("logvar.")}, (x,)
+        )
+        return mu, logvar
+
+    def log_likelihood(self, x: Tensor, y: Tensor) -> Tensor:
+        """Mean over rows of log q(y_i | x_i) up to constants: Σ_d -(y - μ)²/σ² - log σ². x, y float [B, *]."""
+        mu, logvar = self._gaussian(x, frozen=False)
+        return (-((y - mu) ** 2) / logvar.exp() - logvar).sum(dim=1).mean()
+
+    def mi_upper_bound(self, x: Tensor, y: Tensor, frozen: bool = True) -> Tensor:
+        """CLUB: mean_i log q(y_i|x_i) - mean_{i,j} log q(y_j|x_i), the inner mean over all B rows.
+
+        The all-pairs mean is computed in closed form, mean_j (y_j - μ_i)² = (μ_i - ȳ)² + var(y),
+        so the cost is O(B·d), not O(B²·d). With ``frozen`` gradients reach x and y but not the estimator.
+        """
+        mu, logvar = self._gaussian(x, frozen=frozen)
+        precision = 0.5 / logvar.exp()
+        positive = -((mu - y) ** 2) * precision
+        y_mean = y.mean(dim=0, keepdim=True)
+        y_var = y.var(dim=0, unbiased=False, keepdim=True)
+        negative = -((mu - y_mean) ** 2 + y_var) * precision
+        return (positive - negative).sum(dim=1).mean()
+
+
+# --------------------------------------------------------------------------------------------- modules
+
+
+def select_modalities(
+    features: Mapping[str, Tensor], modalities: Sequence[str] | None, feature_dims: Mapping[str, int] | None
+) -> dict[str, int]:
+    """The modalities a model uses, sorted by name, with their feature dimensions.
+
+    Args:
+        features: available modality -> float [n_items, d_m].
+        modalities: names to use (None: all available).
+        feature_dims: dimensions declared in the config (None: accept the actual ones).
+
+    Raises:
+        ModelInputError: fewer than two modalities, a missing modality, or a declared dimension that
+            differs from the actual feature matrix.
+    """
+    names = sorted(features) if modalities is None else sorted(modalities)
+    missing = [name for name in names if name not in features]
+    if missing:
+        raise ModelInputError(f"modalities {missing} requested but the dataset has only {sorted(features)}")
+    if len(names) < 2:
+        raise ModelInputError(f"SAND needs at least 2 modalities, got {names} (dataset has {sorted(features)})")
+    dims = {name: int(features[name].shape[1]) for name in names}
+    for name, declared in (feature_dims or {}).items():
+        if name not in dims:
+            raise ModelInputError(f"feature_dims declares modality {name!r} which is not used; used: {sorted(dims)}")
+        if int(declared) != dims[name]:
+            raise ModelInputError(
+                f"modality {name!r}: config declares feature dimension {declared} but the features are "
+                f"[{features[name].shape[0]}, {dims[name]}]"
+            )
+    return dims
+
+
+class _FeatureSplitter(nn.Module):
+    """One modality: standardise with fixed item statistics, project linearly, split into (generic, unique)."""
+
+    def __init__(self, features: Tensor, part_dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", features.mean(dim=0, keepdim=True).detach().clone())
+        self.register_buffer("inv_std", 1.0 / features.std(dim=0, keepdim=True).clamp_min(1e-6).detach())
+        self.linear = nn.Linear(features.shape[1], 2 * part_dim)
+        self.part_dim = part_dim
+
+    def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        projected = self.linear((features - self.mean) * self.inv_std)
+        return projected[:, : self.part_dim], projected[:, self.part_dim :]
+
+
+class ModalSplitProjection(nn.Module):
+    """Per modality m: raw features [B, d_m] -> (E_g^m [B, p], E_q^m [B, p]).
+
+    Features are standardised with per-column statistics of the training item features (stored as
+    buffers, so cold-start items get exactly the same preprocessing), then projected by a learned linear
+    map to 2p columns, the first p being the generic part and the last p the unique part.
+    """
+
+    def __init__(self, features: Mapping[str, Tensor], part_dim: int) -> None:
+        super().__init__()
+        self.modalities = sorted(features)
+        self.part_dim = part_dim
+        self.splitters = nn.ModuleDict({name: _FeatureSplitter(features[name], part_dim) for name in self.modalities})
+
+    def forward(self, features: Mapping[str, Tensor]) -> dict[str, tuple[Tensor, Tensor]]:
+        """{modality: float [B, d_m]} -> {modality: (generic [B, p], unique [B, p])}."""
+        return {name: self.splitters[name](features[name]) for name in self.modalities}
+
+    @staticmethod
+    def concatenate(parts: Mapping[str, tuple[Tensor, Tensor]]) -> Tensor:
+        """[g_1 ‖ q_1 ‖ g_2 ‖ q_2 ‖ ...] in sorted modality order: float [B, 2·M·p]."""
+        return torch.cat([torch.cat(parts[name], dim=1) for name in sorted(parts)], dim=1)
+
+
+class GenericAlignment(nn.Module):
+    """Mean alignment loss over all unordered modality pairs (a < b in sorted order) of generic parts."""
+
+    def __init__(self, kind: str, temperature: float) -> None:
+        super().__init__()
+        if kind not in ALIGN_KINDS:
+            raise ModelInputError(f"align must be one of {ALIGN_KINDS}, got {kind!r}")
+        if temperature <= 0:
+            raise ModelInputError(f"temperature must be > 0, got {temperature}")
+        self.kind = kind
+        self.temperature = temperature
+
+    def forward(self, generic: Mapping[str, Tensor]) -> Tensor:
+        """{modality: generic part [B, p] of the batch's items} -> scalar (0 when ``kind`` is none)."""
+        names = sorted(generic)
+        first = generic[names[0]]
+        if self.kind == "none":
+            return first.new_zeros(())
+        loss_fn = solosim_loss if self.kind == "solosim" else infonce_loss
+        pairs = list(itertools.combinations(names, 2))
+        return sum(loss_fn(generic[a], generic[b], self.temperature) for a, b in pairs) / len(pairs)
+
+
+class UniqueDistancing(nn.Module):
+    """Σ_m distance term between E_q^m and E_g^m of the batch's items (CLUB MI bound or -ℓ2)."""
+
+    def __init__(self, kind: str, modalities: Sequence[str], part_dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        if kind not in DISTANCE_KINDS:
+            raise ModelInputError(f"distance must be one of {DISTANCE_KINDS}, got {kind!r}")
+        self.kind = kind
+        self.estimators = nn.ModuleDict(
+            {name: CLUBEstimator(part_dim, part_dim, hidden_dim) for name in modalities} if kind == "mi" else {}
+        )
+
+    def forward(self, generic: Mapping[str, Tensor], unique: Mapping[str, Tensor]) -> Tensor:
+        """Sum over modalities; inputs {modality: [B, p]}; estimators frozen (their step is separate)."""
+        names = sorted(generic)
+        if self.kind == "none":
+            return generic[names[0]].new_zeros(())
+        if self.kind == "l2":
+            return sum(neg_l2_distance(generic[name], unique[name]) for name in names)
+        return sum(self.estimators[name].mi_upper_bound(unique[name], generic[name], frozen=True) for name in names)
+
+    def estimator_loss(self, generic: Mapping[str, Tensor], unique: Mapping[str, Tensor]) -> Tensor | None:
+        """Negative log-likelihood of q_φ(E_g^m | E_q^m) summed over modalities (inputs detached), or None."""
+        if self.kind != "mi":
+            return None
+        return -sum(
+            self.estimators[name].log_likelihood(unique[name].detach(), generic[name].detach()) for name in sorted(generic)
+        )
+
+
+class SeparateAlignmentDistancing(nn.Module):
+    """SAND's plug-in objective for any backbone with a :class:`ModalSplitProjection`.
+
+    ``loss_terms`` gives {"align": α·align, "distance": β·Σ_m distance} on the distinct batch items;
+    ``estimator_loss_terms`` gives the CLUB q-networks' loss for the auxiliary optimiser step (empty
+    unless ``distance`` is mi); ``estimator_parameters`` are the parameters that step trains.
+    """
+
+    def __init__(
+        self,
+        modalities: Sequence[str],
+        part_dim: int,
+        align: str,
+        distance: str,
+        alpha: float,
+        beta: float,
+        temperature: float,
+        club_hidden_dim: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.alignment = GenericAlignment(align, temperature)
+        self.distancing = UniqueDistancing(distance, modalities, part_dim, club_hidden_dim or 2 * part_dim)
+        self.alpha = alpha
+        self.beta = beta
+
+    @staticmethod
+    def batch_items(pos_items: Tensor, neg_items: Tensor) -> Tensor:
+        """Distinct items of a BPR batch, int64 [B']."""
+        return torch.unique(torch.cat([pos_items, neg_items]))
+
+    def loss_terms(self, parts: Mapping[str, tuple[Tensor, Tensor]], items: Tensor) -> dict[str, Tensor]:
+        """parts: {modality: (E_g, E_q) [n_items, p]} of all items; items: int64 [B'] rows to use."""
+        generic = {name: pair[0][items] for name, pair in parts.items()}
+        unique = {name: pair[1][items] for name, pair in parts.items()}
+        terms: dict[str, Tensor] = {}
+        if self.alignment.kind != "none" and self.alpha > 0:
+            terms["align"] = self.alpha * self.alignment(generic)
+        if self.distancing.kind != "none" and self.beta > 0:
+            terms["distance"] = self.beta * self.distancing(generic, unique)
+        return terms
+
+    def estimator_parameters(self) -> list[nn.Parameter]:
+        return list(self.distancing.estimators.parameters())
+
+    def estimator_loss_terms(
+        self, projection: ModalSplitProjection, batch_features: Mapping[str, Tensor]
+    ) -> dict[str, Tensor]:
+        """One CLUB fitting loss on the (E_g^m, E_q^m) pairs of the batch items' features {m: [B', d_m]}."""
+        if self.distancing.kind != "mi" or self.beta <= 0:
+            return {}
+        with torch.no_grad():
+            parts = projection(batch_features)
+        generic = {name: pair[0] for name, pair in parts.items()}
+        unique = {name: pair[1] for name, pair in parts.items()}
+        return {"club_nll": self.distancing.estimator_loss(generic, unique)}

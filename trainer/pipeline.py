@@ -1,0 +1,186 @@
+"""End-to-end runs: dataset -> fit -> metrics.json, split.inter, checkpoint, bundle; and multi-seed comparisons."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainer.bundle_eval import evaluate_bundle_on_split
+from trainer.config import RunConfig, resolve_run_config
+from trainer.data.dataset import InteractionDataset
+from trainer.export import export_bundle
+from trainer.loop import CHECKPOINT, METRICS, SPLIT_FILE, fit, write_json_atomic, write_split
+
+logger = logging.getLogger(__name__)
+
+
+def load_dataset_dir(path: Path) -> InteractionDataset:
+    from trainer.data import load_dataset
+
+    return load_dataset(path)
+
+
+def dataset_preset_name(dataset_path: Path) -> str:
+    return Path(dataset_path).resolve().name
+
+
+def run_fit(
+    model: str,
+    dataset_path: Path,
+    out_dir: Path,
+    config_path: Path | None = None,
+    train_overrides: dict[str, Any] | None = None,
+    dataset: InteractionDataset | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train, evaluate (valid-selected, test once) and export; returns the metrics.json payload."""
+    run_config = resolve_run_config(
+        model, dataset_preset_name(dataset_path), config_path, train_overrides=train_overrides
+    )
+    dataset = dataset if dataset is not None else load_dataset_dir(dataset_path)
+    return run_fit_config(run_config, dataset, Path(dataset_path), out_dir, progress=progress)
+
+
+def run_fit_config(
+    run_config: RunConfig,
+    dataset: InteractionDataset,
+    dataset_path: Path,
+    out_dir: Path,
+    progress: bool = True,
+) -> dict[str, Any]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    logger.info("run config: %s", run_config.to_dict())
+    started = time.perf_counter()
+    result = fit(
+        dataset,
+        run_config,
+        progress=progress,
+        checkpoint_path=out_dir / CHECKPOINT,
+        checkpoint_extra={"dataset_path": str(Path(dataset_path).resolve())},
+    )
+    metrics = {
+        "model": run_config.model,
+        "dataset": dataset.name,
+        "dataset_path": str(Path(dataset_path).resolve()),
+        "dataset_summary": dataset.summary(),
+        "seed": run_config.train.seed,
+        "device": result.device,
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
+        "seconds_per_epoch": result.seconds_per_epoch,
+        "total_seconds": time.perf_counter() - started,
+        "valid": result.valid,
+        "test": result.test,
+        "test_protocol": "full ranking over all items; train and valid items masked; read once at the best valid epoch",
+        "config": {**run_config.to_dict(), "model_params": dataclasses.asdict(result.model.config)},
+        "history": result.history,
+    }
+    write_split(out_dir / SPLIT_FILE, dataset)
+    bundle = export_bundle(
+        result.model,
+        dataset,
+        out_dir / "bundles",
+        run_config.model,
+        metrics={"valid": result.valid, "test": result.test, "best_epoch": result.best_epoch},
+    )
+    metrics["bundle"] = str(bundle)
+    write_json_atomic(out_dir / METRICS, metrics)
+    return metrics
+
+
+def export_checkpoint(run_dir: Path, dataset_path: Path | None = None) -> Path:
+    """Re-export ``run_dir/checkpoint.pt`` as a new bundle under ``run_dir/bundles``."""
+    from trainer.models.base import ModelInputs
+    from trainer.models.registry import build_model
+
+    payload = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=False)
+    dataset_path = Path(dataset_path or payload["dataset_path"])
+    dataset = load_dataset_dir(dataset_path)
+    inputs = ModelInputs.from_dataset(dataset, torch.device("cpu"))
+    model = build_model(payload["model"], inputs, payload["model_params"])
+    model.load_state_dict(payload["state_dict"])
+    metrics_path = run_dir / METRICS
+    metrics: dict[str, Any] = {}
+    if metrics_path.is_file():
+        import json
+
+        saved = json.loads(metrics_path.read_text())
+        metrics = {"valid": saved.get("valid"), "test": saved.get("test"), "best_epoch": saved.get("best_epoch")}
+    return export_bundle(model, dataset, run_dir / "bundles", payload["model"], metrics=metrics)
+
+
+def parse_variant(text: str) -> tuple[str, str, Path | None]:
+    """``LABEL=MODEL[:CONFIG.yaml]`` -> (label, model, config path)."""
+    if "=" not in text:
+        raise ValueError(f"variant {text!r} must look like LABEL=MODEL or LABEL=MODEL:CONFIG.yaml")
+    label, spec = text.split("=", 1)
+    model, _, config = spec.partition(":")
+    return label, model, Path(config) if config else None
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return float("nan"), float("nan")
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def compare(
+    dataset_path: Path,
+    out_dir: Path,
+    variants: list[str],
+    seeds: list[int],
+    train_overrides: dict[str, Any] | None = None,
+    progress: bool = False,
+) -> tuple[list[dict[str, Any]], str]:
+    """Train every variant × seed; recompute test metrics from each bundle; return rows and a markdown table."""
+    dataset = load_dataset_dir(dataset_path)
+    rows: list[dict[str, Any]] = []
+    for variant in variants:
+        label, model, config_path = parse_variant(variant)
+        for seed in seeds:
+            run_dir = out_dir / label / f"seed{seed}"
+            overrides = {**(train_overrides or {}), "seed": seed}
+            metrics = run_fit(model, dataset_path, run_dir, config_path, overrides, dataset=dataset, progress=progress)
+            recomputed = evaluate_bundle_on_split(Path(metrics["bundle"]), run_dir / SPLIT_FILE, label=2)
+            row = {
+                "label": label,
+                "model": model,
+                "seed": seed,
+                "valid_recall@20": metrics["valid"]["recall@20"],
+                "test_recall@20": recomputed["recall@20"],
+                "test_ndcg@20": recomputed["ndcg@20"],
+                "trainer_test_recall@20": metrics["test"]["recall@20"],
+                "best_epoch": metrics["best_epoch"],
+                "seconds_per_epoch": metrics["seconds_per_epoch"],
+            }
+            rows.append(row)
+            logger.info("compare %s seed %d: %s", label, seed, row)
+            write_json_atomic(out_dir / "compare.json", rows)
+    return rows, markdown_table(rows)
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    labels = list(dict.fromkeys(row["label"] for row in rows))
+    lines = [
+        "| variant | model | seeds | valid R@20 | test R@20 | test N@20 | best epoch | s/epoch |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for label in labels:
+        group = [row for row in rows if row["label"] == label]
+
+        def cell(key: str, digits: int = 4, group: list[dict[str, Any]] = group) -> str:
+            mean, std = mean_std([float(row[key]) for row in group])
+            return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+        lines.append(
+            f"| {label} | {group[0]['model']} | {','.join(str(r['seed']) for r in group)} | "
+            f"{cell('valid_recall@20')} | {cell('test_recall@20')} | {cell('test_ndcg@20')} | "
+            f"{cell('best_epoch', 0)} | {cell('seconds_per_epoch', 2)} |"
+        )
+    return "\n".join(lines)
