@@ -1,0 +1,176 @@
+"""Scheduled retrain: fold the service's online events (and online items) into the training split.
+
+The service appends one entry per (user, item) event to the Redis stream ``<prefix>events`` (fields
+``user_id``, ``item_id``, ``type``, ``ts``) and stores items added online in the hash ``<prefix>items``
+(item_id -> JSON ``{"features": {modality: [floats]}}``); see docs/service.md. This job reads both,
+adds the events to the TRAIN split (valid and test stay as they are, so early stopping and the reported
+test metrics keep their meaning), trains, exports a new bundle under ``<out>/bundles`` (atomically
+swapping ``current``) and publishes the new version on ``<prefix>reload`` so replicas reload it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from trainer.data.dataset import DatasetError, InteractionDataset
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class MergeReport:
+    events_read: int
+    events_added: int
+    duplicate_events: int
+    new_users: int
+    new_items: int
+    skipped_unknown_items: int
+
+
+def merge_events(
+    dataset: InteractionDataset,
+    events: Iterable[tuple[str, str]],
+    online_items: Mapping[str, Mapping[str, list[float]]] | None = None,
+) -> tuple[InteractionDataset, MergeReport]:
+    """Return a new dataset whose train split also holds ``events`` (user_id, item_id).
+
+    Unknown users are appended as new rows. Unknown items are appended only when ``online_items`` has
+    features for every modality of the dataset with the right dimensions; events on other unknown items
+    are skipped and counted. Events already in any split are not added twice.
+    """
+    online_items = online_items or {}
+    user_index = {uid: row for row, uid in enumerate(dataset.user_ids)}
+    item_index = {iid: row for row, iid in enumerate(dataset.item_ids)}
+    user_ids, item_ids = list(dataset.user_ids), list(dataset.item_ids)
+    features = {name: [matrix] for name, matrix in dataset.features.items()}
+    dims = dataset.modality_dims
+    existing = (dataset.train + dataset.valid + dataset.test).tocsr()
+    pairs: set[tuple[int, int]] = set()
+    read = duplicates = skipped = 0
+    for user_id, item_id in events:
+        read += 1
+        if item_id not in item_index:
+            vector = online_items.get(item_id)
+            if vector is None or set(vector) != set(dims) or any(len(vector[m]) != dims[m] for m in dims):
+                skipped += 1
+                continue
+            rows = {m: np.asarray(vector[m], dtype=np.float32).reshape(1, -1) for m in dims}
+            if not all(np.isfinite(r).all() for r in rows.values()):
+                skipped += 1
+                continue
+            item_index[item_id] = len(item_ids)
+            item_ids.append(item_id)
+            for m in dims:
+                features[m].append(rows[m])
+        if user_id not in user_index:
+            user_index[user_id] = len(user_ids)
+            user_ids.append(user_id)
+        pair = (user_index[user_id], item_index[item_id])
+        known = pair[0] < existing.shape[0] and pair[1] < existing.shape[1] and existing[pair] != 0
+        if known or pair in pairs:
+            duplicates += 1
+            continue
+        pairs.add(pair)
+    shape = (len(user_ids), len(item_ids))
+
+    def grow(matrix: sp.csr_matrix) -> sp.csr_matrix:
+        coo = matrix.tocoo()
+        return sp.csr_matrix((coo.data, (coo.row, coo.col)), shape=shape, dtype=np.float32)
+
+    added = np.asarray(sorted(pairs), dtype=np.int64).reshape(-1, 2)
+    extra = sp.csr_matrix((np.ones(len(added), np.float32), (added[:, 0], added[:, 1])), shape=shape)
+    merged = InteractionDataset(
+        name=dataset.name,
+        user_ids=user_ids,
+        item_ids=item_ids,
+        train=(grow(dataset.train) + extra).tocsr(),
+        valid=grow(dataset.valid),
+        test=grow(dataset.test),
+        features={m: np.concatenate(parts, axis=0) for m, parts in features.items()},
+        kg=_grow_kg(dataset, len(item_ids)),
+    )
+    merged.validate()
+    report = MergeReport(read, len(pairs), duplicates, len(user_ids) - dataset.n_users,
+                         len(item_ids) - dataset.n_items, skipped)
+    return merged, report
+
+
+def _grow_kg(dataset: InteractionDataset, n_items: int):
+    if dataset.kg is None or n_items == dataset.n_items:
+        return dataset.kg
+    from dataclasses import replace
+
+    padding = np.full(n_items - dataset.n_items, -1, dtype=np.int64)
+    return replace(dataset.kg, item_entity=np.concatenate([dataset.kg.item_entity, padding]))
+
+
+def read_store_events(redis_url: str, prefix: str = "modalrec:", batch: int = 10_000) -> tuple[
+    list[tuple[str, str]], dict[str, dict[str, list[float]]], str | None
+]:
+    """All (user_id, item_id) events of ``<prefix>events``, the online items, and the last stream id read."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    events: list[tuple[str, str]] = []
+    last_id: str | None = None
+    start = "-"
+    while True:
+        chunk = client.xrange(f"{prefix}events", min=start, max="+", count=batch)
+        if not chunk:
+            break
+        for entry_id, fields in chunk:
+            if "user_id" not in fields or "item_id" not in fields:
+                raise DatasetError(f"stream entry {entry_id} lacks user_id/item_id: {fields}")
+            events.append((fields["user_id"], fields["item_id"]))
+            last_id = entry_id
+        start = "(" + chunk[-1][0]
+        if len(chunk) < batch:
+            break
+    online_items: dict[str, dict[str, list[float]]] = {}
+    for item_id, payload in client.hgetall(f"{prefix}items").items():
+        online_items[item_id] = json.loads(payload)["features"]
+    return events, online_items, last_id
+
+
+def retrain(
+    dataset_path: Path,
+    out_dir: Path,
+    model: str = "lightgcn",
+    redis_url: str | None = None,
+    prefix: str = "modalrec:",
+    max_epochs: int | None = None,
+) -> dict[str, Any]:
+    """Merge the store's events into the dataset, train ``model``, export and signal a reload."""
+    import os
+
+    from trainer.config import resolve_run_config
+    from trainer.pipeline import dataset_preset_name, load_dataset_dir, run_fit_config
+
+    redis_url = redis_url or os.environ.get("MODALREC_REDIS_URL")
+    dataset = load_dataset_dir(Path(dataset_path))
+    last_id = None
+    report = MergeReport(0, 0, 0, 0, 0, 0)
+    if redis_url:
+        events, online_items, last_id = read_store_events(redis_url, prefix)
+        dataset, report = merge_events(dataset, events, online_items)
+    else:
+        logger.warning("no Redis URL given (MODALREC_REDIS_URL): retraining on the dataset alone")
+    logger.info("retrain merge report: %s", report)
+    overrides = {"max_epochs": max_epochs} if max_epochs else None
+    run_config = resolve_run_config(model, dataset_preset_name(Path(dataset_path)), train_overrides=overrides)
+    metrics = run_fit_config(run_config, dataset, Path(dataset_path), Path(out_dir), progress=False)
+    if redis_url:
+        import redis
+
+        version = Path(metrics["bundle"]).name
+        redis.Redis.from_url(redis_url).publish(f"{prefix}reload", version)
+    return {"bundle": metrics["bundle"], "merge": report.__dict__, "events_until": last_id,
+            "valid": metrics["valid"], "test": metrics["test"]}
