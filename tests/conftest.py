@@ -3,6 +3,16 @@ from pathlib import Path
 
 import pytest
 
+# Tiny tensors: one intra-op thread is faster than two, and avoids oversubscription when CI runs
+# pytest beside other processes on 2 cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+try:
+    import torch
+
+    torch.set_num_threads(1)
+except ImportError:  # the service can be tested without torch
+    pass
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = Path(os.environ.get("MODALREC_SHARED_DATASETS", REPO_ROOT.parent / "shared" / "datasets"))
 

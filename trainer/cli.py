@@ -63,6 +63,17 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--patience", type=int, default=None)
     cmp.add_argument("--device", default=None)
 
+    tune = sub.add_parser("tune", help="grid search on VALID Recall@20 (never reads test); write the best preset")
+    tune.add_argument("--model", required=True)
+    tune.add_argument("--dataset", required=True, type=Path)
+    tune.add_argument("--out", required=True, type=Path)
+    tune.add_argument("--grid", action="append", required=True,
+                      help="model_params.NAME=v1,v2 or train.NAME=v1,v2; repeatable (cartesian product)")
+    tune.add_argument("--seed", type=int, default=999)
+    tune.add_argument("--max-epochs", type=int, default=None)
+    tune.add_argument("--patience", type=int, default=None)
+    tune.add_argument("--write-preset", type=Path, default=None, help="YAML preset to write the best config to")
+
     demo = sub.add_parser("demo", help="obtain MovieLens-100K, build features, train, export (the README's demo)")
     demo.add_argument("--workdir", type=Path, default=Path("runs/demo"))
     demo.add_argument("--model", default="lightgcn")
@@ -147,6 +158,21 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from trainer.pipeline import parse_grid, tune
+
+    overrides = {k: v for k, v in {"max_epochs": args.max_epochs, "patience": args.patience}.items() if v}
+    rows, best = tune(args.model, args.dataset, args.out, parse_grid(args.grid), args.seed, overrides,
+                      args.write_preset)
+    print("| params | valid R@20 | valid N@20 | best epoch | s/epoch |")
+    print("|---|---|---|---|---|")
+    for row in rows:
+        marker = " **best**" if row is best else ""
+        print(f"| {row['params']}{marker} | {row['valid_recall@20']:.4f} | {row['valid_ndcg@20']:.4f} | "
+              f"{row['best_epoch']} | {row['seconds_per_epoch']:.2f} |")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from trainer.demo import run_demo
 
@@ -179,7 +205,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "fit": _cmd_fit, "evaluate": _cmd_evaluate, "export": _cmd_export, "features": _cmd_features,
-    "compare": _cmd_compare, "demo": _cmd_demo, "explain": _cmd_explain, "retrain": _cmd_retrain,
+    "compare": _cmd_compare, "tune": _cmd_tune, "demo": _cmd_demo, "explain": _cmd_explain, "retrain": _cmd_retrain,
     "models": _cmd_models,
 }
 

@@ -133,3 +133,25 @@ def knn_to_torch_sparse_csr(neighbours: Tensor, weights: Tensor, n_columns: int)
     return torch.sparse_csr_tensor(
         crow, columns.reshape(-1), values.reshape(-1), size=(n, n_columns), dtype=torch.float32
     )
+
+
+class _SparseDenseMatmul(torch.autograd.Function):
+    """y = A @ x with the backward pass using a precomputed Aᵀ (torch's own CSR backward is slow on CPU)."""
+
+    @staticmethod
+    def forward(ctx, matrix: Tensor, matrix_t: Tensor, dense: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.matrix_t = matrix_t
+        return matrix @ dense
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):  # type: ignore[override]
+        return None, None, ctx.matrix_t @ grad_output
+
+
+def sparse_matmul(matrix: Tensor, dense: Tensor, matrix_t: Tensor | None = None) -> Tensor:
+    """Sparse [N, M] @ dense [M, d] -> [N, d], differentiable in ``dense``.
+
+    ``matrix_t`` is the transpose (pass it for non-symmetric matrices); by default the matrix is
+    assumed symmetric, as the normalised bipartite adjacency is.
+    """
+    return _SparseDenseMatmul.apply(matrix, matrix if matrix_t is None else matrix_t, dense)

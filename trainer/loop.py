@@ -117,11 +117,12 @@ def fit(
     progress: bool = True,
     checkpoint_path: Path | None = None,
     checkpoint_extra: dict[str, Any] | None = None,
+    evaluate_test: bool = True,
 ) -> FitResult:
     """Train ``run_config.model`` on ``dataset``; select the epoch on VALID; evaluate TEST once.
 
     The test split is masked with train + valid items and evaluated only after training, with the
-    best-valid state restored.
+    best-valid state restored; ``evaluate_test=False`` (hyperparameter search) never reads it.
     """
     cfg = run_config.train
     seed_everything(cfg.seed)
@@ -203,8 +204,10 @@ def fit(
     if best_state is None:
         raise RuntimeError("training ended without any validation epoch")
     model.load_state_dict(best_state)
-    users, items = compute_representations(model)
-    test = evaluate_full_ranking(users, items, dataset.test, train_and_valid, batch_size=cfg.eval_batch_size)
+    test: dict[str, float] = {}
+    if evaluate_test:
+        users, items = compute_representations(model)
+        test = evaluate_full_ranking(users, items, dataset.test, train_and_valid, batch_size=cfg.eval_batch_size)
     return FitResult(
         model=model,
         best_epoch=best_epoch,

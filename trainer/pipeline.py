@@ -184,3 +184,68 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             f"{cell('best_epoch', 0)} | {cell('seconds_per_epoch', 2)} |"
         )
     return "\n".join(lines)
+
+
+def parse_grid(items: list[str]) -> dict[str, list[Any]]:
+    """``["model_params.n_layers=1,2,3", "train.lr=0.001,0.005"]`` -> {key: [values]} (YAML-typed values)."""
+    import yaml
+
+    grid: dict[str, list[Any]] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        section = key.split(".", 1)[0]
+        if not sep or section not in ("model_params", "train") or "." not in key:
+            raise ValueError(f"grid entry {item!r} must look like model_params.NAME=v1,v2 or train.NAME=v1,v2")
+        grid[key] = [yaml.safe_load(v) for v in values.split(",")]
+    return grid
+
+
+def tune(
+    model: str,
+    dataset_path: Path,
+    out_dir: Path,
+    grid: dict[str, list[Any]],
+    seed: int = 999,
+    train_overrides: dict[str, Any] | None = None,
+    write_preset: Path | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Grid search on VALID Recall@20 only (the test split is never read); optionally write the best preset."""
+    import itertools
+
+    import yaml
+
+    from trainer.loop import fit
+
+    dataset = load_dataset_dir(dataset_path)
+    base = resolve_run_config(model, dataset_preset_name(dataset_path), train_overrides={**(train_overrides or {}),
+                                                                                          "seed": seed})
+    keys = list(grid)
+    rows: list[dict[str, Any]] = []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for values in itertools.product(*(grid[k] for k in keys)):
+        run = RunConfig(model=model, model_params=dict(base.model_params),
+                        train=dataclasses.replace(base.train), sources=list(base.sources))
+        for key, value in zip(keys, values):
+            section, name = key.split(".", 1)
+            if section == "model_params":
+                run.model_params[name] = value
+            else:
+                run.train = dataclasses.replace(run.train, **{name: value})
+        result = fit(dataset, run, progress=False, evaluate_test=False)
+        row = {"params": dict(zip(keys, values)), "valid_recall@20": result.valid["recall@20"],
+               "valid_ndcg@20": result.valid["ndcg@20"], "best_epoch": result.best_epoch,
+               "seconds_per_epoch": result.seconds_per_epoch,
+               "model_params": dataclasses.asdict(result.model.config), "train": dataclasses.asdict(run.train)}
+        rows.append(row)
+        logger.info("tune %s %s -> valid recall@20 %.4f (epoch %d)", model, row["params"],
+                    row["valid_recall@20"], row["best_epoch"])
+        write_json_atomic(out_dir / "tune.json", rows)
+    best = max(rows, key=lambda r: r["valid_recall@20"])
+    if write_preset is not None:
+        train = {k: v for k, v in best["train"].items() if k not in ("seed", "device")}
+        preset = {"model_params": best["model_params"], "train": train}
+        write_preset.parent.mkdir(parents=True, exist_ok=True)
+        header = (f"# chosen on VALID recall@20 by `python -m trainer tune` over {len(rows)} configs "
+                  f"(seed {seed}); valid recall@20 {best['valid_recall@20']:.4f}\n")
+        write_preset.write_text(header + yaml.safe_dump(preset, sort_keys=True), encoding="utf-8")
+    return rows, best

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from trainer.graphs import normalized_bipartite_adjacency, to_torch_sparse_csr
+from trainer.graphs import normalized_bipartite_adjacency, sparse_matmul, to_torch_sparse_csr
 from trainer.losses import bpr_loss, l2_reg
 from trainer.models.base import BPRBatch, ModelConfig, ModelInputs, Recommender
 
@@ -20,11 +20,11 @@ class LightGCNConfig(ModelConfig):
 
 
 def propagate(adjacency: Tensor, ego: Tensor, n_layers: int) -> Tensor:
-    """Mean over layers 0..L of Â^l · ego; adjacency sparse [N, N], ego [N, d] -> [N, d]."""
+    """Mean over layers 0..L of Â^l · ego; adjacency symmetric sparse [N, N], ego [N, d] -> [N, d]."""
     layers = [ego]
     current = ego
     for _ in range(n_layers):
-        current = torch.sparse.mm(adjacency, current)
+        current = sparse_matmul(adjacency, current)
         layers.append(current)
     return torch.stack(layers, dim=0).mean(dim=0)
 
