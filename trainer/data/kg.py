@@ -1,4 +1,4 @@
-"""Knowledge-graph readers: RecBole ``.kg`` + ``.link`` and KGAT ``kg_final.txt`` into :class:`KnowledgeGraph`.
+"""Knowledge-graph readers into :class:`KnowledgeGraph`: RecBole ``.kg`` + ``.link``, KGAT ``kg_final.txt``.
 
 Entity order: the entities linked to items, in item order, then every other head/tail entity sorted by
 external id. Relations are sorted by external id. Exact duplicate triples are dropped (counted in the stats).
@@ -101,8 +101,9 @@ def build_knowledge_graph(
         n_links_to_entities_without_triples=sum(e not in triple_entities for e in item_links.values()),
         n_links_for_items_without_interactions=n_links_for_items_without_interactions,
     )
-    kg = KnowledgeGraph(triples=unique_triples, entity_ids=entity_ids, relation_ids=relation_ids,
-                        item_entity=item_entity)
+    kg = KnowledgeGraph(
+        triples=unique_triples, entity_ids=entity_ids, relation_ids=relation_ids, item_entity=item_entity
+    )
     return kg, stats
 
 
@@ -111,12 +112,17 @@ def read_recbole_triples(kg_path: Path) -> list[tuple[str, str, str]]:
     require_file(kg_path, "RecBole knowledge-graph triples")
     header, rows = read_header_table(kg_path)
     names = _field_names(header)
-    columns = [column_index(kg_path, names, name) for name in ("head_id", "relation_id", "tail_id")]
+    head_col, relation_col, tail_col = (
+        column_index(kg_path, names, n) for n in ("head_id", "relation_id", "tail_id")
+    )
     triples = []
     for row in rows:
-        values = tuple(row.fields[c].strip() for c in columns)
-        if not all(values):
-            raise DatasetError(f"{kg_path}:{row.line_no}: expected non-empty head, relation and tail, got {values}")
+        fields = row.fields
+        values = (fields[head_col].strip(), fields[relation_col].strip(), fields[tail_col].strip())
+        if not (values[0] and values[1] and values[2]):
+            raise DatasetError(
+                f"{kg_path}:{row.line_no}: expected non-empty head, relation and tail, got {values}"
+            )
         triples.append(values)
     return triples
 
@@ -171,7 +177,9 @@ def read_recbole_kg(
     if skipped_known or skipped_unknown:
         logger.warning(
             "%s: skipped %d links of items without interactions and %d links of unknown items",
-            link_path, skipped_known, skipped_unknown,
+            link_path,
+            skipped_known,
+            skipped_unknown,
         )
     kg, stats = build_knowledge_graph(triples, item_links, len(item_index), skipped_known + skipped_unknown)
     logger.info("knowledge graph %s: %s", kg_path.name, stats.as_dict())
@@ -179,7 +187,7 @@ def read_recbole_kg(
 
 
 def read_kgat_kg(kg_path: Path, n_items: int) -> tuple[KnowledgeGraph, KGStats]:
-    """KGAT ``kg_final.txt``: whitespace-separated ``head relation tail`` integers; item ``i`` is entity ``i``."""
+    """KGAT ``kg_final.txt``: whitespace-separated ``head relation tail`` ints; item ``i`` is entity ``i``."""
     require_file(kg_path, "KGAT knowledge graph")
     raw = []
     for line_no, line in iter_lines(kg_path):
@@ -188,7 +196,12 @@ def read_kgat_kg(kg_path: Path, n_items: int) -> tuple[KnowledgeGraph, KGStats]:
             raise DatasetError(
                 f"{kg_path}:{line_no}: expected 3 integers 'head relation tail', got {len(fields)} fields"
             )
-        raw.append(tuple(parse_int(kg_path, line_no, f, what) for f, what in zip(fields, ("head", "relation", "tail"))))
+        raw.append(
+            tuple(
+                parse_int(kg_path, line_no, f, what)
+                for f, what in zip(fields, ("head", "relation", "tail"), strict=True)
+            )
+        )
     triples = np.array(raw, dtype=np.int64).reshape(-1, 3)
     n_entities = max(n_items, int(triples[:, [0, 2]].max()) + 1 if len(triples) else 0)
     n_relations = int(triples[:, 1].max()) + 1 if len(triples) else 0

@@ -40,18 +40,24 @@ def _read_split(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(user ids, item ids) int64 pairs of one ``{userID: [itemIDs]}`` file."""
     mapping = _load_json(path)
     if not isinstance(mapping, dict):
-        raise DatasetError(f"{path}: expected a JSON object {{userID: [itemIDs]}}, got {type(mapping).__name__}")
+        raise DatasetError(
+            f"{path}: expected a JSON object {{userID: [itemIDs]}}, got {type(mapping).__name__}"
+        )
     users, items = [], []
     for key, values in mapping.items():
         user = _non_negative_int(key)
         if user is None:
             raise DatasetError(f"{path}: key {key!r}: expected a non-negative integer user id")
         if not isinstance(values, list):
-            raise DatasetError(f"{path}: user {key!r}: expected a list of item ids, got {type(values).__name__}")
+            raise DatasetError(
+                f"{path}: user {key!r}: expected a list of item ids, got {type(values).__name__}"
+            )
         for value in values:
             item = _non_negative_int(value)
             if item is None:
-                raise DatasetError(f"{path}: user {key!r}: expected non-negative integer item ids, got {value!r}")
+                raise DatasetError(
+                    f"{path}: user {key!r}: expected non-negative integer item ids, got {value!r}"
+                )
             users.append(user)
             items.append(item)
     return np.asarray(users, dtype=np.int64), np.asarray(items, dtype=np.int64)
@@ -64,19 +70,22 @@ def _id_count(directory: Path, mapping_file: str, observed_max: int, what: str) 
     mapping = _load_json(path)
     if not isinstance(mapping, dict):
         raise DatasetError(f"{path}: expected a JSON object {{external id: integer id}}")
-    ids = sorted(_non_negative_int(v) if _non_negative_int(v) is not None else -1 for v in mapping.values())
+    parsed = [_non_negative_int(v) for v in mapping.values()]
+    ids = sorted(-1 if v is None else v for v in parsed)
     if ids != list(range(len(ids))):
         raise DatasetError(f"{path}: expected the {what} ids 0..{len(ids) - 1}, each exactly once")
     if observed_max >= len(ids):
         raise DatasetError(
-            f"{directory}: {what} id {observed_max} is used in a split but {mapping_file} has only {len(ids)} ids"
+            f"{directory}: {what} id {observed_max} is used in a split but {mapping_file} "
+            f"has only {len(ids)} ids"
         )
     return len(ids)
 
 
 def read_lattice(directory: Path) -> InteractionDataset:
     pairs = {
-        name: _read_split(require_file(directory / file, f"LATTICE {name} split")) for name, file in SPLIT_FILES.items()
+        name: _read_split(require_file(directory / file, f"LATTICE {name} split"))
+        for name, file in SPLIT_FILES.items()
     }
     max_user = max((int(u.max()) for u, _ in pairs.values() if len(u)), default=-1)
     max_item = max((int(i.max()) for _, i in pairs.values() if len(i)), default=-1)

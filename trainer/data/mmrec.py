@@ -1,5 +1,6 @@
 """MMRec format: ``<name>.inter`` (tab-separated, header ``userID itemID x_label`` + optional columns;
-x_label 0/1/2 = train/valid/test) + ``<modality>_feat.npy`` + optional RecBole ``<name>.kg`` / ``<name>.link``.
+x_label 0/1/2 = train/valid/test) + ``<modality>_feat.npy`` + optional RecBole ``<name>.kg`` /
+``<name>.link``.
 
 Item order (= feature row order): the distinct item ids of ``.inter`` sorted numerically (lexicographically
 when not all integers). MMRec's own convention, ``n_items = max itemID + 1`` with row ``k`` = item ``k``, is
@@ -61,7 +62,10 @@ def _item_order(item_ids: set[str], feature_rows: set[int]) -> list[str]:
         if feature_rows == {dense_count} and dense_count != len(distinct):
             logger.info(
                 "features have max itemID + 1 = %d rows: using MMRec's dense item ids 0..%d "
-                "(%d ids without interactions)", dense_count, dense_count - 1, dense_count - len(distinct),
+                "(%d ids without interactions)",
+                dense_count,
+                dense_count - 1,
+                dense_count - len(distinct),
             )
             return [str(i) for i in range(dense_count)]
     return distinct
@@ -70,7 +74,9 @@ def _item_order(item_ids: set[str], feature_rows: set[int]) -> list[str]:
 def read_mmrec(directory: Path) -> InteractionDataset:
     inter_path = find_inter_file(directory)
     header, rows = read_header_table(inter_path)
-    user_col, item_col, label_col = (column_index(inter_path, header, c) for c in ("userID", "itemID", "x_label"))
+    user_col, item_col, label_col = (
+        column_index(inter_path, header, c) for c in ("userID", "itemID", "x_label")
+    )
     if not rows:
         raise DatasetError(f"{inter_path}: no interactions after the header")
     users, items, labels = [], [], np.empty(len(rows), dtype=np.int64)
@@ -78,7 +84,9 @@ def read_mmrec(directory: Path) -> InteractionDataset:
         user, item = row.fields[user_col].strip(), row.fields[item_col].strip()
         if not user or not item:
             raise DatasetError(f"{inter_path}:{row.line_no}: expected non-empty userID and itemID")
-        label = parse_int(inter_path, row.line_no, row.fields[label_col], "x_label (0 train, 1 valid, 2 test)")
+        label = parse_int(
+            inter_path, row.line_no, row.fields[label_col], "x_label (0 train, 1 valid, 2 test)"
+        )
         if label > 2:
             raise DatasetError(f"{inter_path}:{row.line_no}: expected x_label 0, 1 or 2, got {label}")
         users.append(user)

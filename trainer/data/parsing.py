@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -19,8 +19,7 @@ FEATURE_SUFFIX = "_feat.npy"
 _INT_RE = re.compile(r"-?\d+")
 
 
-@dataclass(frozen=True)
-class Row:
+class Row(NamedTuple):
     """One data line of a text table: its 1-based line number in the file and its fields."""
 
     line_no: int
@@ -146,10 +145,13 @@ def load_feature(path: Path, modality: str) -> np.ndarray:
     except (ValueError, OSError, EOFError) as exc:
         raise DatasetError(f"{path}: cannot read feature '{modality}' as a .npy array ({exc})") from exc
     if array.ndim != 2:
-        raise DatasetError(f"{path}: feature '{modality}' must be 2-d [n_items, dim], got shape {array.shape}")
+        raise DatasetError(
+            f"{path}: feature '{modality}' must be 2-d [n_items, dim], got shape {array.shape}"
+        )
     if not np.issubdtype(array.dtype, np.floating):
         raise DatasetError(f"{path}: feature '{modality}' must be floating point, got dtype {array.dtype}")
-    array = np.ascontiguousarray(array, dtype=np.float32)
+    with np.errstate(over="ignore"):  # values beyond float32 become inf and are reported below
+        array = np.ascontiguousarray(array, dtype=np.float32)
     finite_rows = np.isfinite(array).all(axis=1)
     if not finite_rows.all():
         bad_row = int(np.flatnonzero(~finite_rows)[0])

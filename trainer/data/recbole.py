@@ -37,7 +37,9 @@ def field_names(path: Path, header: list[str]) -> list[str]:
     for column in header:
         name, sep, kind = column.partition(":")
         if not sep or not name or not kind:
-            raise DatasetError(f"{path}:1: expected a typed RecBole header 'name:type', got column {column!r}")
+            raise DatasetError(
+                f"{path}:1: expected a typed RecBole header 'name:type', got column {column!r}"
+            )
         names.append(name)
     return names
 
@@ -54,7 +56,7 @@ def read_item_table(path: Path) -> dict[str, dict[str, str]]:
             raise DatasetError(f"{path}:{row.line_no}: expected a non-empty item_id")
         if item in table:
             raise DatasetError(f"{path}:{row.line_no}: item_id {item!r} is listed twice (expected once)")
-        table[item] = {name: value for name, value in zip(names, row.fields)}
+        table[item] = {name: value for name, value in zip(names, row.fields, strict=True)}
     return table
 
 
@@ -87,7 +89,9 @@ def read_recbole(directory: Path, split_seed: int) -> InteractionDataset:
         shape,
     )
     if interactions.nnz != len(users):
-        logger.info("%s: %d repeated (user, item) rows collapsed", inter_path.name, len(users) - interactions.nnz)
+        logger.info(
+            "%s: %d repeated (user, item) rows collapsed", inter_path.name, len(users) - interactions.nnz
+        )
 
     items_without_interactions: list[str] = []
     item_path = inter_path.with_suffix(".item")
@@ -96,7 +100,9 @@ def read_recbole(directory: Path, split_seed: int) -> InteractionDataset:
         if items_without_interactions:
             logger.warning(
                 "%s: dropped %d items listed without any interaction (first: %s)",
-                item_path.name, len(items_without_interactions), items_without_interactions[:5],
+                item_path.name,
+                len(items_without_interactions),
+                items_without_interactions[:5],
             )
 
     split = split_per_user(interactions, split_seed)

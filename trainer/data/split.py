@@ -97,7 +97,9 @@ def split_per_user(
 ) -> Split:
     """Split binary interactions [n_users, n_items] per user at random (see the module rules)."""
     if not (0 <= valid_ratio < 1 and 0 <= test_ratio < 1 and valid_ratio + test_ratio < 1):
-        raise SplitError(f"expected ratios in [0, 1) summing below 1, got valid={valid_ratio} test={test_ratio}")
+        raise SplitError(
+            f"expected ratios in [0, 1) summing below 1, got valid={valid_ratio} test={test_ratio}"
+        )
     csr = _canonical_binary(interactions)
     n_valid, n_test = holdout_counts(np.diff(csr.indptr), valid_ratio, test_ratio)
     rows, rank = _rank_within_rows(csr, np.random.default_rng(seed))
@@ -108,7 +110,9 @@ def split_per_user(
     return drop_holdout_without_train(split)
 
 
-def carve_valid_from_train(train: sp.spmatrix, seed: int, fraction: float = 1 / 9) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+def carve_valid_from_train(
+    train: sp.spmatrix, seed: int, fraction: float = 1 / 9
+) -> tuple[sp.csr_matrix, sp.csr_matrix]:
     """Move ``round(fraction * n)`` random training items of each user to valid, keeping >= 1 in train.
 
     Used for formats that ship only train/test (KGAT): with ``fraction = 1/9`` an 8:1 train:valid ratio
