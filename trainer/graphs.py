@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -47,6 +49,12 @@ def to_torch_sparse_csr(matrix: sp.spmatrix, device: torch.device | str = "cpu")
     """scipy sparse -> torch sparse CSR float32 tensor (fast ``torch.sparse.mm`` on CPU)."""
     csr = sp.csr_matrix(matrix, dtype=np.float32)
     csr.sort_indices()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Ss]parse.*")
+        return _csr_tensor(csr, device)
+
+
+def _csr_tensor(csr: sp.csr_matrix, device: torch.device | str) -> Tensor:
     return torch.sparse_csr_tensor(
         torch.as_tensor(csr.indptr.astype(np.int64)),
         torch.as_tensor(csr.indices.astype(np.int64)),

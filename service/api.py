@@ -1,0 +1,164 @@
+"""HTTP routes. Thin: parse, call the :class:`~service.runtime.Runtime`, shape the answer."""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from service.errors import ConflictError, ForbiddenError, UnauthorizedError
+from service.runtime import ReloadRefused, Runtime
+from service.schemas import (
+    MAX_ID_LENGTH,
+    MAX_K,
+    ErrorResponse,
+    EventsRequest,
+    EventsResponse,
+    HealthResponse,
+    IndexInfo,
+    ModelResponse,
+    NewItemRequest,
+    NewItemResponse,
+    ReadyResponse,
+    RecommendRequest,
+    RecommendResponse,
+    ReloadResponse,
+    ScoredItem,
+    SimilarResponse,
+)
+from service.store import StoreUnavailable
+
+router = APIRouter()
+
+UserId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH)]
+ItemIdPath = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH)]
+ERRORS = {code: {"model": ErrorResponse} for code in (404, 409, 413, 422, 503)}
+
+
+def get_runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+@router.post("/recommend/{user_id}", response_model=RecommendResponse, responses=ERRORS, tags=["serving"])
+async def recommend(user_id: UserId, runtime: RuntimeDep, body: RecommendRequest | None = None) -> Response:
+    """Top-k items for a user. Unknown users: folded in from their online events, else popularity."""
+    body = body or RecommendRequest()
+    result, version = runtime.recommend(user_id, body.k, body.exclude_seen, body.exclude)
+    # Serialised directly (the hot path): the same shape as RecommendResponse, without re-validation.
+    payload = {
+        "user_id": user_id,
+        "items": [{"item_id": i, "score": s} for i, s in zip(result.item_ids, result.scores, strict=True)],
+        "model_version": version,
+        "fallback": result.fallback,
+    }
+    return Response(json.dumps(payload, allow_nan=False).encode(), media_type="application/json")
+
+
+@router.post("/users/{user_id}/events", response_model=EventsResponse, responses=ERRORS, tags=["serving"])
+async def record_events(user_id: UserId, body: EventsRequest, runtime: RuntimeDep) -> EventsResponse:
+    """Record interactions: the user's seen set (filtered from recommendations) and the event stream."""
+    recorded = runtime.record_events(user_id, body.item_ids, body.type)
+    return EventsResponse(user_id=user_id, recorded=recorded)
+
+
+@router.post("/items", response_model=NewItemResponse, status_code=201, responses=ERRORS, tags=["serving"])
+def add_item(body: NewItemRequest, runtime: RuntimeDep) -> NewItemResponse:
+    """Add (or replace) a cold-start item from its modality features via the bundle's item encoder."""
+    replaced, state = runtime.add_item(body.item_id, body.features)
+    return NewItemResponse(
+        item_id=body.item_id, replaced=replaced, index_size=state.index.size, model_version=state.version
+    )
+
+
+@router.get("/items/{item_id}/similar", response_model=SimilarResponse, responses=ERRORS, tags=["serving"])
+async def similar_items(
+    item_id: ItemIdPath, runtime: RuntimeDep, k: Annotated[int, Query(ge=1, le=MAX_K)] = 20
+) -> SimilarResponse:
+    """Items nearest to ``item_id`` by inner product of item embeddings (the item itself excluded)."""
+    ids, scores, version = runtime.similar(item_id, k)
+    return SimilarResponse(
+        item_id=item_id,
+        items=[ScoredItem(item_id=i, score=s) for i, s in zip(ids, scores, strict=True)],
+        model_version=version,
+    )
+
+
+@router.get("/model", response_model=ModelResponse, responses=ERRORS, tags=["operations"])
+async def model(runtime: RuntimeDep) -> ModelResponse:
+    """Manifest of the served bundle (version, metrics, modalities) and the index size."""
+    state = runtime.state
+    manifest = state.bundle.manifest
+    return ModelResponse(
+        version=state.version,
+        model=manifest.get("model"),
+        dataset=manifest.get("dataset"),
+        created_at=manifest.get("created_at"),
+        dim=state.bundle.dim,
+        n_users=len(state.bundle.user_ids),
+        n_items=len(state.bundle.item_ids),
+        modalities=state.bundle.modalities,
+        metrics=manifest.get("metrics", {}),
+        has_item_encoder=state.encoder is not None,
+        index=IndexInfo(
+            kind=state.index.kind,
+            size=state.index.size,
+            bundle_items=state.index.n_main,
+            online_items=state.index.n_online,
+        ),
+    )
+
+
+@router.get("/healthz", response_model=HealthResponse, tags=["operations"])
+async def healthz() -> HealthResponse:
+    """The process is alive (no dependency is checked)."""
+    return HealthResponse(status="ok")
+
+
+@router.get(
+    "/readyz", response_model=ReadyResponse, responses={503: {"model": ReadyResponse}}, tags=["operations"]
+)
+async def readyz(runtime: RuntimeDep) -> Response:
+    """200 when a bundle is loaded and warmed and the store answers; 503 (with the reason) otherwise."""
+    report = await run_in_threadpool(runtime.readiness)
+    return JSONResponse(ReadyResponse(**report).model_dump(), status_code=200 if report["ready"] else 503)
+
+
+@router.get("/metrics", tags=["operations"], response_class=Response)
+def metrics(runtime: RuntimeDep) -> Response:
+    """Prometheus text exposition (aggregated over workers in multiprocess mode)."""
+    payload, content_type = runtime.metrics.render()
+    return Response(content=payload, media_type=content_type)
+
+
+@router.post(
+    "/admin/reload", response_model=ReloadResponse, responses={401: {}, 403: {}, 409: {}}, tags=["operations"]
+)
+def admin_reload(
+    runtime: RuntimeDep, authorization: Annotated[str | None, Header()] = None, force: bool = False
+) -> ReloadResponse:
+    """Load the bundle `current` points at now (bearer token). 409 when it is refused; old one keeps serving."""
+    token = runtime.settings.admin_token
+    if not token:
+        raise ForbiddenError("the admin endpoint is disabled (set MODALREC_ADMIN_TOKEN)")
+    scheme, _, given = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
+        raise UnauthorizedError("missing or wrong bearer token")
+    try:
+        result = runtime.reload("admin", force=force)
+    except ReloadRefused as exc:
+        raise ConflictError(str(exc)) from exc
+    if result.status == "reloaded":
+        try:
+            runtime.store.publish_reload(result.version)
+        except StoreUnavailable:  # other replicas still find it by polling
+            pass
+    return ReloadResponse(
+        status=result.status, version=result.version, previous_version=result.previous_version
+    )

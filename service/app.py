@@ -1,0 +1,173 @@
+"""Application factory: ``create_app(settings)`` wires settings, store, metrics and routes.
+
+The bundle is loaded in the lifespan (``with TestClient(app)`` or uvicorn start-up), so building the
+app is cheap and does no I/O beyond creating the store client.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry
+
+from service.errors import ServiceError
+from service.metrics import ServiceMetrics, mark_worker_dead
+from service.runtime import Runtime
+from service.settings import Settings
+from service.store import Store, make_store
+
+logger = logging.getLogger(__name__)
+
+
+def pin_threads(threads: int) -> None:
+    """One FAISS/OpenMP pool of ``threads`` per worker (the CLI also sets OMP_NUM_THREADS)."""
+    import faiss
+
+    faiss.omp_set_num_threads(threads)
+
+
+class ObservabilityMiddleware:
+    """Pure ASGI middleware: request latency/status metrics per route template, and a body-size cap.
+
+    Bodies above ``max_body_bytes`` get 413 before any route runs (by Content-Length, or while
+    buffering a chunked body).
+    """
+
+    def __init__(self, app: Any, metrics: ServiceMetrics, max_body_bytes: int) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+        method = scope["method"]
+
+        async def send_wrapper(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            too_large, receive = await self._limit_body(scope, receive)
+            if too_large:
+                status = 413
+                await _send_json(
+                    send, 413, {"detail": f"request body larger than {self.max_body_bytes} bytes"}
+                )
+                return
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            self.metrics.request_duration.labels(template, method).observe(time.perf_counter() - started)
+            self.metrics.requests.labels(template, method, str(status)).inc()
+
+    async def _limit_body(self, scope: dict, receive: Any) -> tuple[bool, Any]:
+        length = None
+        chunked = False
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    length = int(value)
+                except ValueError:
+                    return True, receive
+            elif name == b"transfer-encoding" and b"chunked" in value.lower():
+                chunked = True
+        if length is not None:
+            return length > self.max_body_bytes, receive
+        if not chunked:
+            return False, receive
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunks.append(message.get("body", b""))
+            total += len(chunks[-1])
+            if total > self.max_body_bytes:
+                return True, receive
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return False, replay
+
+
+async def _send_json(send: Any, status: int, payload: dict) -> None:
+    body = json.dumps(payload).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(
+    settings: Settings, *, store: Store | None = None, registry: CollectorRegistry | None = None
+) -> FastAPI:
+    """Build the app. ``store`` and ``registry`` are injectable (tests); by default they come from settings."""
+    from service.api import router
+
+    metrics = ServiceMetrics(registry)
+    runtime = Runtime(settings, store if store is not None else make_store(settings), metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pin_threads(settings.threads_per_worker)
+        runtime.start()
+        try:
+            yield
+        finally:
+            runtime.stop()
+            mark_worker_dead(os.getpid())
+
+    app = FastAPI(
+        title="modalrec",
+        version="0.1.0",
+        description="Recommendations for multimodal items (SAND, LUDP, Multi-KG4Rec bundles) over FAISS.",
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    app.state.settings = settings
+
+    @app.exception_handler(ServiceError)
+    async def service_error(_request: Request, exc: ServiceError) -> JSONResponse:
+        return JSONResponse({"detail": exc.message}, status_code=exc.status_code)
+
+    app.include_router(router)
+    app.add_middleware(ObservabilityMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """uvicorn factory (``service.app:create_app_from_env``): settings from ``MODALREC_*`` variables."""
+    settings = Settings()  # type: ignore[call-arg]
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    return create_app(settings)

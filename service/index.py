@@ -1,0 +1,230 @@
+"""FAISS retrieval over item embeddings (inner product, so it ranks exactly like the models score).
+
+Layout: the bundle's items live in an immutable *main* index (``IndexIDMap2`` over ``IndexFlatIP`` up
+to ``flat_max_items`` items, ``IndexHNSWFlat`` above, ids = item rows ``0..n-1``); items added online
+(cold start, ``POST /items``) live in a small *delta* ``IndexIDMap2(IndexFlatIP)`` with ids
+``n, n+1, ...``. Mutations rebuild the delta copy-on-write under one lock and publish it with a single
+attribute assignment, so searches never take a lock and never see a half-built index.
+
+``build_index_file`` is what the trainer's export calls (when faiss is importable) to ship
+``item_index.faiss`` in the bundle, so that large catalogues are not indexed at service start-up.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+INDEX_FILE = "item_index.faiss"
+DEFAULT_FLAT_MAX_ITEMS = 200_000
+DEFAULT_HNSW_M = 32
+DEFAULT_EF_CONSTRUCTION = 80
+
+
+class IndexMismatchError(ValueError):
+    """An index file or an embedding matrix does not match what the bundle says."""
+
+
+def build_index(
+    item_embeddings: np.ndarray,
+    *,
+    flat_max_items: int = DEFAULT_FLAT_MAX_ITEMS,
+    hnsw_m: int = DEFAULT_HNSW_M,
+    ef_construction: int = DEFAULT_EF_CONSTRUCTION,
+) -> faiss.IndexIDMap2:
+    """Inner-product index over ``item_embeddings`` float32 [n_items, dim], ids = rows.
+
+    Exact ``IndexFlatIP`` when ``n_items <= flat_max_items``, else ``IndexHNSWFlat`` (approximate).
+    """
+    embeddings = np.ascontiguousarray(item_embeddings, dtype=np.float32)
+    if embeddings.ndim != 2 or embeddings.shape[1] < 1:
+        raise IndexMismatchError(f"item embeddings must be [n_items, dim], got shape {embeddings.shape}")
+    n_items, dim = embeddings.shape
+    if n_items <= flat_max_items:
+        inner: faiss.Index = faiss.IndexFlatIP(dim)
+    else:
+        inner = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        inner.hnsw.efConstruction = ef_construction
+    index = faiss.IndexIDMap2(inner)
+    index.add_with_ids(embeddings, np.arange(n_items, dtype=np.int64))
+    return index
+
+
+def build_index_file(
+    item_embeddings: np.ndarray,
+    path: str | os.PathLike[str],
+    *,
+    flat_max_items: int = DEFAULT_FLAT_MAX_ITEMS,
+    hnsw_m: int = DEFAULT_HNSW_M,
+    ef_construction: int = DEFAULT_EF_CONSTRUCTION,
+) -> dict[str, int | str]:
+    """Build the index for a bundle and write it to ``path`` (pass it to ``write_bundle`` as the
+    extra file ``item_index.faiss``). Returns a description for the manifest, e.g.
+    ``{"kind": "hnsw", "n_items": 1000000, "hnsw_m": 32, "ef_construction": 80}``.
+    """
+    index = build_index(
+        item_embeddings, flat_max_items=flat_max_items, hnsw_m=hnsw_m, ef_construction=ef_construction
+    )
+    faiss.write_index(index, str(path))
+    description: dict[str, int | str] = {"kind": index_kind(index), "n_items": int(index.ntotal)}
+    if description["kind"] == "hnsw":
+        description.update(hnsw_m=hnsw_m, ef_construction=ef_construction)
+    return description
+
+
+def index_kind(index: faiss.Index) -> str:
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
+    return "hnsw" if isinstance(inner, faiss.IndexHNSW) else "flat"
+
+
+def load_index_file(path: Path, n_items: int, dim: int) -> faiss.IndexIDMap2:
+    """Read an ``item_index.faiss`` and check it indexes exactly rows ``0..n_items-1`` of ``dim``."""
+    try:
+        index = faiss.read_index(str(path))
+    except RuntimeError as exc:
+        raise IndexMismatchError(f"unreadable FAISS index {path}: {exc}") from exc
+    if not isinstance(index, faiss.IndexIDMap2):
+        raise IndexMismatchError(f"{path.name} must be an IndexIDMap2, got {type(index).__name__}")
+    if index.metric_type != faiss.METRIC_INNER_PRODUCT:
+        raise IndexMismatchError(f"{path.name} must use inner product (the models score by inner product)")
+    if index.d != dim or index.ntotal != n_items:
+        raise IndexMismatchError(
+            f"{path.name} holds {index.ntotal} vectors of dim {index.d}; the bundle has {n_items} of dim {dim}"
+        )
+    ids = faiss.vector_to_array(index.id_map)
+    if not np.array_equal(ids, np.arange(n_items, dtype=ids.dtype)):
+        raise IndexMismatchError(f"{path.name} ids are not the item rows 0..{n_items - 1}")
+    return index
+
+
+@dataclass(frozen=True)
+class _Delta:
+    """Online items: ids [m] (rows >= n_main), vectors [m, dim], their flat index (None when m == 0)."""
+
+    ids: np.ndarray
+    vectors: np.ndarray
+    position: dict[int, int]
+    index: faiss.IndexIDMap2 | None
+
+
+class ItemIndex:
+    """Lock-free search over the bundle's items plus items added online.
+
+    Args:
+        main: ``IndexIDMap2`` over the bundle's items, ids = rows ``0..n_main-1`` (never mutated).
+        main_embeddings: float32 [n_main, dim], the same vectors (exact fallback, vector lookups).
+        ef_search: HNSW search depth (raised to ``k`` when ``k`` is larger).
+    """
+
+    def __init__(self, main: faiss.IndexIDMap2, main_embeddings: np.ndarray, ef_search: int = 128) -> None:
+        if main.ntotal != main_embeddings.shape[0] or main.d != main_embeddings.shape[1]:
+            raise IndexMismatchError("main index and main embeddings disagree in size or dimension")
+        self.main = main
+        self.main_embeddings = main_embeddings
+        self.kind = index_kind(main)
+        self.ef_search = ef_search
+        self.dim = int(main.d)
+        self.n_main = int(main.ntotal)
+        self._lock = threading.Lock()
+        self._delta = _Delta(np.zeros(0, dtype=np.int64), np.zeros((0, self.dim), dtype=np.float32), {}, None)
+
+    @property
+    def size(self) -> int:
+        return self.n_main + len(self._delta.ids)
+
+    @property
+    def n_online(self) -> int:
+        return len(self._delta.ids)
+
+    def vector(self, row: int) -> np.ndarray:
+        """Embedding float32 [dim] of item row ``row`` (bundle or online)."""
+        if 0 <= row < self.n_main:
+            return self.main_embeddings[row]
+        delta = self._delta
+        return delta.vectors[delta.position[row]]
+
+    def upsert(self, row: int, vector: np.ndarray) -> None:
+        """Add (or replace) online item ``row`` (>= n_main) with ``vector`` float32 [dim]."""
+        vector = np.ascontiguousarray(vector, dtype=np.float32).reshape(1, -1)
+        if row < self.n_main:
+            raise IndexMismatchError(f"row {row} belongs to the bundle; online items start at {self.n_main}")
+        if vector.shape[1] != self.dim or not np.isfinite(vector).all():
+            raise IndexMismatchError(f"online item vector must be finite with dim {self.dim}")
+        with self._lock:
+            old = self._delta
+            if row in old.position:
+                vectors = old.vectors.copy()
+                vectors[old.position[row]] = vector[0]
+                ids = old.ids
+            else:
+                vectors = np.concatenate([old.vectors, vector])
+                ids = np.concatenate([old.ids, np.array([row], dtype=np.int64)])
+            index = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
+            index.add_with_ids(vectors, ids)
+            self._delta = _Delta(ids, vectors, {int(r): p for p, r in enumerate(ids)}, index)
+
+    def search(
+        self, query: np.ndarray, k: int, exclude: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` rows by inner product with ``query`` float32 [dim], skipping rows in ``exclude``.
+
+        Over-fetches ``k + |exclude|`` candidates and drops excluded rows (cheaper than a FAISS
+        IDSelector here: the translated selector of IndexIDMap2 costs more than the scan at 7k items).
+        Returns (rows int64 [k'], scores float32 [k']) best first with ``k' = min(k, size - |exclude|)``;
+        if the approximate index returns fewer survivors than that, the search is redone exactly.
+        """
+        query = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
+        delta = self._delta
+        if exclude is not None and len(exclude):
+            exclude = np.unique(np.asarray(exclude, dtype=np.int64))
+            n_excluded_existing = int(np.count_nonzero(exclude < self.n_main)) + sum(
+                1 for r in exclude[exclude >= self.n_main].tolist() if r in delta.position
+            )
+        else:
+            exclude = None
+            n_excluded_existing = 0
+        expected = min(k, self.n_main + len(delta.ids) - n_excluded_existing)
+        fetch = k + n_excluded_existing
+        rows, scores = self._search_main(query, fetch)
+        if delta.index is not None:
+            d_scores, d_rows = delta.index.search(query, min(fetch, len(delta.ids)))
+            rows = np.concatenate([rows, d_rows[0]])
+            scores = np.concatenate([scores, d_scores[0]])
+            order = np.argsort(-scores, kind="stable")
+            rows, scores = rows[order], scores[order]
+        keep = rows >= 0
+        if exclude is not None:
+            keep &= ~np.isin(rows, exclude, assume_unique=False)
+        rows, scores = rows[keep][:k], scores[keep][:k]
+        if len(rows) < expected:
+            logger.info("approximate search returned %d < %d items; redoing it exactly", len(rows), expected)
+            rows, scores = self._exact(query[0], k, exclude, delta)
+        return rows, scores
+
+    def _search_main(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        k = min(k, self.n_main)
+        if self.kind == "hnsw":
+            params = faiss.SearchParametersHNSW(efSearch=max(self.ef_search, k))
+            scores, rows = self.main.search(query, k, params=params)
+        else:
+            scores, rows = self.main.search(query, k)
+        return rows[0], scores[0]
+
+    def _exact(
+        self, query: np.ndarray, k: int, exclude: np.ndarray | None, delta: _Delta
+    ) -> tuple[np.ndarray, np.ndarray]:
+        scores = np.concatenate([self.main_embeddings @ query, delta.vectors @ query])
+        rows = np.concatenate([np.arange(self.n_main, dtype=np.int64), delta.ids])
+        if exclude is not None:
+            keep = ~np.isin(rows, exclude)
+            rows, scores = rows[keep], scores[keep]
+        top = np.argsort(-scores, kind="stable")[:k]
+        return rows[top], scores[top].astype(np.float32)

@@ -1,0 +1,292 @@
+"""The running service: the current :class:`ServingState`, the store, reloads and background sync.
+
+Reads never lock: a request takes ``runtime.state`` once and uses that snapshot to the end. Two locks
+exist: ``_reload_lock`` (one reload at a time) and ``_mutation_lock`` (online items and the final swap of
+a reload, so an item added while a new bundle is being prepared is carried over).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from service.bundle import CURRENT_LINK, BundleError, load_bundle, resolve_bundle_dir
+from service.encoder import FeatureError
+from service.errors import ConflictError, InvalidInputError, NotFoundError, UnavailableError
+from service.metrics import ServiceMetrics
+from service.settings import Settings
+from service.state import Recommendation, ServingState
+from service.store import Store, StoreUnavailable
+
+logger = logging.getLogger(__name__)
+
+
+class ReloadRefused(Exception):
+    """A new bundle failed verification or could not be indexed; the old one keeps serving."""
+
+
+@dataclass
+class ReloadResult:
+    status: str  # "reloaded" | "unchanged"
+    version: str
+    previous_version: str | None
+
+
+class Runtime:
+    def __init__(self, settings: Settings, store: Store, metrics: ServiceMetrics) -> None:
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics
+        self._state: ServingState | None = None
+        self._reload_lock = threading.Lock()
+        self._mutation_lock = threading.Lock()
+        self._online_items: dict[str, Mapping[str, Sequence[float]]] = {}
+        self._items_revision: int | None = None
+        self._last_refused: Path | None = None
+        self._store_ok = True
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self._unsubscribe: Any = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._stop.clear()
+        try:
+            self.reload("startup")
+        except ReloadRefused as exc:
+            logger.error(
+                "no servable bundle at start-up (%s); will keep polling %s", exc, self.settings.bundle_root
+            )
+        self.check_store()
+        try:
+            self._unsubscribe = self.store.subscribe_reload(lambda _msg: self._wake.set())
+        except StoreUnavailable as exc:
+            logger.warning("reload subscription unavailable: %s", exc)
+        self._watcher = threading.Thread(target=self._watch, name="modalrec-watcher", daemon=True)
+        self._watcher.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)
+        self.store.close()
+
+    @property
+    def state(self) -> ServingState:
+        state = self._state
+        if state is None:
+            raise UnavailableError("no bundle is loaded yet")
+        return state
+
+    @property
+    def loaded(self) -> bool:
+        return self._state is not None
+
+    # -- reload ---------------------------------------------------------------------------------
+    def reload(self, trigger: str, force: bool = False) -> ReloadResult:
+        """Load the bundle ``bundle_root`` points at, warm it on the side and swap it in.
+
+        Raises:
+            ReloadRefused: corrupt or inconsistent bundle; the current one keeps serving.
+        """
+        with self._reload_lock:
+            previous = self._state
+            try:
+                target = resolve_bundle_dir(self.settings.bundle_root)
+            except BundleError as exc:
+                self.metrics.reload_failures.labels(trigger).inc()
+                raise ReloadRefused(str(exc)) from exc
+            if previous is not None and target == previous.bundle.path and not force:
+                return ReloadResult("unchanged", previous.version, previous.version)
+            started = time.perf_counter()
+            try:
+                bundle = load_bundle(target)
+                new_state = ServingState.build(bundle, self.settings)
+                new_state.warm()
+            except (BundleError, OSError, ValueError, RuntimeError) as exc:  # faiss/onnx raise RuntimeError
+                self._last_refused = target
+                self.metrics.reload_failures.labels(trigger).inc()
+                logger.error(
+                    "bundle %s refused (%s); still serving %s",
+                    target,
+                    exc,
+                    previous.version if previous else "nothing",
+                )
+                raise ReloadRefused(f"bundle {target.name} refused: {exc}") from exc
+            stored = self._stored_items()
+            new_state.apply_online_items({**stored, **self._online_items})  # encoding, outside the lock
+            with self._mutation_lock:  # items added meanwhile; unchanged ones are skipped
+                new_state.apply_online_items({**stored, **self._online_items})
+                self._online_items.update(stored)
+                self._state = new_state
+            self._last_refused = None
+            self.metrics.reloads.labels(trigger).inc()
+            self.metrics.set_model(
+                new_state.version, str(bundle.manifest.get("model")), str(bundle.manifest.get("dataset"))
+            )
+            self._update_index_gauges(new_state)
+            logger.info(
+                "serving bundle %s (%s, %.2fs)", new_state.version, trigger, time.perf_counter() - started
+            )
+            return ReloadResult("reloaded", new_state.version, previous.version if previous else None)
+
+    def _stored_items(self) -> dict[str, Mapping[str, Sequence[float]]]:
+        try:
+            revision, items = self.store.get_items()
+        except StoreUnavailable as exc:
+            self.metrics.store_errors.labels("get_items").inc()
+            logger.warning("store unavailable while loading online items: %s", exc)
+            return {}
+        self._items_revision = revision
+        return dict(items)
+
+    def _current_target_changed(self) -> bool:
+        root = Path(self.settings.bundle_root)
+        link = root / CURRENT_LINK
+        if not link.exists():
+            return False
+        target = Path(os.path.realpath(link))
+        state = self._state
+        if target == self._last_refused:
+            return False
+        return state is None or target != state.bundle.path
+
+    def _watch(self) -> None:
+        interval = self.settings.reload_poll_s if self.settings.reload_poll_s > 0 else 1.0
+        while not self._stop.is_set():
+            woken = self._wake.wait(timeout=interval)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                if woken:
+                    self.reload("pubsub")
+                elif self.settings.reload_poll_s > 0 and self._current_target_changed():
+                    self.reload("poll")
+            except ReloadRefused:
+                pass
+            except Exception:  # the watcher must survive anything; it is the recovery path
+                logger.exception("reload check failed")
+            try:
+                self.check_store()
+                self.sync_online_items()
+            except Exception:
+                logger.exception("store sync failed")
+
+    # -- store ----------------------------------------------------------------------------------
+    def check_store(self) -> bool:
+        ok = self.store.ping()
+        if ok != self._store_ok:
+            logger.warning("store is %s", "reachable again" if ok else "unreachable; serving degraded")
+        self._store_ok = ok
+        self.metrics.store_up.set(1 if ok else 0)
+        return ok
+
+    def sync_online_items(self) -> int:
+        """Pick up items other replicas added (the store's item revision changed)."""
+        state = self._state
+        if state is None:
+            return 0
+        try:
+            revision = self.store.items_revision()
+            if revision == self._items_revision:
+                return 0
+            revision, items = self.store.get_items()
+        except StoreUnavailable:
+            return 0
+        with self._mutation_lock:
+            if self._state is not state:
+                return 0
+            applied = state.apply_online_items(items)
+            self._online_items.update(items)
+            self._items_revision = revision
+        if applied:
+            self._update_index_gauges(state)
+        return applied
+
+    def _update_index_gauges(self, state: ServingState) -> None:
+        self.metrics.index_size.labels("bundle").set(state.index.n_main)
+        self.metrics.index_size.labels("online").set(state.index.n_online)
+
+    # -- operations -----------------------------------------------------------------------------
+    def recommend(
+        self, user_id: str, k: int, exclude_seen: bool, exclude: Sequence[str]
+    ) -> tuple[Recommendation, str]:
+        state = self.state
+        known = user_id in state.user_rows
+        online_seen: set[str] = set()
+        if not known or exclude_seen:
+            try:
+                online_seen = self.store.get_seen(user_id)
+            except StoreUnavailable:
+                self.metrics.store_errors.labels("get_seen").inc()
+                self.metrics.degraded.labels("recommend").inc()
+        result = state.recommend(user_id, k, exclude_seen, exclude, online_seen)
+        if result.fallback is not None:
+            self.metrics.fallbacks.labels(result.fallback).inc()
+        return result, state.version
+
+    def record_events(self, user_id: str, item_ids: Sequence[str], event_type: str) -> int:
+        state = self.state
+        unknown = sorted({i for i in item_ids if i not in state.item_rows})
+        if unknown:
+            shown = ", ".join(repr(i) for i in unknown[:10])
+            raise InvalidInputError(f"unknown item ids ({len(unknown)}): {shown}; nothing was recorded")
+        unique = list(dict.fromkeys(item_ids))
+        try:
+            self.store.record_events(user_id, unique, event_type, time.time())
+        except StoreUnavailable as exc:
+            self.metrics.store_errors.labels("record_events").inc()
+            raise UnavailableError(f"the event store is unreachable; nothing was recorded ({exc})") from exc
+        return len(unique)
+
+    def add_item(self, item_id: str, features: Mapping[str, Sequence[float]]) -> tuple[bool, ServingState]:
+        with self._mutation_lock:
+            state = self.state
+            if state.is_bundle_item(item_id):
+                raise ConflictError(
+                    f"item {item_id!r} is part of bundle {state.version}; it cannot be replaced online"
+                )
+            try:
+                vector = state.encode(features)
+            except FeatureError as exc:
+                raise InvalidInputError(str(exc)) from exc
+            stored = {name: [float(v) for v in values] for name, values in features.items()}
+            try:
+                self.store.put_item(item_id, stored)
+            except StoreUnavailable as exc:
+                self.metrics.store_errors.labels("put_item").inc()
+                raise UnavailableError(
+                    f"the item store is unreachable; item {item_id!r} was not added ({exc})"
+                ) from exc
+            replaced = state.upsert_online_item(item_id, stored, vector)
+            self._online_items[item_id] = stored
+        self._update_index_gauges(state)
+        return replaced, state
+
+    def similar(self, item_id: str, k: int) -> tuple[list[str], list[float], str]:
+        state = self.state
+        if item_id not in state.item_rows:
+            raise NotFoundError(f"unknown item {item_id!r}")
+        ids, scores = state.similar(item_id, k)
+        return ids, scores, state.version
+
+    def readiness(self) -> dict[str, Any]:
+        store_ok = self.check_store()
+        state = self._state
+        return {
+            "ready": state is not None and store_ok,
+            "bundle": state.version if state else None,
+            "bundle_loaded": state is not None,
+            "store": "ok" if store_ok else "unreachable",
+        }

@@ -1,0 +1,118 @@
+"""Request and response bodies (pydantic); they define the published OpenAPI schema."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_K = 1000
+MAX_ID_LENGTH = 256
+MAX_EVENT_ITEMS = 1000
+MAX_EXCLUDE = 10_000
+
+ItemId = Field(min_length=1, max_length=MAX_ID_LENGTH)
+
+
+class RecommendRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    k: int = Field(default=20, ge=1, le=MAX_K, description="number of items to return")
+    exclude_seen: bool = Field(default=True, description="drop training interactions and online events")
+    exclude: list[str] = Field(
+        default_factory=list, max_length=MAX_EXCLUDE, description="item ids never returned"
+    )
+
+
+class ScoredItem(BaseModel):
+    item_id: str
+    score: float
+
+
+class RecommendResponse(BaseModel):
+    user_id: str
+    items: list[ScoredItem]
+    model_version: str
+    fallback: Literal["popularity", "folded_in"] | None = Field(
+        description="null for users known to the bundle; how an unknown user was served otherwise"
+    )
+
+
+class EventsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    item_ids: list[str] = Field(min_length=1, max_length=MAX_EVENT_ITEMS)
+    type: str = Field(
+        default="interaction", min_length=1, max_length=64, description="event type, e.g. click"
+    )
+
+
+class EventsResponse(BaseModel):
+    user_id: str
+    recorded: int
+
+
+class NewItemRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    item_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
+    features: dict[str, list[float]] = Field(
+        min_length=1,
+        max_length=16,
+        description="one float vector per modality of the served model (GET /model)",
+    )
+
+
+class NewItemResponse(BaseModel):
+    item_id: str
+    replaced: bool
+    index_size: int
+    model_version: str
+
+
+class SimilarResponse(BaseModel):
+    item_id: str
+    items: list[ScoredItem]
+    model_version: str
+
+
+class IndexInfo(BaseModel):
+    kind: Literal["flat", "hnsw"]
+    size: int
+    bundle_items: int
+    online_items: int
+
+
+class ModelResponse(BaseModel):
+    version: str
+    model: str | None
+    dataset: str | None
+    created_at: str | None
+    dim: int
+    n_users: int
+    n_items: int
+    modalities: dict[str, int]
+    metrics: dict[str, Any]
+    has_item_encoder: bool
+    index: IndexInfo
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"]
+
+
+class ReadyResponse(BaseModel):
+    ready: bool
+    bundle: str | None
+    bundle_loaded: bool
+    store: Literal["ok", "unreachable"]
+
+
+class ReloadResponse(BaseModel):
+    status: Literal["reloaded", "unchanged"]
+    version: str
+    previous_version: str | None
+
+
+class ErrorResponse(BaseModel):
+    detail: Any

@@ -1,0 +1,55 @@
+"""Service configuration: pydantic-settings, environment prefix ``MODALREC_``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything the service reads from its environment (``MODALREC_<FIELD>``) or the CLI.
+
+    ``redis_url`` unset means the embedded :class:`service.store.MemoryStore` (one process only: with
+    several workers each worker would hold its own copy, so set a Redis URL there).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="MODALREC_", extra="ignore")
+
+    bundle_root: Path = Field(description="bundle root holding a `current` symlink, or one bundle directory")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+    log_level: str = "info"
+
+    redis_url: str | None = Field(
+        default=None, description="e.g. redis://127.0.0.1:6379/0; unset = MemoryStore"
+    )
+    redis_prefix: str = "modalrec:"
+    redis_seen_ttl_s: int = Field(default=30 * 24 * 3600, ge=1, description="TTL of a user's online seen set")
+    redis_stream_maxlen: int = Field(
+        default=1_000_000, ge=1, description="approximate cap of the event stream"
+    )
+    redis_socket_timeout_s: float = Field(default=0.2, gt=0)
+    store_retry_interval_s: float = Field(
+        default=1.0, ge=0, description="after a store error, calls skip the store this long (circuit breaker)"
+    )
+
+    admin_token: str | None = Field(
+        default=None, description="bearer token for POST /admin/reload; unset = disabled"
+    )
+    reload_poll_s: float = Field(default=2.0, ge=0, description="poll `current` this often; 0 = no polling")
+
+    flat_max_items: int = Field(
+        default=200_000, ge=1, description="exact flat inner-product search up to this many items, HNSW above"
+    )
+    hnsw_m: int = Field(default=32, ge=4)
+    hnsw_ef_construction: int = Field(default=80, ge=8)
+    hnsw_ef_search: int = Field(default=128, ge=1)
+    threads_per_worker: int = Field(
+        default=1, ge=1, description="FAISS OpenMP and onnxruntime threads per worker"
+    )
+
+    max_body_bytes: int = Field(default=1 << 20, ge=1024, description="requests with larger bodies get 413")
+    max_events_per_request: int = Field(default=1000, ge=1)

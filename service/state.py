@@ -1,0 +1,228 @@
+"""One loaded bundle ready to serve: its index, encoder, id maps and the recommendation logic.
+
+A :class:`ServingState` is built and warmed on the side, then swapped in by one assignment
+(:mod:`service.runtime`). Only online items mutate it, under the runtime's mutation lock.
+
+Unknown users with online events get a *folded-in* query vector: the mean of the embeddings of the
+items they interacted with, ``q = (1/|S|) * sum_{i in S} e_i``. Every model here scores by the inner
+product ``u . e_j``, so ``q . e_j`` is the average inner-product similarity between candidate ``j``
+and the user's items (item-based CF in the model's own space). It is also, up to a per-user scale that
+does not change the ranking, one LightGCN propagation step from the items to the user
+(``e_u = sum_i e_i / sqrt(|N_u| |N_i|)``) with the item-degree normalisation dropped, which is what the
+graph models (LightGCN, LUDP, SAND) do to build user representations from item representations.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from service.bundle import Bundle, BundleError
+from service.encoder import EncoderError, FeatureError, ItemEncoder
+from service.index import INDEX_FILE, IndexMismatchError, ItemIndex, build_index, load_index_file
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+FALLBACK_POPULARITY = "popularity"
+FALLBACK_FOLDED_IN = "folded_in"
+
+
+@dataclass
+class Recommendation:
+    item_ids: list[str]
+    scores: list[float]
+    fallback: str | None
+
+
+@dataclass
+class ServingState:
+    """A bundle plus everything derived from it. ``item_ids``/``item_rows`` include online items."""
+
+    bundle: Bundle
+    index: ItemIndex
+    encoder: ItemEncoder | None
+    user_rows: dict[str, int]
+    item_ids: list[str]
+    item_rows: dict[str, int]
+    popularity_order: np.ndarray
+    online_features: dict[str, Mapping[str, Sequence[float]]] = field(default_factory=dict)
+    loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def version(self) -> str:
+        return self.bundle.version
+
+    @classmethod
+    def build(cls, bundle: Bundle, settings: Settings) -> ServingState:
+        """Index (loaded from ``item_index.faiss`` when the bundle has one) + encoder + id maps.
+
+        Raises:
+            BundleError: the index file or the encoder does not match the bundle.
+        """
+        index_file = bundle.file(INDEX_FILE)
+        try:
+            if index_file is not None:
+                main = load_index_file(index_file, len(bundle.item_ids), bundle.dim)
+            else:
+                if len(bundle.item_ids) > settings.flat_max_items:
+                    logger.warning(
+                        "bundle %s has %d items and no %s: building HNSW at start-up (slow); "
+                        "export it with service.index.build_index_file",
+                        bundle.version,
+                        len(bundle.item_ids),
+                        INDEX_FILE,
+                    )
+                main = build_index(
+                    bundle.item_embeddings,
+                    flat_max_items=settings.flat_max_items,
+                    hnsw_m=settings.hnsw_m,
+                    ef_construction=settings.hnsw_ef_construction,
+                )
+            index = ItemIndex(main, bundle.item_embeddings, ef_search=settings.hnsw_ef_search)
+        except IndexMismatchError as exc:
+            raise BundleError(str(exc)) from exc
+        encoder = None
+        encoder_file = bundle.file("item_encoder.onnx")
+        if encoder_file is not None:
+            try:
+                encoder = ItemEncoder(
+                    encoder_file, bundle.modalities, bundle.dim, settings.threads_per_worker
+                )
+            except EncoderError as exc:
+                raise BundleError(str(exc)) from exc
+        return cls(
+            bundle=bundle,
+            index=index,
+            encoder=encoder,
+            user_rows={u: r for r, u in enumerate(bundle.user_ids)},
+            item_ids=list(bundle.item_ids),
+            item_rows={i: r for r, i in enumerate(bundle.item_ids)},
+            popularity_order=np.argsort(-bundle.popularity, kind="stable"),
+        )
+
+    def warm(self, n_queries: int = 8) -> None:
+        """Touch every code path once (search, popularity, encoder) before taking traffic."""
+        n_users = len(self.bundle.user_ids)
+        for row in range(min(n_users, n_queries)):
+            self.index.search(self.bundle.user_embeddings[row], 20, self.bundle.seen_items(row))
+        if len(self.item_ids):
+            self.index.search(self.index.vector(0), 20)
+        self.popular(20, [])
+        if self.encoder is not None:
+            self.encoder.warm()
+
+    # -- online items ---------------------------------------------------------------------------
+    def is_bundle_item(self, item_id: str) -> bool:
+        row = self.item_rows.get(item_id)
+        return row is not None and row < self.index.n_main
+
+    def encode(self, features: Mapping[str, Sequence[float]]) -> np.ndarray:
+        if self.encoder is None:
+            raise FeatureError(
+                f"bundle {self.version} has no item encoder (item_encoder.onnx), so new items cannot be added"
+            )
+        return self.encoder.encode(features)
+
+    def upsert_online_item(
+        self, item_id: str, features: Mapping[str, Sequence[float]], vector: np.ndarray
+    ) -> bool:
+        """Add or replace an online item (caller holds the mutation lock). Returns True if replaced."""
+        row = self.item_rows.get(item_id)
+        replaced = row is not None
+        if row is None:
+            row = len(self.item_ids)
+            self.item_ids.append(item_id)
+            self.item_rows[item_id] = row
+        self.index.upsert(row, vector)
+        self.online_features[item_id] = features
+        return replaced
+
+    def apply_online_items(self, items: Mapping[str, Mapping[str, Sequence[float]]]) -> int:
+        """Re-apply stored online items to this (new) state; items now in the bundle are skipped."""
+        applied = 0
+        for item_id, features in items.items():
+            if self.is_bundle_item(item_id):
+                continue
+            if self.online_features.get(item_id) == features:
+                continue
+            try:
+                vector = self.encode(features)
+            except FeatureError as exc:
+                logger.warning(
+                    "online item %r cannot be re-applied to bundle %s: %s", item_id, self.version, exc
+                )
+                continue
+            self.upsert_online_item(item_id, features, vector)
+            applied += 1
+        return applied
+
+    # -- queries --------------------------------------------------------------------------------
+    def rows_of(self, item_ids: Iterable[str]) -> list[int]:
+        rows = self.item_rows
+        return [rows[i] for i in item_ids if i in rows]
+
+    def recommend(
+        self, user_id: str, k: int, exclude_seen: bool, exclude: Sequence[str], online_seen: Iterable[str]
+    ) -> Recommendation:
+        """Top-k items for ``user_id``; see the module docstring for unknown users."""
+        exclude_rows = self.rows_of(exclude)
+        online_rows = self.rows_of(online_seen)
+        user_row = self.user_rows.get(user_id)
+        parts: list[Any] = [np.asarray(exclude_rows, dtype=np.int64)]
+        if user_row is not None:
+            query = self.bundle.user_embeddings[user_row]
+            fallback = None
+            if exclude_seen:
+                parts += [self.bundle.seen_items(user_row), np.asarray(online_rows, dtype=np.int64)]
+        elif online_rows:
+            query = np.mean(np.stack([self.index.vector(r) for r in online_rows]), axis=0)
+            fallback = FALLBACK_FOLDED_IN
+            if exclude_seen:
+                parts.append(np.asarray(online_rows, dtype=np.int64))
+        else:
+            rows, scores = self.popular(k, exclude_rows)
+            return Recommendation([self.item_ids[r] for r in rows], scores, FALLBACK_POPULARITY)
+        excluded = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        rows, scores_arr = self.index.search(query, k, excluded)
+        item_ids = self.item_ids
+        return Recommendation([item_ids[r] for r in rows.tolist()], scores_arr.tolist(), fallback)
+
+    def popular(self, k: int, exclude_rows: Sequence[int]) -> tuple[list[int], list[float]]:
+        """Most popular training items (then online items, popularity 0) not in ``exclude_rows``."""
+        excluded = set(exclude_rows)
+        rows: list[int] = []
+        popularity = self.bundle.popularity
+        for row in self.popularity_order[: k + len(excluded)].tolist():
+            if row not in excluded:
+                rows.append(row)
+                if len(rows) == k:
+                    return rows, [float(popularity[r]) for r in rows]
+        scores = [float(popularity[r]) for r in rows]
+        for row in range(self.index.n_main, len(self.item_ids)):
+            if len(rows) == k:
+                break
+            if row not in excluded:
+                rows.append(row)
+                scores.append(0.0)
+        return rows, scores
+
+    def similar(self, item_id: str, k: int) -> tuple[list[str], list[float]]:
+        row = self.item_rows[item_id]
+        rows, scores = self.index.search(self.index.vector(row), k, np.asarray([row], dtype=np.int64))
+        return [self.item_ids[r] for r in rows.tolist()], scores.tolist()
+
+
+__all__ = [
+    "ServingState",
+    "Recommendation",
+    "BundleError",
+    "EncoderError",
+    "FeatureError",
+    "IndexMismatchError",
+]
