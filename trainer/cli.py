@@ -181,10 +181,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from trainer.explain import explain
+    from trainer.explain import explain, format_explanation
 
-    report = explain(args.run, args.user, args.k, dataset_path=args.dataset)
-    print(report if isinstance(report, str) else json.dumps(report, indent=2, default=str))
+    print(format_explanation(explain(args.run, args.user, args.k, dataset_path=args.dataset)))
     return 0
 
 

@@ -27,6 +27,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from trainer.data.dataset import InteractionDataset
 from trainer.models.base import ModelInputs
 from trainer.models.ludp import LUDP
 
@@ -39,8 +40,15 @@ class ExplainError(ValueError):
     """The run, checkpoint or user to explain is missing or unusable."""
 
 
-def load_run(run_dir_or_checkpoint: str | Path, dataset_path: str | Path | None = None):
-    """(model in eval mode on CPU, dataset, checkpoint payload) from a run directory or a checkpoint file."""
+def load_run(
+    run_dir_or_checkpoint: str | Path,
+    dataset_path: str | Path | None = None,
+    dataset: InteractionDataset | None = None,
+):
+    """(model in eval mode on CPU, dataset, checkpoint payload) from a run directory or a checkpoint file.
+
+    The dataset is ``dataset`` when given, else read from ``dataset_path`` or the path the checkpoint records.
+    """
     from trainer.models.registry import build_model
     from trainer.pipeline import load_dataset_dir
 
@@ -54,10 +62,11 @@ def load_run(run_dir_or_checkpoint: str | Path, dataset_path: str | Path | None 
     for key in ("model", "model_params", "state_dict"):
         if key not in payload:
             raise ExplainError(f"checkpoint {checkpoint} has no {key!r} entry")
-    dataset_dir = dataset_path or payload.get("dataset_path")
-    if dataset_dir is None:
-        raise ExplainError(f"checkpoint {checkpoint} does not name its dataset; pass dataset_path")
-    dataset = load_dataset_dir(Path(dataset_dir))
+    if dataset is None:
+        dataset_dir = dataset_path or payload.get("dataset_path")
+        if dataset_dir is None:
+            raise ExplainError(f"checkpoint {checkpoint} does not name its dataset; pass dataset_path")
+        dataset = load_dataset_dir(Path(dataset_dir))
     inputs = ModelInputs.from_dataset(dataset, torch.device("cpu"))
     model = build_model(payload["model"], inputs, payload["model_params"])
     model.load_state_dict(payload["state_dict"])
@@ -103,7 +112,11 @@ def _ludp_details(
             parts["user_preference"] = float(user_part[0] @ collab_items[item])
         neighbours: list[dict[str, Any]] = []
         if item_parts is not None:
-            parts["item_graph"] = float(user_final @ item_parts[item])
+            graph_part = item_parts[item]
+            if config.fusion == "concat":
+                graph_part = graph_part - model.item_fusion.linear.bias
+                parts["item_graph_bias"] = float(user_final @ model.item_fusion.linear.bias)
+            parts["item_graph"] = float(user_final @ graph_part)
             contributions = np.zeros(model.n_items)
             for m, graph in enumerate(graphs):
                 paths = _path_weights(graph, item, config.item_graph_layers)
@@ -117,8 +130,6 @@ def _ludp_details(
                     direction = block.T @ user_final
                 per_item = (ego_items[torch.as_tensor(reached)] @ direction).double().numpy()
                 contributions[reached] += paths[reached] * per_item
-            if config.fusion == "concat":
-                parts["item_graph_bias"] = float(user_final @ model.item_fusion.linear.bias)
             top = np.argsort(-np.abs(contributions))[:n_reasons]
             neighbours = [
                 {
@@ -164,6 +175,7 @@ def explain(
     k: int = 10,
     dataset_path: str | Path | None = None,
     n_reasons: int = 3,
+    dataset: InteractionDataset | None = None,
 ) -> dict[str, Any]:
     """Explain the top-``k`` recommendations of ``user_id`` (external id) from a trained run.
 
@@ -173,13 +185,14 @@ def explain(
         k: number of recommended items (training items are excluded).
         dataset_path: dataset directory; defaults to the one recorded in the checkpoint.
         n_reasons: neighbours / similar history items listed per recommended item.
+        dataset: the loaded dataset, instead of reading it from disk.
 
     Returns:
         A JSON-serialisable report; :func:`format_explanation` renders it as text.
     """
     if k < 1:
         raise ExplainError(f"k must be >= 1, got {k}")
-    model, dataset, payload = load_run(run_dir_or_checkpoint, dataset_path)
+    model, dataset, payload = load_run(run_dir_or_checkpoint, dataset_path, dataset)
     try:
         user = dataset.user_ids.index(str(user_id))
     except ValueError:

@@ -29,6 +29,7 @@ from trainer.graphs import (
     knn_to_torch_sparse_csr,
     ludp_item_graph_weights,
     normalized_bipartite_adjacency,
+    sparse_matmul,
     to_torch_sparse_csr,
 )
 from trainer.losses import bpr_loss, l2_reg
@@ -130,13 +131,18 @@ class ModalityFusion(nn.Module):
 
 
 def lightgcn_layer_sum(adjacency: Tensor, ego: Tensor, n_layers: int) -> Tensor:
-    """sum_{l=0..L} A^l ego; adjacency sparse [N, N], ego [N, d] -> [N, d]."""
+    """sum_{l=0..L} A^l ego for a SYMMETRIC sparse adjacency [N, N]; ego [N, d] -> [N, d]."""
     total = ego
     current = ego
     for _ in range(n_layers):
-        current = torch.sparse.mm(adjacency, current)
+        current = sparse_matmul(adjacency, current)
         total = total + current
     return total
+
+
+def sparse_transpose_csr(matrix: Tensor) -> Tensor:
+    """Transpose of a torch sparse CSR matrix, as sparse CSR on the same device."""
+    return matrix.to_sparse_coo().t().coalesce().to_sparse_csr()
 
 
 def mean_item_features_per_user(train_matrix: sp.spmatrix, features: Tensor) -> Tensor:
@@ -181,6 +187,9 @@ class LUDP(Recommender):
         nn.init.xavier_uniform_(self.user_embedding.weight)
         nn.init.xavier_uniform_(self.item_embedding.weight)
         adjacency = normalized_bipartite_adjacency(inputs.train_matrix)
+        asymmetry = abs(adjacency - adjacency.T).max() if adjacency.nnz else 0.0
+        if asymmetry > 1e-6:  # lightgcn_layer_sum uses the adjacency as its own transpose
+            raise ModelInputError(f"user-item adjacency is not symmetric (max |A - A^T| = {asymmetry:.3g})")
         self.register_buffer("adjacency", to_torch_sparse_csr(adjacency, inputs.device), persistent=False)
 
         # kNN graphs and feature tables are rebuilt from the inputs, so they are not saved in checkpoints.
@@ -189,6 +198,7 @@ class LUDP(Recommender):
             weights = ludp_item_graph_weights(similarities, binary=config.item_graph_weights == "binary")
             graph = knn_to_torch_sparse_csr(neighbours, weights, inputs.n_items)
             self.register_buffer(f"item_graph_{index}", graph, persistent=False)
+            self.register_buffer(f"item_graph_t_{index}", sparse_transpose_csr(graph), persistent=False)
             features = inputs.features[name].float()
             unit = features / features.norm(dim=1, keepdim=True).clamp_min(1e-12)
             self.register_buffer(f"unit_features_{index}", unit, persistent=False)
@@ -233,10 +243,10 @@ class LUDP(Recommender):
     def item_modal_representations(self) -> Tensor:
         """h^m: item ID embeddings propagated on each modality's kNN graph; [M, n_items, d]."""
         per_modality = []
-        for graph in self.item_graphs:
+        for graph, transposed in zip(self.item_graphs, self._per_modality("item_graph_t"), strict=True):
             h = self.item_embedding.weight
             for _ in range(self.config.item_graph_layers):
-                h = torch.sparse.mm(graph, h)
+                h = sparse_matmul(graph, h, transposed)
             per_modality.append(h)
         return torch.stack(per_modality, dim=0)
 
@@ -279,8 +289,11 @@ class LUDP(Recommender):
             items = items + item_part
         u = users[batch.users]
         if self.config.user_graph:
-            unique_users, inverse = torch.unique(batch.users, return_inverse=True)
-            u = u + self.user_graph_part(unique_users)[inverse]
+            if batch.users.numel() >= self.n_users:  # cheaper than deduplicating the batch
+                u = u + self.user_graph_part()[batch.users]
+            else:
+                unique_users, inverse = torch.unique(batch.users, return_inverse=True)
+                u = u + self.user_graph_part(unique_users)[inverse]
         p, n = items[batch.pos_items], items[batch.neg_items]
         reg = l2_reg(
             self.user_embedding(batch.users),
