@@ -21,9 +21,9 @@ from torch import Tensor, nn
 from trainer.graphs import normalized_bipartite_adjacency, to_torch_sparse_csr
 from trainer.losses import bpr_loss, l2_reg
 from trainer.models.base import BPRBatch, ModelConfig, ModelInputs, Recommender
-from trainer.models.lightgcn import propagate
 from trainer.models.sand import part_dimension
 from trainer.modules.alignment import ModalSplitProjection, SeparateAlignmentDistancing, select_modalities
+from trainer.modules.sand_sparse import SparsePropagation
 
 
 @dataclass
@@ -39,6 +39,7 @@ class LightGCNSANDConfig(ModelConfig):
     beta: float = 0.1
     temperature: float = 0.2
     club_hidden_dim: int | None = None
+    objective_on_negatives: bool = False
     modalities: list[str] | None = None
     feature_dims: dict[str, int] | None = None
 
@@ -52,7 +53,9 @@ class LightGCNSANDItemEncoder(nn.Module):
         self.id_dim = id_dim
 
     def forward(self, *features: Tensor) -> Tensor:
-        feature_half = ModalSplitProjection.concatenate(self.projection(dict(zip(self.projection.modalities, features))))
+        feature_half = ModalSplitProjection.concatenate(
+            self.projection(dict(zip(self.projection.modalities, features, strict=False)))
+        )
         return torch.cat([feature_half.new_zeros(feature_half.shape[0], self.id_dim), feature_half], dim=1)
 
 
@@ -65,12 +68,20 @@ class LightGCNSAND(Recommender):
         self.modalities = sorted(dims)
         self.part_dim = part_dimension(config.embedding_dim, len(self.modalities))
         features = {name: inputs.features[name].float() for name in self.modalities}
-        for name in self.modalities:
-            self.register_buffer(f"features_{name}", features[name], persistent=False)
         self.projection = ModalSplitProjection(features, self.part_dim)
+        with torch.no_grad():
+            standardized = self.projection.standardize(features)
+        for name in self.modalities:  # constant, standardised once (the projection's input)
+            self.register_buffer(f"features_{name}", standardized[name], persistent=False)
         self.objective = SeparateAlignmentDistancing(
-            self.modalities, self.part_dim, config.align, config.distance, config.alpha, config.beta,
-            config.temperature, config.club_hidden_dim,
+            self.modalities,
+            self.part_dim,
+            config.align,
+            config.distance,
+            config.alpha,
+            config.beta,
+            config.temperature,
+            config.club_hidden_dim,
         )
         self.user_embedding = nn.Embedding(inputs.n_users, config.embedding_dim)
         self.user_feature_preference = nn.Embedding(inputs.n_users, config.embedding_dim)
@@ -78,7 +89,14 @@ class LightGCNSAND(Recommender):
         for table in (self.user_embedding, self.user_feature_preference, self.item_embedding):
             nn.init.xavier_uniform_(table.weight)
         adjacency = normalized_bipartite_adjacency(inputs.train_matrix)
-        self.register_buffer("adjacency", to_torch_sparse_csr(adjacency, inputs.device), persistent=False)
+        self.user_item_graph = SparsePropagation(
+            to_torch_sparse_csr(adjacency, inputs.device), symmetric=True
+        )
+
+    def _objective_items(self, batch: BPRBatch) -> Tensor:
+        """Distinct batch items the alignment/distancing terms use: positives (+ negatives if configured)."""
+        negatives = batch.neg_items if self.config.objective_on_negatives else None
+        return self.objective.batch_items(batch.pos_items, negatives)
 
     def _features(self, items: Tensor | None = None) -> dict[str, Tensor]:
         if items is None:
@@ -87,8 +105,11 @@ class LightGCNSAND(Recommender):
 
     def _forward(self) -> tuple[Tensor, Tensor, dict[str, tuple[Tensor, Tensor]]]:
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight], dim=0)
-        final = propagate(self.adjacency, ego, self.config.n_layers)
-        parts = self.projection(self._features())
+        layers = [ego]
+        for _ in range(self.config.n_layers):
+            layers.append(self.user_item_graph(layers[-1]))
+        final = torch.stack(layers, dim=0).mean(dim=0)  # LightGCN: mean over layers 0..L
+        parts = self.projection(self._features(), standardized=True)
         users = torch.cat([final[: self.n_users], self.user_feature_preference.weight], dim=1)
         items = torch.cat([final[self.n_users :], ModalSplitProjection.concatenate(parts)], dim=1)
         return users, items, parts
@@ -107,7 +128,7 @@ class LightGCNSAND(Recommender):
             self.item_embedding(batch.neg_items),
         )
         terms = {"bpr": bpr_loss((u * p).sum(-1), (u * n).sum(-1)), "reg": self.config.reg_weight * reg}
-        terms.update(self.objective.loss_terms(parts, self.objective.batch_items(batch.pos_items, batch.neg_items)))
+        terms.update(self.objective.loss_terms(parts, self._objective_items(batch)))
         return terms
 
     def auxiliary_parameters(self) -> list[nn.Parameter]:
@@ -115,8 +136,8 @@ class LightGCNSAND(Recommender):
 
     def auxiliary_loss_terms(self, batch: BPRBatch) -> dict[str, Tensor]:
         """One q-network fitting step on the (E_g^m, E_q^m) pairs of this batch's distinct items."""
-        items = self.objective.batch_items(batch.pos_items, batch.neg_items)
-        return self.objective.estimator_loss_terms(self.projection, self._features(items))
+        items = self._objective_items(batch)
+        return self.objective.estimator_loss_terms(self.projection, self._features(items), standardized=True)
 
     def item_encoder(self) -> nn.Module:
         return LightGCNSANDItemEncoder(self.projection, self.config.embedding_dim)

@@ -13,7 +13,7 @@ split into a generic part E_g^m and a unique part E_q^m ([n_items, p] each, p = 
 * item = [g_1 ‖ q_1 ‖ g_2 ‖ q_2 ‖ ...] (after the GCN) + H;
   user = [a_1·u_1 ‖ a_2·u_2 ‖ ...] with a_m = softmax_m(wᵀ tanh(W u_m + b)) per user.
 * loss = BPR + reg + α·align(E_g over all modality pairs) + β·Σ_m distance(E_q^m, E_g^m), both on the
-  distinct items of the batch (positives ∪ negatives), computed before the graph convolution.
+  distinct positive items of the batch (optionally ∪ negatives), computed before the graph convolution.
   With ``distance: mi`` the CLUB q-networks are fitted in :meth:`auxiliary_loss_terms` (one estimator
   step per batch, on the same within-modality (generic, unique) pairs the bound is evaluated on).
 
@@ -35,6 +35,7 @@ from trainer.graphs import knn_graph, normalized_bipartite_adjacency, sym_normal
 from trainer.losses import bpr_loss, l2_reg
 from trainer.models.base import BPRBatch, ModelConfig, ModelInputError, ModelInputs, Recommender
 from trainer.modules.alignment import ModalSplitProjection, SeparateAlignmentDistancing, select_modalities
+from trainer.modules.sand_sparse import SparsePropagation
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,8 @@ class SANDConfig(ModelConfig):
         temperature: τ of the alignment softmax.
         club_hidden_dim: hidden width of each CLUB q-network (None: 2·p).
         attention_dim: width of the user modality attention.
+        objective_on_negatives: also align/distance the batch's sampled negatives (default: the distinct
+            positive items only, which keeps the in-batch softmax about 4x smaller).
         modalities: modality names to use (None: every modality of the dataset).
         feature_dims: expected {modality: feature dimension}; a mismatch raises ModelInputError.
     """
@@ -73,6 +76,7 @@ class SANDConfig(ModelConfig):
     temperature: float = 0.2
     club_hidden_dim: int | None = None
     attention_dim: int = 32
+    objective_on_negatives: bool = False
     modalities: list[str] | None = None
     feature_dims: dict[str, int] | None = None
 
@@ -104,12 +108,13 @@ def mixed_knn_adjacency(features: dict[str, Tensor], k: int, weights: list[float
         )
     total = float(sum(weights))
     mixed = None
-    for name, weight in zip(names, weights):
+    for name, weight in zip(names, weights, strict=False):
         neighbours, _ = knn_graph(features[name], k, exclude_self=False)
         n, k_used = neighbours.shape
         rows = np.repeat(np.arange(n), k_used)
         binary = sp.csr_matrix(
-            (np.ones(n * k_used, dtype=np.float32), (rows, neighbours.reshape(-1).cpu().numpy())), shape=(n, n)
+            (np.ones(n * k_used, dtype=np.float32), (rows, neighbours.reshape(-1).cpu().numpy())),
+            shape=(n, n),
         )
         term = sym_normalize(binary) * (weight / total)
         mixed = term if mixed is None else mixed + term
@@ -130,8 +135,10 @@ class SANDItemEncoder(nn.Module):
 
     def forward(self, *features: Tensor) -> Tensor:
         if len(features) != len(self.projection.modalities):
-            raise ValueError(f"expected {len(self.projection.modalities)} inputs {self.projection.modalities}")
-        parts = self.projection(dict(zip(self.projection.modalities, features)))
+            raise ValueError(
+                f"expected {len(self.projection.modalities)} inputs {self.projection.modalities}"
+            )
+        parts = self.projection(dict(zip(self.projection.modalities, features, strict=False)))
         return ModalSplitProjection.concatenate(parts)
 
 
@@ -146,14 +153,24 @@ class SAND(Recommender):
         features = {name: inputs.features[name].float() for name in self.modalities}
         for name, matrix in features.items():
             if matrix.shape[0] != inputs.n_items:
-                raise ModelInputError(f"modality {name!r} has {matrix.shape[0]} rows, expected n_items={inputs.n_items}")
-        for name in self.modalities:
-            self.register_buffer(f"features_{name}", features[name], persistent=False)
+                raise ModelInputError(
+                    f"modality {name!r} has {matrix.shape[0]} rows, expected n_items={inputs.n_items}"
+                )
 
         self.projection = ModalSplitProjection(features, self.part_dim)
+        with torch.no_grad():
+            standardized = self.projection.standardize(features)
+        for name in self.modalities:  # constant, standardised once (the projection's input)
+            self.register_buffer(f"features_{name}", standardized[name], persistent=False)
         self.objective = SeparateAlignmentDistancing(
-            self.modalities, self.part_dim, config.align, config.distance, config.alpha, config.beta,
-            config.temperature, config.club_hidden_dim,
+            self.modalities,
+            self.part_dim,
+            config.align,
+            config.distance,
+            config.alpha,
+            config.beta,
+            config.temperature,
+            config.club_hidden_dim,
         )
         self.user_embedding = nn.Embedding(inputs.n_users, config.embedding_dim)
         self.item_id_embedding = nn.Embedding(inputs.n_items, config.embedding_dim)
@@ -163,11 +180,20 @@ class SAND(Recommender):
         self.attention_query = nn.Parameter(torch.empty(config.attention_dim).uniform_(-0.1, 0.1))
 
         adjacency = normalized_bipartite_adjacency(inputs.train_matrix)
-        self.register_buffer("adjacency", to_torch_sparse_csr(adjacency, inputs.device), persistent=False)
+        self.user_item_graph = SparsePropagation(
+            to_torch_sparse_csr(adjacency, inputs.device), symmetric=True
+        )
         item_graph = mixed_knn_adjacency(features, config.knn_k, config.knn_modality_weights)
-        self.register_buffer("item_graph", to_torch_sparse_csr(item_graph, inputs.device), persistent=False)
+        self.item_item_graph = SparsePropagation(
+            to_torch_sparse_csr(item_graph, inputs.device), symmetric=False
+        )
 
     # -------------------------------------------------------------------------------------- forward
+    def _objective_items(self, batch: BPRBatch) -> Tensor:
+        """Distinct batch items the alignment/distancing terms use: positives (+ negatives if configured)."""
+        negatives = batch.neg_items if self.config.objective_on_negatives else None
+        return self.objective.batch_items(batch.pos_items, negatives)
+
     def _features(self, items: Tensor | None = None) -> dict[str, Tensor]:
         if items is None:
             return {name: getattr(self, f"features_{name}") for name in self.modalities}
@@ -175,23 +201,25 @@ class SAND(Recommender):
 
     def _forward(self) -> tuple[Tensor, Tensor, dict[str, tuple[Tensor, Tensor]]]:
         """(users [n_users, D], items [n_items, D], {modality: (E_g, E_q) [n_items, p]})."""
-        parts = self.projection(self._features())
+        parts = self.projection(self._features(), standardized=True)
         ego = torch.cat([self.user_embedding.weight, ModalSplitProjection.concatenate(parts)], dim=0)
         summed = ego
         current = ego
         for _ in range(self.config.n_layers):
-            current = torch.sparse.mm(self.adjacency, current)
+            current = self.user_item_graph(current)
             summed = summed + current
         users_by_modality = summed[: self.n_users].split(2 * self.part_dim, dim=1)
         items = summed[self.n_users :]
 
         h = self.item_id_embedding.weight
         for _ in range(self.config.knn_layers):
-            h = torch.sparse.mm(self.item_graph, h)
+            h = self.item_item_graph(h)
         items = items + h
 
         stacked = torch.stack(users_by_modality, dim=1)  # [n_users, M, 2p]
-        attention = torch.softmax(torch.tanh(self.attention(stacked)) @ self.attention_query, dim=1)  # [n_users, M]
+        attention = torch.softmax(
+            torch.tanh(self.attention(stacked)) @ self.attention_query, dim=1
+        )  # [n_users, M]
         users = (stacked * attention.unsqueeze(-1)).reshape(self.n_users, -1)
         return users, items, parts
 
@@ -208,7 +236,7 @@ class SAND(Recommender):
             self.item_id_embedding(batch.neg_items),
         )
         terms = {"bpr": bpr_loss((u * p).sum(-1), (u * n).sum(-1)), "reg": self.config.reg_weight * reg}
-        terms.update(self.objective.loss_terms(parts, self.objective.batch_items(batch.pos_items, batch.neg_items)))
+        terms.update(self.objective.loss_terms(parts, self._objective_items(batch)))
         return terms
 
     # ------------------------------------------------------------------------------ CLUB estimator step
@@ -217,8 +245,8 @@ class SAND(Recommender):
 
     def auxiliary_loss_terms(self, batch: BPRBatch) -> dict[str, Tensor]:
         """One q-network fitting step on the (E_g^m, E_q^m) pairs of this batch's distinct items."""
-        items = self.objective.batch_items(batch.pos_items, batch.neg_items)
-        return self.objective.estimator_loss_terms(self.projection, self._features(items))
+        items = self._objective_items(batch)
+        return self.objective.estimator_loss_terms(self.projection, self._features(items), standardized=True)
 
     def item_encoder(self) -> nn.Module:
         return SANDItemEncoder(self.projection)

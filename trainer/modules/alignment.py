@@ -41,7 +41,7 @@ def solosim_loss(anchor: Tensor, positive: Tensor, temperature: float) -> Tensor
     Returns:
         scalar; log(B) for uninformative (constant) similarities, → 0 when each row is closest to its pair.
     """
-    logits = F.normalize(anchor, dim=1) @ F.normalize(positive, dim=1).T / temperature
+    logits = (F.normalize(anchor, dim=1) / temperature) @ F.normalize(positive, dim=1).T
     targets = torch.arange(anchor.shape[0], device=anchor.device)
     return F.cross_entropy(logits, targets)
 
@@ -75,13 +75,17 @@ class CLUBEstimator(nn.Module):
     def __init__(self, x_dim: int, y_dim: int, hidden_dim: int) -> None:
         super().__init__()
         self.mu = nn.Sequential(nn.Linear(x_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, y_dim))
-        self.logvar = nn.Sequential(nn.Linear(x_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, y_dim), nn.Tanh())
+        self.logvar = nn.Sequential(
+            nn.Linear(x_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, y_dim), nn.Tanh()
+        )
 
     def _gaussian(self, x: Tensor, frozen: bool) -> tuple[Tensor, Tensor]:
         if not frozen:
             return self.mu(x), self.logvar(x)
         params = {name: p.detach() for name, p in self.named_parameters()}
-        mu = torch.func.functional_call(self.mu, {k[3:]: v for k, v in params.items() if k.startswith("mu.")}, (x,))
+        mu = torch.func.functional_call(
+            self.mu, {k[3:]: v for k, v in params.items() if k.startswith("mu.")}, (x,)
+        )
         logvar = torch.func.functional_call(
             self.logvar, {k[7:]: v for k, v in params.items() if k.startswith("logvar.")}, (x,)
         )
@@ -129,11 +133,15 @@ def select_modalities(
     if missing:
         raise ModelInputError(f"modalities {missing} requested but the dataset has only {sorted(features)}")
     if len(names) < 2:
-        raise ModelInputError(f"SAND needs at least 2 modalities, got {names} (dataset has {sorted(features)})")
+        raise ModelInputError(
+            f"SAND needs at least 2 modalities, got {names} (dataset has {sorted(features)})"
+        )
     dims = {name: int(features[name].shape[1]) for name in names}
     for name, declared in (feature_dims or {}).items():
         if name not in dims:
-            raise ModelInputError(f"feature_dims declares modality {name!r} which is not used; used: {sorted(dims)}")
+            raise ModelInputError(
+                f"feature_dims declares modality {name!r} which is not used; used: {sorted(dims)}"
+            )
         if int(declared) != dims[name]:
             raise ModelInputError(
                 f"modality {name!r}: config declares feature dimension {declared} but the features are "
@@ -143,17 +151,25 @@ def select_modalities(
 
 
 class _FeatureSplitter(nn.Module):
-    """One modality: standardise with fixed item statistics, project linearly, split into (generic, unique)."""
+    """One modality: standardise with fixed item statistics (÷√d), project linearly, split into (generic, unique)."""
 
     def __init__(self, features: Tensor, part_dim: int) -> None:
         super().__init__()
         self.register_buffer("mean", features.mean(dim=0, keepdim=True).detach().clone())
-        self.register_buffer("inv_std", 1.0 / features.std(dim=0, keepdim=True).clamp_min(1e-6).detach())
+        # Standardised rows have squared norm ≈ d; dividing by √d makes them ≈ unit norm, so with Xavier
+        # weights the projected parts start at the scale of Xavier-initialised ID embeddings.
+        scale = features.shape[1] ** -0.5
+        self.register_buffer("inv_std", scale / features.std(dim=0, keepdim=True).clamp_min(1e-6).detach())
         self.linear = nn.Linear(features.shape[1], 2 * part_dim)
+        nn.init.xavier_uniform_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
         self.part_dim = part_dim
 
-    def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
-        projected = self.linear((features - self.mean) * self.inv_std)
+    def standardize(self, features: Tensor) -> Tensor:
+        return (features - self.mean) * self.inv_std
+
+    def forward(self, features: Tensor, standardized: bool = False) -> tuple[Tensor, Tensor]:
+        projected = self.linear(features if standardized else self.standardize(features))
         return projected[:, : self.part_dim], projected[:, self.part_dim :]
 
 
@@ -169,11 +185,23 @@ class ModalSplitProjection(nn.Module):
         super().__init__()
         self.modalities = sorted(features)
         self.part_dim = part_dim
-        self.splitters = nn.ModuleDict({name: _FeatureSplitter(features[name], part_dim) for name in self.modalities})
+        self.splitters = nn.ModuleDict(
+            {name: _FeatureSplitter(features[name], part_dim) for name in self.modalities}
+        )
 
-    def forward(self, features: Mapping[str, Tensor]) -> dict[str, tuple[Tensor, Tensor]]:
-        """{modality: float [B, d_m]} -> {modality: (generic [B, p], unique [B, p])}."""
-        return {name: self.splitters[name](features[name]) for name in self.modalities}
+    def forward(
+        self, features: Mapping[str, Tensor], standardized: bool = False
+    ) -> dict[str, tuple[Tensor, Tensor]]:
+        """{modality: float [B, d_m]} -> {modality: (generic [B, p], unique [B, p])}.
+
+        With ``standardized`` the inputs already went through :meth:`standardize` (models precompute it
+        once for their constant training features instead of every batch).
+        """
+        return {name: self.splitters[name](features[name], standardized) for name in self.modalities}
+
+    def standardize(self, features: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """The fixed per-column standardisation applied before the projection; {m: [B, d_m]}."""
+        return {name: self.splitters[name].standardize(features[name]) for name in self.modalities}
 
     @staticmethod
     def concatenate(parts: Mapping[str, tuple[Tensor, Tensor]]) -> Tensor:
@@ -213,7 +241,9 @@ class UniqueDistancing(nn.Module):
             raise ModelInputError(f"distance must be one of {DISTANCE_KINDS}, got {kind!r}")
         self.kind = kind
         self.estimators = nn.ModuleDict(
-            {name: CLUBEstimator(part_dim, part_dim, hidden_dim) for name in modalities} if kind == "mi" else {}
+            {name: CLUBEstimator(part_dim, part_dim, hidden_dim) for name in modalities}
+            if kind == "mi"
+            else {}
         )
 
     def forward(self, generic: Mapping[str, Tensor], unique: Mapping[str, Tensor]) -> Tensor:
@@ -223,14 +253,17 @@ class UniqueDistancing(nn.Module):
             return generic[names[0]].new_zeros(())
         if self.kind == "l2":
             return sum(neg_l2_distance(generic[name], unique[name]) for name in names)
-        return sum(self.estimators[name].mi_upper_bound(unique[name], generic[name], frozen=True) for name in names)
+        return sum(
+            self.estimators[name].mi_upper_bound(unique[name], generic[name], frozen=True) for name in names
+        )
 
     def estimator_loss(self, generic: Mapping[str, Tensor], unique: Mapping[str, Tensor]) -> Tensor | None:
         """Negative log-likelihood of q_φ(E_g^m | E_q^m) summed over modalities (inputs detached), or None."""
         if self.kind != "mi":
             return None
         return -sum(
-            self.estimators[name].log_likelihood(unique[name].detach(), generic[name].detach()) for name in sorted(generic)
+            self.estimators[name].log_likelihood(unique[name].detach(), generic[name].detach())
+            for name in sorted(generic)
         )
 
 
@@ -260,9 +293,9 @@ class SeparateAlignmentDistancing(nn.Module):
         self.beta = beta
 
     @staticmethod
-    def batch_items(pos_items: Tensor, neg_items: Tensor) -> Tensor:
-        """Distinct items of a BPR batch, int64 [B']."""
-        return torch.unique(torch.cat([pos_items, neg_items]))
+    def batch_items(pos_items: Tensor, neg_items: Tensor | None = None) -> Tensor:
+        """Distinct positive items of a BPR batch (and its negatives when given), int64 [B']."""
+        return torch.unique(pos_items if neg_items is None else torch.cat([pos_items, neg_items]))
 
     def loss_terms(self, parts: Mapping[str, tuple[Tensor, Tensor]], items: Tensor) -> dict[str, Tensor]:
         """parts: {modality: (E_g, E_q) [n_items, p]} of all items; items: int64 [B'] rows to use."""
@@ -279,13 +312,16 @@ class SeparateAlignmentDistancing(nn.Module):
         return list(self.distancing.estimators.parameters())
 
     def estimator_loss_terms(
-        self, projection: ModalSplitProjection, batch_features: Mapping[str, Tensor]
+        self,
+        projection: ModalSplitProjection,
+        batch_features: Mapping[str, Tensor],
+        standardized: bool = False,
     ) -> dict[str, Tensor]:
         """One CLUB fitting loss on the (E_g^m, E_q^m) pairs of the batch items' features {m: [B', d_m]}."""
         if self.distancing.kind != "mi" or self.beta <= 0:
             return {}
         with torch.no_grad():
-            parts = projection(batch_features)
+            parts = projection(batch_features, standardized=standardized)
         generic = {name: pair[0] for name, pair in parts.items()}
         unique = {name: pair[1] for name, pair in parts.items()}
         return {"club_nll": self.distancing.estimator_loss(generic, unique)}

@@ -15,10 +15,11 @@ import math
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 
 class MultiHeadAttention(nn.Module):
-    """Scaled dot-product multi-head attention; queries [B, n_q, d], keys/values [B, n_k, d] -> [B, n_q, d]."""
+    """Scaled dot-product multi-head attention; queries [B, n_q, d], keys/values [B, n_k, d] -> [B, n_q, d]"""
 
     def __init__(self, dim: int, n_heads: int, dropout: float = 0.0) -> None:
         super().__init__()
@@ -38,13 +39,18 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, queries: Tensor, keys_values: Tensor, key_padding: Tensor | None = None) -> Tensor:
         """``key_padding``: bool [B, n_k], True where the key is padding (never attended to)."""
-        q, k, v = self._split(self.query(queries)), self._split(self.key(keys_values)), self._split(self.value(keys_values))
-        scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)  # [B, h, n_q, n_k]
-        if key_padding is not None:
-            scores = scores.masked_fill(key_padding[:, None, None, :], float("-inf"))
-        weights = self.dropout(torch.softmax(scores, dim=-1))
-        mixed = (weights @ v).transpose(1, 2).reshape(queries.shape)
-        return self.output(mixed)
+        q = self._split(self.query(queries))
+        k, v = self._split(self.key(keys_values)), self._split(self.value(keys_values))
+        if torch.onnx.is_in_onnx_export():  # the same computation, spelled with ops every opset has
+            scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)  # [B, h, n_q, n_k]
+            if key_padding is not None:
+                scores = scores.masked_fill(key_padding[:, None, None, :], float("-inf"))
+            mixed = torch.softmax(scores, dim=-1) @ v
+        else:  # fused kernel: many tiny per-head matmuls are slow as separate batched matmuls on CPU
+            mask = None if key_padding is None else ~key_padding[:, None, None, :]
+            dropout = self.dropout.p if self.training else 0.0
+            mixed = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        return self.output(mixed.transpose(1, 2).reshape(queries.shape))
 
 
 class AttentionSublayer(nn.Module):
@@ -66,8 +72,15 @@ class AttentionSublayer(nn.Module):
 class BiTransformerBlock(nn.Module):
     """Per-modality self-attention, then cross attention over the concatenated source modalities."""
 
-    def __init__(self, n_modalities: int, sources: list[list[int]], dim: int, n_heads: int, ffn_dim: int,
-                 dropout: float) -> None:
+    def __init__(
+        self,
+        n_modalities: int,
+        sources: list[list[int]],
+        dim: int,
+        n_heads: int,
+        ffn_dim: int,
+        dropout: float,
+    ) -> None:
         super().__init__()
         self.sources = sources
         self.self_attention = nn.ModuleList(
@@ -78,7 +91,7 @@ class BiTransformerBlock(nn.Module):
         )
 
     def forward(self, tokens: list[Tensor], padding: Tensor | None) -> list[Tensor]:
-        attended = [layer(x, x, padding) for layer, x in zip(self.self_attention, tokens)]
+        attended = [layer(x, x, padding) for layer, x in zip(self.self_attention, tokens, strict=True)]
         outputs = []
         for m, layer in enumerate(self.cross_attention):
             keys_values = torch.cat([attended[s] for s in self.sources[m]], dim=1)
@@ -95,8 +108,15 @@ class BiTransformer(nn.Module):
             cross-attention keys/values (always including itself).
     """
 
-    def __init__(self, sources: list[list[int]], dim: int, n_blocks: int = 3, n_heads: int = 8,
-                 ffn_dim: int = 128, dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        sources: list[list[int]],
+        dim: int,
+        n_blocks: int = 3,
+        n_heads: int = 8,
+        ffn_dim: int = 128,
+        dropout: float = 0.1,
+    ) -> None:
         super().__init__()
         for m, own in enumerate(sources):
             if m not in own:
@@ -106,7 +126,7 @@ class BiTransformer(nn.Module):
         )
 
     def forward(self, tokens: list[Tensor], padding: Tensor | None = None) -> list[Tensor]:
-        """tokens: per modality float [B, n, d]; padding: bool [B, n] (True = padded) -> per modality [B, n, d]."""
+        """tokens: per modality [B, n, d]; padding: bool [B, n], True = padded -> per modality [B, n, d]"""
         for block in self.blocks:
             tokens = block(tokens, padding)
         return tokens

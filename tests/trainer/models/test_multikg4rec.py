@@ -1,0 +1,258 @@
+"""Multi-KG4Rec: CKG construction, TransR, knowledge-aware attention, BFS sequences, fusion switches."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from trainer.kg import (
+    INTERACT,
+    INTERACTED_BY,
+    KGBuildError,
+    bfs_sequences,
+    build_collaborative_kg,
+    neighbour_mean_features,
+    segment_softmax,
+    transr_distance,
+    transr_loss,
+)
+from trainer.models.base import BPRBatch, KGTensors, ModelInputError, ModelInputs
+from trainer.models.multikg4rec import parse_fusion
+from trainer.models.registry import build_model
+
+
+def _train(pairs: list[tuple[int, int]], n_users: int, n_items: int) -> sp.csr_matrix:
+    rows, cols = zip(*pairs, strict=True)
+    return sp.csr_matrix((np.ones(len(pairs), np.float32), (rows, cols)), shape=(n_users, n_items))
+
+
+# ---------------------------------------------------------------------------------------- CKG
+def test_collaborative_kg_counts_inverse_relations_and_unlinked_items():
+    train = _train([(0, 0), (0, 1), (1, 2)], n_users=2, n_items=3)
+    triples = np.array([[0, 0, 3], [1, 1, 3]])  # entities 0..3; items 0, 1 linked to entities 0, 1
+    ckg = build_collaborative_kg(
+        train, triples, n_entities=4, n_kg_relations=2, item_entity=np.array([0, 1, -1])
+    )
+    assert ckg.n_nodes == 4 + 1 + 2  # entities, one extra node for unlinked item 2, two users
+    assert ckg.n_relations == 2 + 2 * 2
+    np.testing.assert_array_equal(ckg.item_node, [0, 1, 4])
+    np.testing.assert_array_equal(ckg.user_node, [5, 6])
+    assert ckg.n_edges == 2 * 3 + 2 * 2 and ckg.n_kg_edges == 4
+    edges = set(zip(ckg.heads.tolist(), ckg.relations.tolist(), ckg.tails.tolist(), strict=True))
+    assert (5, INTERACT, 0) in edges and (0, INTERACTED_BY, 5) in edges and (6, INTERACT, 4) in edges
+    assert (0, 2, 3) in edges and (3, 2 + 2, 0) in edges  # relation 0 and its inverse
+    assert (1, 3, 3) in edges and (3, 3 + 2, 1) in edges
+    np.testing.assert_array_equal(np.diff(ckg.relation_ptr), [3, 3, 1, 1, 1, 1])
+    assert list(ckg.node_types()) == [1, 1, 0, 0, 1, 2, 2]
+
+
+@pytest.mark.parametrize(
+    "triples, links, message",
+    [
+        (np.array([[0, 0, 9]]), np.array([0, 1]), "entity outside"),
+        (np.array([[0, 5, 1]]), np.array([0, 1]), "relation outside"),
+        (np.array([[0, 0, 1]]), np.array([1, 1]), "same entity"),
+        (np.array([[0, 0, 1]]), np.array([0]), "one entry per item"),
+    ],
+)
+def test_collaborative_kg_rejects_inconsistent_inputs(triples, links, message):
+    train = _train([(0, 0), (0, 1)], n_users=1, n_items=2)
+    with pytest.raises(KGBuildError, match=message):
+        build_collaborative_kg(train, triples, n_entities=3, n_kg_relations=1, item_entity=links)
+
+
+def test_neighbour_mean_features_for_users_entities_and_items():
+    train = _train([(0, 0), (0, 1)], n_users=1, n_items=2)
+    ckg = build_collaborative_kg(train, np.array([[0, 0, 2]]), 3, 1, np.array([0, 1]))
+    features = np.array([[1.0, 0.0], [3.0, 4.0]], np.float32)
+    got = neighbour_mean_features(ckg, features, np.array([ckg.user_node[0], 2, 1]))
+    np.testing.assert_allclose(got, [[2.0, 2.0], [1.0, 0.0], [3.0, 4.0]])
+
+
+# ---------------------------------------------------------------------------------------- TransR
+def test_transr_distance_and_loss_on_hand_checked_tensors():
+    projection = torch.tensor([[[1.0, 0.0], [0.0, 2.0]]])  # e @ W_r scales the second coordinate by 2
+    head, relation = torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, -1.0]])
+    tail, corrupted = torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0, 1.0]])
+    positive = transr_distance(head, relation, tail, projection)  # ‖(1,0) + (1,-1) − (0,2)‖² = 4 + 9
+    negative = transr_distance(head, relation, corrupted, projection)  # ‖(1,0) + (1,-1) − (1,2)‖² = 1 + 9
+    torch.testing.assert_close(positive, torch.tensor([13.0]))
+    torch.testing.assert_close(negative, torch.tensor([10.0]))
+    # −ln σ(g(t′) − g(t)) = −ln σ(−3) = ln(1 + e³)
+    torch.testing.assert_close(transr_loss(positive, negative), torch.tensor(math.log1p(math.exp(3.0))))
+    # a more plausible true tail gives a smaller loss
+    assert transr_loss(torch.tensor([1.0]), torch.tensor([10.0])) < transr_loss(positive, negative)
+
+
+# ---------------------------------------------------------------------------------------- attention
+def test_segment_softmax_normalises_within_each_segment_and_is_differentiable():
+    scores = torch.tensor([1.0, 2.0, 3.0, -1.0, 500.0, 0.0], requires_grad=True)
+    segments = torch.tensor([0, 0, 0, 2, 2, 3])
+    weights = segment_softmax(scores, segments, n_segments=4)
+    sums = torch.zeros(4).index_add(0, segments, weights.detach())
+    torch.testing.assert_close(sums, torch.tensor([1.0, 0.0, 1.0, 1.0]))
+    torch.testing.assert_close(weights[:3].detach(), torch.softmax(scores[:3].detach(), 0))
+    assert torch.isfinite(weights).all()  # a large score does not overflow
+    weights[0].backward()
+    assert scores.grad is not None and scores.grad[:3].abs().sum() > 0 and scores.grad[3:].abs().sum() == 0
+
+
+NO_KG_FILTER = {"min_entity_triples": 0, "min_relation_triples": 0}  # keep every triple of the tiny KG
+
+
+def _tiny_inputs(with_isolated_item: bool = False) -> ModelInputs:
+    """3 users, 5 items (item 4 has no interactions and no entity when ``with_isolated_item``), 2 modalities."""
+    generator = torch.Generator().manual_seed(0)
+    pairs = [(0, 0), (0, 1), (1, 1), (1, 2), (2, 3), (2, 0)]
+    if not with_isolated_item:
+        pairs.append((2, 4))
+    train = _train(pairs, n_users=3, n_items=5)
+    coo = train.tocoo()
+    item_entity = torch.tensor([0, 1, 2, 3, -1 if with_isolated_item else 4])
+    kg = KGTensors(
+        triples=torch.tensor([[0, 0, 5], [1, 0, 5], [2, 1, 6], [3, 1, 6], [5, 2, 6]]),
+        n_entities=7,
+        n_relations=3,
+        item_entity=item_entity,
+    )
+    return ModelInputs(
+        n_users=3,
+        n_items=5,
+        train_matrix=train,
+        train_users=torch.as_tensor(coo.row, dtype=torch.long),
+        train_items=torch.as_tensor(coo.col, dtype=torch.long),
+        features={
+            "text": torch.randn(5, 6, generator=generator),
+            "image": torch.randn(5, 4, generator=generator),
+        },
+        kg=kg,
+    )
+
+
+def test_knowledge_aware_attention_matches_the_formula_and_normalises_over_each_heads_neighbours():
+    torch.manual_seed(0)
+    model = build_model(
+        "multikg4rec", _tiny_inputs(), {**NO_KG_FILTER, "embedding_dim": 8, "relation_dim": 4, "n_heads": 2}
+    )
+    ego = model.ego_embeddings()
+    attention = model.attention(ego)
+    heads, relations, tails = model.edge_heads, model.edge_relations, model.edge_tails
+    sums = torch.zeros(model.n_nodes).index_add(0, heads, attention.detach())
+    has_edges = torch.zeros(model.n_nodes, dtype=torch.bool)
+    has_edges[heads] = True
+    torch.testing.assert_close(sums[has_edges], torch.ones(int(has_edges.sum())))
+    # reference: π(h, r, t) = (W_r e_t)ᵀ tanh(W_r e_h + e_r), softmax over each head's edges, one edge at a time
+    with torch.no_grad():
+        w, e_r = model.relation_projection, model.relation_embedding.weight
+        logits = torch.stack(
+            [
+                (ego[t] @ w[r]) @ torch.tanh(ego[h] @ w[r] + e_r[r])
+                for h, r, t in zip(heads, relations, tails, strict=True)
+            ]
+        )
+        expected = torch.empty_like(logits)
+        for head in heads.unique():
+            mask = heads == head
+            expected[mask] = torch.softmax(logits[mask], dim=0)
+    torch.testing.assert_close(attention.detach(), expected, rtol=1e-5, atol=1e-6)
+    attention.sum().backward()  # the attention is inside autograd: its parameters receive gradients
+    assert model.relation_projection.grad is not None and model.relation_projection.grad.abs().sum() > 0
+
+
+# ---------------------------------------------------------------------------------------- BFS
+def test_bfs_sequences_are_sorted_by_hop_with_path_count_then_degree_ties():
+    # 0-1, 0-2, 1-3, 2-3, 2-4 (undirected); from 0: hop 1 {2 (degree 3), 1 (degree 2)}; hop 2 {3 (2 paths), 4}
+    edges = [(0, 1), (0, 2), (1, 3), (2, 3), (2, 4)]
+    rows, cols = zip(*(edges + [(b, a) for a, b in edges]), strict=True)
+    adjacency = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(5, 5))
+    nodes, hops = bfs_sequences(adjacency, np.array([0, 4]), length=6, chunk_size=1)
+    np.testing.assert_array_equal(nodes[0], [0, 2, 1, 3, 4, -1])
+    np.testing.assert_array_equal(hops[0], [0, 1, 1, 2, 2, -1])
+    np.testing.assert_array_equal(
+        nodes[1], [4, 2, 0, 3, 1, -1]
+    )  # hop 2 from 4: 0 and 3 (1 path each; tie by degree)
+    np.testing.assert_array_equal(hops[1], [0, 1, 2, 2, 3, -1])
+    short, short_hops = bfs_sequences(adjacency, np.array([0]), length=2)
+    np.testing.assert_array_equal(short, [[0, 2]])  # truncated to the nearest
+    assert (np.diff(hops[0][hops[0] >= 0]) >= 0).all()
+
+
+def test_model_bfs_sequences_start_with_the_item_and_never_decrease_in_hop():
+    torch.manual_seed(0)
+    model = build_model(
+        "multikg4rec", _tiny_inputs(), {"embedding_dim": 8, "n_heads": 2, "sequence_length": 6}
+    )
+    hops, padding = model.sequence_hops, model.sequence_padding
+    assert (hops[:, 0] == 0).all() and (model.sequence_types[:, 0] == 1).all()
+    for row_hops, row_padding in zip(hops, padding, strict=True):
+        valid = row_hops[~row_padding]
+        assert (valid[1:] >= valid[:-1]).all()
+
+
+# ---------------------------------------------------------------------------------------- fusion switches
+def test_parse_fusion_directions_are_generic_over_the_dataset_modalities():
+    modalities = ["kg", "text"]
+    assert parse_fusion("bi", modalities) == [[0, 1], [0, 1]]
+    assert parse_fusion("self", modalities) == [[0], [1]]
+    assert parse_fusion("none", modalities) is None
+    assert parse_fusion("text->kg", modalities) == [[0, 1], [1]]  # kg's queries read text
+    assert parse_fusion("kg -> text", modalities) == [[0], [1, 0]]
+    for bad in ("image->text", "text->text", "both", "text>kg"):
+        with pytest.raises(ModelInputError):
+            parse_fusion(bad, modalities)
+    with pytest.raises(ModelInputError, match="no modality"):
+        parse_fusion("bi", [])
+
+
+def test_one_direction_ablation_trains_and_kgat_has_no_multimodal_part():
+    inputs = _tiny_inputs()
+    batch = BPRBatch(
+        users=torch.tensor([0, 1]), pos_items=torch.tensor([0, 2]), neg_items=torch.tensor([3, 4])
+    )
+    torch.manual_seed(0)
+    directed = build_model(
+        "multikg4rec", inputs, {**NO_KG_FILTER, "embedding_dim": 8, "n_heads": 2, "fusion": "image->text"}
+    )
+    with torch.no_grad():
+        directed.multimodal.gate.fill_(
+            0.5
+        )  # the gate starts at 0 (pure KGAT); open it to reach the transformer
+    terms = directed.loss_terms(batch)
+    assert set(terms) == {"bpr", "reg", "kg", "kg_reg"}
+    sum(terms.values()).backward()
+    assert directed.multimodal.projections[0][0].weight.grad.abs().sum() > 0
+    kgat = build_model("kgat", inputs, {**NO_KG_FILTER, "embedding_dim": 8})
+    assert kgat.multimodal is None and kgat.item_encoder() is None
+    users, items = kgat.representations()
+    assert users.shape == (3, 8 + 64 + 32 + 16) and items.shape == (5, 8 + 64 + 32 + 16)
+
+
+def test_kg_batches_are_seeded_through_torch_rng():
+    inputs = _tiny_inputs()
+    batch = BPRBatch(users=torch.tensor([0]), pos_items=torch.tensor([0]), neg_items=torch.tensor([3]))
+    torch.manual_seed(0)
+    model = build_model(
+        "kgat", inputs, {**NO_KG_FILTER, "embedding_dim": 8, "message_dropout": 0.0, "kg_batch_size": 4}
+    )
+    torch.manual_seed(5)
+    first = model.loss_terms(batch)["kg"]
+    torch.manual_seed(5)
+    assert model.loss_terms(batch)["kg"] == first
+
+
+def test_cold_start_encoder_equals_the_representation_of_an_isolated_item():
+    torch.manual_seed(0)
+    inputs = _tiny_inputs(with_isolated_item=True)
+    model = build_model("multikg4rec", inputs, {**NO_KG_FILTER, "embedding_dim": 8, "n_heads": 2}).eval()
+    isolated = int(model.item_node[4])
+    with torch.no_grad():
+        model.node_embedding.weight[isolated] = 0.0  # a new item has no ID embedding
+        model.multimodal.gate.fill_(0.5)  # trained models have an open gate; at 0 every new item is identical
+        items = model.representations()[1]
+        encoded = model.item_encoder()(*[inputs.features[m][4:5] for m in sorted(inputs.features)])
+    torch.testing.assert_close(encoded[0], items[4], rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(encoded[0], items[0])

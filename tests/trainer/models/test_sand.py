@@ -1,0 +1,196 @@
+"""SAND and LightGCN+SAND models: input validation, variants, structure, cold-start encoder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from trainer.models.base import BPRBatch, ModelInputError, ModelInputs
+from trainer.models.registry import build_model
+from trainer.models.sand import SAND, mixed_knn_adjacency
+
+
+def _inputs(dims: dict[str, int], n_users: int = 6, n_items: int = 8, seed: int = 0) -> ModelInputs:
+    rng = np.random.default_rng(seed)
+    dense = (rng.random((n_users, n_items)) < 0.4).astype(np.float32)
+    dense[np.arange(n_users), np.arange(n_users) % n_items] = 1.0
+    train = sp.csr_matrix(dense)
+    coo = train.tocoo()
+    return ModelInputs(
+        n_users=n_users,
+        n_items=n_items,
+        train_matrix=train,
+        train_users=torch.as_tensor(coo.row.astype(np.int64)),
+        train_items=torch.as_tensor(coo.col.astype(np.int64)),
+        features={
+            name: torch.as_tensor(rng.normal(size=(n_items, d)).astype(np.float32))
+            for name, d in dims.items()
+        },
+    )
+
+
+BATCH = BPRBatch(
+    users=torch.tensor([0, 1, 2]), pos_items=torch.tensor([0, 1, 1]), neg_items=torch.tensor([5, 6, 7])
+)
+
+
+def test_declared_feature_dimension_mismatch_is_a_clear_error():
+    inputs = _inputs({"image": 12, "text": 5})
+    with pytest.raises(ModelInputError, match=r"'image'.*declares feature dimension 4096.*\[8, 12\]"):
+        build_model("sand", inputs, {"embedding_dim": 8, "feature_dims": {"image": 4096, "text": 5}})
+    model = build_model("sand", inputs, {"embedding_dim": 8, "feature_dims": {"image": 12, "text": 5}})
+    assert model.modalities == ["image", "text"]
+
+
+@pytest.mark.parametrize(
+    ("dims", "params", "message"),
+    [
+        ({"text": 5}, {"embedding_dim": 8}, "at least 2 modalities"),
+        ({"image": 3, "text": 5}, {"embedding_dim": 6}, "multiple of 2 x 2 modalities"),
+        ({"image": 3, "text": 5}, {"embedding_dim": 8, "modalities": ["image", "audio"]}, "'audio'"),
+        (
+            {"image": 3, "text": 5},
+            {"embedding_dim": 8, "knn_modality_weights": [1.0]},
+            "knn_modality_weights",
+        ),
+        ({"image": 3, "text": 5}, {"embedding_dim": 8, "distance": "kl"}, "distance must be one of"),
+    ],
+)
+def test_bad_inputs_raise_model_input_error(dims, params, message):
+    with pytest.raises(ModelInputError, match=message):
+        build_model("sand", _inputs(dims), params)
+    if "knn_modality_weights" not in params:
+        with pytest.raises(ModelInputError, match=message):
+            build_model("lightgcn_sand", _inputs(dims), params)
+
+
+def test_three_modalities_any_dims_give_final_dimension_and_all_terms():
+    torch.manual_seed(0)
+    model = build_model(
+        "sand", _inputs({"audio": 3, "image": 11, "text": 7}), {"embedding_dim": 12, "knn_k": 3}
+    )
+    assert model.part_dim == 2
+    users, items = model.representations()
+    assert users.shape == (6, 12) and items.shape == (8, 12)
+    terms = model.loss_terms(BATCH)
+    assert set(terms) == {"bpr", "reg", "align", "distance"}
+    aux = model.auxiliary_loss_terms(BATCH)
+    assert set(aux) == {"club_nll"} and set(model.objective.distancing.estimators) == {
+        "audio",
+        "image",
+        "text",
+    }
+
+
+@pytest.mark.parametrize("name", ["sand", "lightgcn_sand"])
+@pytest.mark.parametrize(
+    ("align", "distance", "expected"),
+    [
+        ("solosim", "mi", {"align", "distance"}),
+        ("infonce", "l2", {"align", "distance"}),
+        ("none", "mi", {"distance"}),
+        ("solosim", "none", {"align"}),
+        ("none", "none", set()),
+    ],
+)
+def test_variants_and_ablations_select_loss_terms(name, align, distance, expected):
+    torch.manual_seed(0)
+    model = build_model(
+        name, _inputs({"image": 9, "text": 4}), {"embedding_dim": 8, "align": align, "distance": distance}
+    )
+    assert set(model.loss_terms(BATCH)) == {"bpr", "reg"} | expected
+    has_estimator = distance == "mi"
+    assert bool(model.auxiliary_parameters()) == has_estimator
+    assert bool(model.auxiliary_loss_terms(BATCH)) == has_estimator
+
+
+def test_auxiliary_step_trains_only_the_estimator_on_this_batch_pairs():
+    torch.manual_seed(0)
+    model = build_model("sand", _inputs({"image": 9, "text": 4}), {"embedding_dim": 8})
+    aux_ids = {id(p) for p in model.auxiliary_parameters()}
+    aux = model.auxiliary_loss_terms(BATCH)
+    aux["club_nll"].backward()
+    for parameter in model.parameters():
+        has_grad = parameter.grad is not None and bool(parameter.grad.abs().sum() > 0)
+        assert has_grad == (id(parameter) in aux_ids)
+    items = torch.tensor([0, 1])  # the distinct positives (objective_on_negatives is off by default)
+    torch.testing.assert_close(model._objective_items(BATCH), items)
+    with torch.no_grad():
+        parts = model.projection(
+            {m: model._features()[m][items] for m in model.modalities}, standardized=True
+        )
+        expected = model.objective.distancing.estimator_loss(
+            {m: parts[m][0] for m in parts}, {m: parts[m][1] for m in parts}
+        )
+    torch.testing.assert_close(aux["club_nll"].detach(), expected)
+
+
+def test_main_loss_does_not_touch_estimator_gradients():
+    torch.manual_seed(0)
+    model = build_model("sand", _inputs({"image": 9, "text": 4}), {"embedding_dim": 8})
+    sum(model.loss_terms(BATCH).values()).backward()
+    assert all(p.grad is None for p in model.auxiliary_parameters())
+    assert model.projection.splitters["image"].linear.weight.grad is not None
+
+
+def test_representations_are_recomputed_from_current_parameters():
+    torch.manual_seed(0)
+    model = build_model("sand", _inputs({"image": 9, "text": 4}), {"embedding_dim": 8})
+    with torch.no_grad():
+        before = model.representations()[1].clone()
+        model.projection.splitters["text"].linear.bias.add_(1.0)
+        after = model.representations()[1]
+    assert not torch.allclose(before, after)
+
+
+def test_item_encoder_gives_layer_zero_projection_for_cold_items():
+    torch.manual_seed(0)
+    inputs = _inputs({"image": 9, "text": 4})
+    model: SAND = build_model("sand", inputs, {"embedding_dim": 8})
+    encoder = model.item_encoder()
+    encoded = encoder(inputs.features["image"][:3], inputs.features["text"][:3])
+    parts = model.projection({m: inputs.features[m][:3] for m in ("image", "text")})
+    expected = torch.cat([parts["image"][0], parts["image"][1], parts["text"][0], parts["text"][1]], dim=1)
+    torch.testing.assert_close(encoded, expected)
+    assert encoded.shape == (3, model.representations()[1].shape[1])
+    lightgcn_sand = build_model("lightgcn_sand", inputs, {"embedding_dim": 8})
+    cold = lightgcn_sand.item_encoder()(inputs.features["image"][:2], inputs.features["text"][:2])
+    assert cold.shape == (2, 16) and torch.all(cold[:, :8] == 0)
+
+
+def _angles(degrees: list[float]) -> torch.Tensor:
+    radians = torch.tensor(degrees) * torch.pi / 180
+    return torch.stack([torch.cos(radians), torch.sin(radians)], dim=1)
+
+
+def test_mixed_knn_adjacency_hand_checked():
+    # k=2 with each item among its own candidates. Modality a at 0°, 10°, 90°: rows keep {0,1}, {1,0}, {2,1}.
+    # Modality b at 0°, 90°, 80°: rows keep {0,2}, {1,2}, {2,1}. Every row has degree 2, so the symmetric
+    # normalisation divides each binary graph by 2; weights [3, 1] mix them as 0.75 / 0.25.
+    a_binary = np.array([[1, 1, 0], [1, 1, 0], [0, 1, 1]], dtype=np.float32)
+    b_binary = np.array([[1, 0, 1], [0, 1, 1], [0, 1, 1]], dtype=np.float32)
+    graph = mixed_knn_adjacency(
+        {"a": _angles([0, 10, 90]), "b": _angles([0, 90, 80])}, k=2, weights=[3.0, 1.0]
+    )
+    np.testing.assert_allclose(graph.toarray(), 0.75 * a_binary / 2 + 0.25 * b_binary / 2, rtol=1e-6)
+
+
+def test_objective_on_negatives_adds_the_sampled_negatives():
+    model = build_model(
+        "sand", _inputs({"image": 9, "text": 4}), {"embedding_dim": 8, "objective_on_negatives": True}
+    )
+    assert model._objective_items(BATCH).tolist() == [0, 1, 5, 6, 7]
+
+
+def test_sparse_propagation_gradient_matches_torch_sparse_mm():
+    from trainer.modules.sand_sparse import SparsePropagation
+
+    dense_matrix = torch.tensor([[0.0, 2.0, 0.0], [1.0, 0.0, 3.0]])
+    propagation = SparsePropagation(dense_matrix.to_sparse_csr(), symmetric=False)
+    x = torch.randn(3, 4, requires_grad=True)
+    weights = torch.randn(2, 4)
+    (propagation(x) * weights).sum().backward()
+    torch.testing.assert_close(x.grad, dense_matrix.T @ weights)
+    torch.testing.assert_close(propagation(x.detach()), dense_matrix @ x.detach())
