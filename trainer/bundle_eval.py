@@ -35,12 +35,18 @@ def read_split_file(path: Path) -> dict[int, dict[str, set[str]]]:
 
 
 def evaluate_bundle_on_split(
-    bundle_path: Path, split_path: Path, label: int = 2, ks: tuple[int, ...] = (10, 20, 50), batch: int = 2048
+    bundle_path: Path,
+    split_path: Path,
+    label: int = 2,
+    ks: tuple[int, ...] = (10, 20, 50),
+    batch: int = 2048,
+    score_by_popularity: bool = False,
 ) -> dict[str, float]:
     """Recall@K and NDCG@K of the bundle's embeddings on split ``label`` (2 = test).
 
     Items of the other splits that come before it (train, and valid when label = 2) are excluded from
-    the ranking. Ties are broken by lower item row.
+    the ranking. Ties are broken by lower item row. ``score_by_popularity`` ranks every user's items by
+    the bundle's training popularity instead (the sanity baseline a model must clearly beat).
     """
     bundle = load_bundle(bundle_path)
     split = read_split_file(split_path)
@@ -52,11 +58,15 @@ def evaluate_bundle_on_split(
     recall_sums = dict.fromkeys(ks, 0.0)
     ndcg_sums = dict.fromkeys(ks, 0.0)
     discounts = 1.0 / np.log2(np.arange(2, k_max + 2))
+    user_embeddings = bundle.user_embeddings
     items_t = bundle.item_embeddings.astype(np.float64).T
+    if score_by_popularity:
+        user_embeddings = np.ones((len(bundle.user_ids), 1))
+        items_t = bundle.popularity.astype(np.float64)[None, :]
     for start in range(0, len(target_users), batch):
         uids = target_users[start : start + batch]
         rows = np.array([user_row[uid] for uid in uids])
-        scores = bundle.user_embeddings[rows].astype(np.float64) @ items_t
+        scores = user_embeddings[rows].astype(np.float64) @ items_t
         for position, uid in enumerate(uids):
             for masked_label in masked_labels:
                 seen = [item_row[iid] for iid in split[masked_label].get(uid, ())]

@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--bundle", type=Path, help="bundle directory or bundle root")
     evaluate.add_argument("--split", type=Path, help="MMRec split file (userID itemID x_label)")
     evaluate.add_argument("--on", choices=["valid", "test"], default="test")
+    evaluate.add_argument("--popularity", action="store_true", help="rank by training popularity instead (baseline)")
 
     export = sub.add_parser("export", help="re-export RUN/checkpoint.pt as a new bundle")
     export.add_argument("--run", required=True, type=Path)
@@ -127,7 +128,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         bundle, split = args.bundle, args.split
     if bundle is None or split is None:
         raise ValueError("give --run RUN, or both --bundle and --split")
-    result = evaluate_bundle_on_split(Path(bundle), Path(split), label=2 if args.on == "test" else 1)
+    result = evaluate_bundle_on_split(Path(bundle), Path(split), label=2 if args.on == "test" else 1,
+                                      score_by_popularity=args.popularity)
     print(json.dumps(result, indent=2))
     return 0
 
