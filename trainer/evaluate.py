@@ -105,17 +105,19 @@ def _top_k_exact(scores: Tensor, k: int) -> Tensor:
 def top_k_items(scores: Tensor, k: int) -> Tensor:
     """Indices int64 [B, k] of the k best items per row, ties broken by lower item index.
 
-    A float top-k does the work; its output is re-ordered stably by (score desc, index asc), and the
-    rare rows whose k-th score is tied with an item outside the top-k are recomputed exactly.
+    A float top-(k+1) does the work; its output is re-ordered stably by (score desc, index asc), and the
+    rare rows whose k-th score equals the (k+1)-th (a tie across the cut) are recomputed exactly.
     """
     if scores.dtype != torch.float32:
         scores = scores.float()
-    values, indices = torch.topk(scores, k, dim=1, largest=True, sorted=True)
+    probe = min(k + 1, scores.shape[1])
+    values, indices = torch.topk(scores, probe, dim=1, largest=True, sorted=True)
+    boundary_ties = values[:, k - 1] == values[:, k] if probe > k else torch.zeros_like(values[:, 0], dtype=torch.bool)
+    values, indices = values[:, :k], indices[:, :k]
     indices_ascending, permutation = indices.sort(dim=1)
     values_by_index = values.gather(1, permutation)
     order = torch.sort(values_by_index, dim=1, descending=True, stable=True).indices
     indices = indices_ascending.gather(1, order)
-    boundary_ties = (scores >= values[:, -1:]).sum(dim=1) > k
     if bool(boundary_ties.any()):
         rows = boundary_ties.nonzero().squeeze(1)
         indices[rows] = _top_k_exact(scores[rows], k)

@@ -35,9 +35,10 @@ from trainer.kg import (
     CollaborativeKG,
     bfs_sequences,
     build_collaborative_kg,
+    filter_kg,
     neighbour_mean_features,
     segment_softmax,
-    transr_distance,
+    transr_distance_grouped,
     transr_loss,
 )
 from trainer.losses import bpr_loss, l2_reg
@@ -74,6 +75,10 @@ class MultiKG4RecConfig(ModelConfig):
     kg_weight: float = 1.0
     kg_batch_size: int = 2048
     kg_reg_weight: float = 1e-5
+    kg_normalize: bool = True
+    multimodal_refresh_every: int = 1
+    min_entity_triples: int = 10
+    min_relation_triples: int = 50
 
 
 def parse_fusion(fusion: str, modalities: list[str]) -> list[list[int]] | None:
@@ -94,7 +99,9 @@ def parse_fusion(fusion: str, modalities: list[str]) -> list[list[int]] | None:
         return [[m] for m in everyone]
     match = _DIRECTION.match(mode)
     if match is None:
-        raise ModelInputError(f"fusion must be 'bi', 'self', 'none' or '<modality>-><modality>', got {fusion!r}")
+        raise ModelInputError(
+            f"fusion must be 'bi', 'self', 'none' or '<modality>-><modality>', got {fusion!r}"
+        )
     source, target = match.groups()
     for name in (source, target):
         if name not in modalities:
@@ -106,7 +113,7 @@ def parse_fusion(fusion: str, modalities: list[str]) -> list[list[int]] | None:
 
 
 class BiInteraction(nn.Module):
-    """KGAT's Bi-Interaction aggregator: LeakyReLU(W₁(e_h + e_N)) + LeakyReLU(W₂(e_h ⊙ e_N)); [N, d] -> [N, d']."""
+    """KGAT's Bi-Interaction aggregator: LeakyReLU(W₁(e_h + e_N)) + LeakyReLU(W₂(e_h ⊙ e_N))"""
 
     def __init__(self, in_dim: int, out_dim: int, dropout: float) -> None:
         super().__init__()
@@ -129,7 +136,9 @@ class MultimodalItemEncoder(nn.Module):
     hops int64 [B, n]; padding bool [B, n]. The item itself is token 0.
     """
 
-    def __init__(self, modality_dims: list[int], sources: list[list[int]], dim: int, config: MultiKG4RecConfig):
+    def __init__(
+        self, modality_dims: list[int], sources: list[list[int]], dim: int, config: MultiKG4RecConfig
+    ):
         super().__init__()
         self.projections = nn.ModuleList(leaky_projection(d_m, dim) for d_m in modality_dims)
         self.type_embedding = nn.Embedding(4, dim)
@@ -137,15 +146,23 @@ class MultimodalItemEncoder(nn.Module):
         nn.init.normal_(self.type_embedding.weight, std=0.02)
         nn.init.normal_(self.hop_embedding.weight, std=0.02)
         self.transformer = BiTransformer(
-            sources, dim, config.n_blocks, config.n_heads, config.ffn_multiplier * dim, config.transformer_dropout
+            sources,
+            dim,
+            config.n_blocks,
+            config.n_heads,
+            config.ffn_multiplier * dim,
+            config.transformer_dropout,
         )
         self.fuse = nn.Linear(len(modality_dims) * dim, dim)
+        # gated output, gate initialised at zero: training starts from the structural (KGAT) model and
+        # learns how much multimodal signal to add; tanh bounds each coordinate by the gate
+        self.gate = nn.Parameter(torch.zeros(1))
 
     def forward(self, features: list[Tensor], types: Tensor, hops: Tensor, padding: Tensor | None) -> Tensor:
         position = self.type_embedding(types) + self.hop_embedding(hops)
-        tokens = [projection(x) + position for projection, x in zip(self.projections, features)]
+        tokens = [projection(x) + position for projection, x in zip(self.projections, features, strict=True)]
         outputs = self.transformer(tokens, padding)
-        return self.fuse(torch.cat([out[:, 0] for out in outputs], dim=-1))
+        return self.gate * torch.tanh(self.fuse(torch.cat([out[:, 0] for out in outputs], dim=-1)))
 
 
 class ColdStartItemEncoder(nn.Module):
@@ -192,13 +209,17 @@ class MultiKG4Rec(Recommender):
         kg = inputs.kg
         if kg is None:
             logger.warning("no knowledge graph: Multi-KG4Rec runs on the user-item part of the CKG only")
-        ckg = build_collaborative_kg(
-            inputs.train_matrix,
-            None if kg is None else kg.triples,
-            0 if kg is None else kg.n_entities,
-            0 if kg is None else kg.n_relations,
-            None if kg is None else kg.item_entity,
-        )
+        triples, n_entities, n_kg_relations, item_entity = None, 0, 0, None
+        if kg is not None:
+            n_kg_relations = kg.n_relations
+            triples, n_entities, item_entity = filter_kg(
+                kg.triples,
+                kg.n_entities,
+                kg.item_entity,
+                config.min_entity_triples,
+                config.min_relation_triples,
+            )
+        ckg = build_collaborative_kg(inputs.train_matrix, triples, n_entities, n_kg_relations, item_entity)
         self.n_nodes = ckg.n_nodes
         self.n_relations = ckg.n_relations
         device = inputs.device
@@ -213,9 +234,12 @@ class MultiKG4Rec(Recommender):
         nn.init.xavier_uniform_(self.relation_projection)
         sizes = [dim, *config.layer_dims]
         self.layers = nn.ModuleList(
-            BiInteraction(sizes[k], sizes[k + 1], config.message_dropout) for k in range(len(config.layer_dims))
+            BiInteraction(sizes[k], sizes[k + 1], config.message_dropout)
+            for k in range(len(config.layer_dims))
         )
         self.multimodal: MultimodalItemEncoder | None = None
+        self._train_steps = 0
+        self._cached_multimodal: Tensor | None = None
         if sources is not None:
             modality_dims = [int(inputs.features[m].shape[1]) for m in self.modalities]
             self.multimodal = MultimodalItemEncoder(modality_dims, sources, dim, config)
@@ -224,7 +248,9 @@ class MultiKG4Rec(Recommender):
     # ------------------------------------------------------------------ construction helpers
     def _register_graph(self, ckg: CollaborativeKG, device: torch.device) -> None:
         def buffer(name: str, array: np.ndarray) -> None:
-            self.register_buffer(name, torch.as_tensor(array, dtype=torch.long, device=device), persistent=False)
+            self.register_buffer(
+                name, torch.as_tensor(array, dtype=torch.long, device=device), persistent=False
+            )
 
         buffer("edge_heads", ckg.heads)
         buffer("edge_tails", ckg.tails)
@@ -232,15 +258,22 @@ class MultiKG4Rec(Recommender):
         buffer("item_node", ckg.item_node)
         buffer("user_node", ckg.user_node)
         # W_r e is computed once per (relation, node) pair and gathered per edge, not once per edge
-        projection_nodes, head_index, tail_index, projection_ptr = [], np.empty_like(ckg.heads), np.empty_like(ckg.heads), [0]
+        projection_nodes: list[np.ndarray] = []
+        projection_ptr = [0]
+        head_index, tail_index = np.empty_like(ckg.heads), np.empty_like(ckg.heads)
         for r in range(ckg.n_relations):
             lo, hi = ckg.relation_ptr[r], ckg.relation_ptr[r + 1]
-            unique, inverse = np.unique(np.concatenate([ckg.heads[lo:hi], ckg.tails[lo:hi]]), return_inverse=True)
+            unique, inverse = np.unique(
+                np.concatenate([ckg.heads[lo:hi], ckg.tails[lo:hi]]), return_inverse=True
+            )
             head_index[lo:hi] = projection_ptr[-1] + inverse[: hi - lo]
             tail_index[lo:hi] = projection_ptr[-1] + inverse[hi - lo :]
             projection_nodes.append(unique)
             projection_ptr.append(projection_ptr[-1] + len(unique))
-        buffer("projection_nodes", np.concatenate(projection_nodes) if projection_nodes else np.zeros(0, np.int64))
+        buffer(
+            "projection_nodes",
+            np.concatenate(projection_nodes) if projection_nodes else np.zeros(0, np.int64),
+        )
         buffer("edge_head_projection", head_index)
         buffer("edge_tail_projection", tail_index)
         self.projection_ptr = [int(p) for p in projection_ptr]
@@ -248,11 +281,13 @@ class MultiKG4Rec(Recommender):
         self.kg_edge_range = (kg_lo, ckg.n_edges) if kg_lo < ckg.n_edges else (0, ckg.n_edges)
 
     def _register_sequences(self, ckg: CollaborativeKG, inputs: ModelInputs, device: torch.device) -> None:
-        """BFS sequences of every item (built once per model, i.e. per training run) and their token tables."""
+        """BFS sequences of every item (built once per model = per training run) + token tables."""
         config = self.config
         nodes, hops = bfs_sequences(ckg.adjacency(), ckg.item_node, config.sequence_length, config.max_hops)
         padding = nodes < 0
-        token_nodes, token_rows = np.unique(np.where(padding, ckg.item_node[:, None], nodes), return_inverse=True)
+        token_nodes, token_rows = np.unique(
+            np.where(padding, ckg.item_node[:, None], nodes), return_inverse=True
+        )
         token_rows = token_rows.reshape(nodes.shape)
         token_rows[padding] = len(token_nodes)  # the all-zero padding row
         node_types = ckg.node_types()
@@ -260,7 +295,9 @@ class MultiKG4Rec(Recommender):
         long = {"device": device, "dtype": torch.long}
         self.register_buffer("sequence_token_rows", torch.as_tensor(token_rows, **long), persistent=False)
         self.register_buffer("sequence_types", torch.as_tensor(types, **long), persistent=False)
-        self.register_buffer("sequence_hops", torch.as_tensor(np.where(padding, 0, hops), **long), persistent=False)
+        self.register_buffer(
+            "sequence_hops", torch.as_tensor(np.where(padding, 0, hops), **long), persistent=False
+        )
         self.register_buffer("sequence_padding", torch.as_tensor(padding, device=device), persistent=False)
         for position, name in enumerate(self.modalities):
             table = neighbour_mean_features(ckg, inputs.features[name], token_nodes)
@@ -268,24 +305,44 @@ class MultiKG4Rec(Recommender):
             self.register_buffer(
                 f"token_features_{position}", torch.as_tensor(table, device=device), persistent=False
             )
-        logger.info("BFS sequences: %d items x %d tokens, %.1f%% padding, mean hop %.2f",
-                    nodes.shape[0], nodes.shape[1], 100 * padding.mean(), hops[~padding].mean())
+        logger.info(
+            "BFS sequences: %d items x %d tokens, %.1f%% padding, mean hop %.2f",
+            nodes.shape[0],
+            nodes.shape[1],
+            100 * padding.mean(),
+            hops[~padding].mean(),
+        )
 
     # ------------------------------------------------------------------ forward pieces
     def multimodal_item_vectors(self) -> Tensor:
         """Fused multimodal vector of every item, float [n_items, d]."""
         assert self.multimodal is not None
         features = [
-            getattr(self, f"token_features_{m}")[self.sequence_token_rows] for m in range(len(self.modalities))
+            getattr(self, f"token_features_{m}")[self.sequence_token_rows]
+            for m in range(len(self.modalities))
         ]
         return self.multimodal(features, self.sequence_types, self.sequence_hops, self.sequence_padding)
 
     def ego_embeddings(self) -> Tensor:
-        """Layer-0 embedding of every CKG node, float [n_nodes, d]."""
+        """Layer-0 embedding of every CKG node, float [n_nodes, d].
+
+        In training with ``multimodal_refresh_every = N > 1``, the Bi-Transformer runs (with gradient) on
+        one step in N; the other steps reuse its last output, detached (a stated cost/accuracy trade-off).
+        """
         ego = self.node_embedding.weight
-        if self.multimodal is not None:
-            ego = ego.index_add(0, self.item_node, self.multimodal_item_vectors())
-        return ego
+        if self.multimodal is None:
+            return ego
+        refresh_every = max(1, self.config.multimodal_refresh_every)
+        if not self.training or refresh_every == 1:
+            multimodal = self.multimodal_item_vectors()
+        elif self._train_steps % refresh_every == 0 or self._cached_multimodal is None:
+            multimodal = self.multimodal_item_vectors()
+            self._cached_multimodal = multimodal.detach()
+        else:
+            multimodal = self._cached_multimodal
+        if self.training:
+            self._train_steps += 1
+        return ego.index_add(0, self.item_node, multimodal)
 
     def relation_projected(self, ego: Tensor) -> Tensor:
         """W_r e for every (relation, node) pair of the CKG, float [n_pairs, relation_dim]."""
@@ -297,7 +354,7 @@ class MultiKG4Rec(Recommender):
         return torch.cat(parts, dim=0)
 
     def attention(self, ego: Tensor) -> Tensor:
-        """Knowledge-aware attention per edge, softmax-normalised over each head's neighbours; float [n_edges]."""
+        """Knowledge-aware attention per edge, softmax over each head's neighbours; float [n_edges]."""
         projected = self.relation_projected(ego)
         tails = projected[self.edge_tail_projection]
         heads = projected[self.edge_head_projection]
@@ -337,17 +394,18 @@ class MultiKG4Rec(Recommender):
         """TransR on a batch of KG edges (uniform, with inverses) with uniformly corrupted tails."""
         lo, hi = self.kg_edge_range
         device = ego.device
-        edges = torch.randint(lo, hi, (self.config.kg_batch_size,), device=device)
+        # edges are stored sorted by relation, so sorted edge indices come grouped by relation
+        edges = torch.randint(lo, hi, (self.config.kg_batch_size,), device=device).sort().values
         heads, relations, tails = self.edge_heads[edges], self.edge_relations[edges], self.edge_tails[edges]
         corrupted = torch.randint(0, self.n_nodes, (len(edges),), device=device)
-        projection = self.relation_projection[relations]
-        relation_vectors = self.relation_embedding(relations)
+        relation_table, projection_table = self.relation_embedding.weight, self.relation_projection
         e_h, e_t, e_c = ego[heads], ego[tails], ego[corrupted]
-        positive = transr_distance(e_h, relation_vectors, e_t, projection)
-        negative = transr_distance(e_h, relation_vectors, e_c, projection)
+        normalize = self.config.kg_normalize
+        positive = transr_distance_grouped(e_h, relations, e_t, relation_table, projection_table, normalize)
+        negative = transr_distance_grouped(e_h, relations, e_c, relation_table, projection_table, normalize)
         return {
             "kg": self.config.kg_weight * transr_loss(positive, negative),
-            "kg_reg": self.config.kg_reg_weight * l2_reg(e_h, relation_vectors, e_t, e_c),
+            "kg_reg": self.config.kg_reg_weight * l2_reg(e_h, relation_table[relations], e_t, e_c),
         }
 
     def item_encoder(self) -> nn.Module | None:
