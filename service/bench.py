@@ -3,8 +3,9 @@
 In one run it prints requests/s and p50/p99 latency for ``POST /recommend/{user_id}`` and the no-op
 ``GET /healthz`` of the same server at a Baby-sized catalogue (7,050 items, exact flat index), the
 p50/p99 at half of /recommend's saturation rate, the failures seen while a new bundle is swapped in
-under load, and at 1M items (HNSW index shipped in the bundle) the HNSW recall@20 against exact search
-and p50/p99 at a fixed 200 requests/s.
+under load, and at 1M items (approximate index shipped in the bundle: IVF over the MIPS-to-L2 reduction
+by default, ``--large-index hnsw`` for HNSW) its recall@20 against exact search at several search
+depths and p50/p99 at a fixed 200 requests/s.
 
 Item embeddings: ``--source-bundle`` takes a trained bundle's item (and user) embeddings; without it a
 structured synthetic catalogue is generated (low-rank clusters with log-normal norms, users mixing 1-3
@@ -34,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from service.bundle import Bundle, load_bundle, write_bundle
-from service.index import INDEX_FILE, ItemIndex, build_index, build_index_file
+from service.index import DEFAULT_IVF_NPROBE, INDEX_FILE, ItemIndex, build_index, build_index_file
 
 logger = logging.getLogger("service.bench")
 ADMIN_TOKEN = "bench-token"
@@ -353,26 +354,55 @@ class Server:
 
 
 # -- phases -----------------------------------------------------------------------------------------
-def hnsw_recall(
-    catalogue: Catalogue, items: np.ndarray, index_path: Path, ef_search: int, n_queries: int
-) -> tuple[float, float]:
-    """(recall@20 of the service's HNSW search vs exact search, mean ratio of the summed top-20 scores)."""
+def index_recall(
+    catalogue: Catalogue,
+    items: np.ndarray,
+    index_path: Path,
+    depths: list[int],
+    n_queries: int,
+) -> list[dict[str, float]]:
+    """Per search depth (HNSW ef_search or IVF nprobe, by the index's kind): recall@20 of the service's
+    approximate search vs exact search over ``n_queries`` user queries, the mean ratio of the summed
+    top-20 scores (approximate / exact), and the single-query search time in ms (p50, p99)."""
     from service.index import load_index_file
 
     main = load_index_file(index_path, len(items), items.shape[1])
-    approx = ItemIndex(main, items, ef_search=ef_search)
     exact = build_index(items, flat_max_items=len(items))
     rng = np.random.default_rng(1)
     n_queries = min(n_queries, len(catalogue.user_embeddings))
     queries = catalogue.user_embeddings[rng.choice(len(catalogue.user_embeddings), n_queries, replace=False)]
     exact_scores, exact_rows = exact.search(queries, 20)
-    hits = 0
-    ratios = []
-    for query, truth, truth_scores in zip(queries, exact_rows, exact_scores, strict=True):
-        rows, scores = approx._search_main(query.reshape(1, -1), 20)
-        hits += len(set(rows.tolist()) & set(truth.tolist()))
-        ratios.append(float(scores[:20].sum() / truth_scores.sum()))
-    return hits / (20 * n_queries), float(np.mean(ratios))
+    del exact
+    out = []
+    for depth in depths:
+        approx = ItemIndex(main, items, ef_search=depth, nprobe=depth)
+        hits = 0
+        ratios, seconds = [], []
+        for query, truth, truth_scores in zip(queries, exact_rows, exact_scores, strict=True):
+            started = time.perf_counter()
+            rows, scores = approx._search_main(query.reshape(1, -1), 20)
+            seconds.append(time.perf_counter() - started)
+            hits += len(set(rows.tolist()) & set(truth.tolist()))
+            ratios.append(float(scores[:20].sum() / truth_scores.sum()))
+        ms = np.asarray(seconds) * 1000
+        out.append(
+            {
+                "depth": depth,
+                "recall_at_20": round(hits / (20 * n_queries), 4),
+                "top20_score_sum_ratio": round(float(np.mean(ratios)), 4),
+                "search_ms_p50": round(float(np.percentile(ms, 50)), 3),
+                "search_ms_p99": round(float(np.percentile(ms, 99)), 3),
+            }
+        )
+    return out
+
+
+def hnsw_recall(
+    catalogue: Catalogue, items: np.ndarray, index_path: Path, ef_search: int, n_queries: int
+) -> tuple[float, float]:
+    """(recall@20 vs exact, mean summed top-20 score ratio) at one search depth (ef_search or nprobe)."""
+    (row,) = index_recall(catalogue, items, index_path, [ef_search], n_queries)
+    return row["recall_at_20"], row["top20_score_sum_ratio"]
 
 
 def interleaved_saturation(
@@ -420,6 +450,23 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     user_requests = recommend_requests(len(catalogue.user_embeddings), 4096, seed=2)
     noop = [http_request("GET", "/healthz")]
 
+    if not args.skip_small:
+        run_small(args, work, catalogue, user_requests, noop, report)
+    if not args.skip_large:
+        run_large(args, work, catalogue, user_requests, report)
+    report["results"] = [asdict(r) for r in results]
+    return report
+
+
+def run_small(
+    args: argparse.Namespace,
+    work: Path,
+    catalogue: Catalogue,
+    user_requests: list[bytes],
+    noop: list[bytes],
+    report: dict,
+) -> None:
+    results: list[LoadResult] = report["results"]
     small_items = resize_items(
         catalogue.item_embeddings, args.small_items, seed=3, expansion=args.expansion, noise=args.noise
     )
@@ -474,66 +521,59 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     finally:
         server.stop()
 
-    if not args.skip_large:
-        large_items = resize_items(
-            catalogue.item_embeddings, args.large_items, seed=5, expansion=args.expansion, noise=args.noise
+
+def run_large(
+    args: argparse.Namespace, work: Path, catalogue: Catalogue, user_requests: list[bytes], report: dict
+) -> None:
+    results: list[LoadResult] = report["results"]
+    large_items = resize_items(
+        catalogue.item_embeddings, args.large_items, seed=5, expansion=args.expansion, noise=args.noise
+    )
+    index_path = work / INDEX_FILE
+    started = time.perf_counter()
+    description = build_index_file(
+        large_items,
+        index_path,
+        flat_max_items=args.flat_max_items,
+        hnsw_m=args.hnsw_m,
+        ef_construction=args.ef_construction,
+        large_kind=args.large_index,
+        ivf_nlist=args.ivf_nlist,
+        ivf_nprobe=args.ivf_nprobe,
+    )
+    build_s = time.perf_counter() - started
+    served_depth = args.ivf_nprobe if args.large_index == "ivf" else args.ef_search
+    depths = sorted({served_depth, *(int(d) for d in args.recall_depths.split(",") if d)})
+    sweep = index_recall(catalogue, large_items, index_path, depths, args.recall_queries)
+    served = next(row for row in sweep if row["depth"] == served_depth)
+    report["large"] = {
+        "items": args.large_items,
+        "index": description,
+        "build_seconds": round(build_s, 1),
+        "served_depth": served_depth,
+        "recall_at_20": served["recall_at_20"],
+        "top20_score_sum_ratio": served["top20_score_sum_ratio"],
+        "recall_by_depth": sweep,
+        "expansion": f"{args.expansion} (noise {args.noise})",
+    }
+    large_root = work / "large"
+    write_catalogue_bundle(large_root, catalogue, large_items, index_path)
+    del large_items
+    os.environ["MODALREC_HNSW_EF_SEARCH"] = str(args.ef_search)
+    os.environ["MODALREC_IVF_NPROBE"] = str(args.ivf_nprobe)
+    name = f"POST /recommend ({args.large_items} items, {description['kind'].upper()})"
+    server = Server(large_root, args.workers, work / "server-large.log")
+    try:
+        server.wait_ready()
+        asyncio.run(closed_loop(server.port, user_requests, 4, 1.0, "warm-up"))
+        results.append(
+            asyncio.run(open_loop(server.port, user_requests, args.large_rate, args.seconds, name))
         )
-        index_path = work / INDEX_FILE
-        started = time.perf_counter()
-        description = build_index_file(
-            large_items,
-            index_path,
-            flat_max_items=args.flat_max_items,
-            hnsw_m=args.hnsw_m,
-            ef_construction=args.ef_construction,
+        results.append(
+            asyncio.run(closed_loop(server.port, user_requests, args.connections, args.seconds, name))
         )
-        build_s = time.perf_counter() - started
-        recall, score_ratio = hnsw_recall(
-            catalogue, large_items, index_path, args.ef_search, args.recall_queries
-        )
-        report["large"] = {
-            "items": args.large_items,
-            "index": description,
-            "build_seconds": round(build_s, 1),
-            "ef_search": args.ef_search,
-            "hnsw_recall_at_20": round(recall, 4),
-            "top20_score_sum_ratio": round(score_ratio, 4),
-            "expansion": f"{args.expansion} (noise {args.noise})",
-        }
-        large_root = work / "large"
-        write_catalogue_bundle(large_root, catalogue, large_items, index_path)
-        del large_items
-        os.environ["MODALREC_HNSW_EF_SEARCH"] = str(args.ef_search)
-        server = Server(large_root, args.workers, work / "server-large.log")
-        try:
-            server.wait_ready()
-            asyncio.run(closed_loop(server.port, user_requests, 4, 1.0, "warm-up"))
-            results.append(
-                asyncio.run(
-                    open_loop(
-                        server.port,
-                        user_requests,
-                        args.large_rate,
-                        args.seconds,
-                        f"POST /recommend ({args.large_items} items, HNSW)",
-                    )
-                )
-            )
-            results.append(
-                asyncio.run(
-                    closed_loop(
-                        server.port,
-                        user_requests,
-                        args.connections,
-                        args.seconds,
-                        f"POST /recommend ({args.large_items} items, HNSW)",
-                    )
-                )
-            )
-        finally:
-            server.stop()
-    report["results"] = [asdict(r) for r in results]
-    return report
+    finally:
+        server.stop()
 
 
 def print_report(report: dict) -> None:
@@ -566,11 +606,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--small-items", type=int, default=7_050)
     parser.add_argument("--large-items", type=int, default=1_000_000)
     parser.add_argument("--skip-large", action="store_true")
+    parser.add_argument("--skip-small", action="store_true", help="only the large-catalogue part")
     parser.add_argument("--seconds", type=float, default=8.0, help="duration of each load phase")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--large-rate", type=float, default=200.0)
     parser.add_argument("--flat-max-items", type=int, default=200_000)
+    parser.add_argument("--large-index", choices=["ivf", "hnsw"], default="ivf")
+    parser.add_argument("--ivf-nlist", type=int, default=None, help="IVF cells (default about 4 sqrt(n))")
+    parser.add_argument(
+        "--ivf-nprobe", type=int, default=DEFAULT_IVF_NPROBE, help="IVF cells scanned (served)"
+    )
+    parser.add_argument(
+        "--recall-depths",
+        default="8,16,32,64",
+        help="also measure recall at these search depths (nprobe for IVF, ef_search for HNSW)",
+    )
     parser.add_argument("--hnsw-m", type=int, default=32)
     parser.add_argument("--ef-construction", type=int, default=80)
     parser.add_argument("--ef-search", type=int, default=128)

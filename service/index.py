@@ -1,7 +1,14 @@
 """FAISS retrieval over item embeddings (inner product, so it ranks exactly like the models score).
 
 Layout: the bundle's items live in an immutable *main* index (``IndexIDMap2`` over ``IndexFlatIP`` up
-to ``flat_max_items`` items, ``IndexHNSWFlat`` above, ids = item rows ``0..n-1``); items added online
+to ``flat_max_items`` items, ids = item rows ``0..n-1``); above that an approximate index, by default
+``IndexIVFFlat`` over the MIPS-to-L2 reduction of the items (``ivf``), or ``IndexHNSWFlat`` with inner
+product (``hnsw``). The reduction appends ``sqrt(max_norm^2 - ||x||^2)`` to every item and 0 to the
+query, so that ``||q' - x'||^2 = ||q||^2 + max_norm^2 - 2 q.x``: the nearest items in L2 are exactly
+the largest inner products, and k-means builds its cells in that L2 space (an inner-product
+quantizer over the raw items needed far more probes for the same recall). The IVF scan inside
+the probed cells is exact and the returned scores are recomputed as ``q.x`` from the embeddings.
+``docs/service.md`` has the measurements behind the choice. Items added online
 (cold start, ``POST /items``) live in a small *delta* ``IndexIDMap2(IndexFlatIP)`` with ids
 ``n, n+1, ...``. Mutations rebuild the delta copy-on-write under one lock and publish it with a single
 attribute assignment, so searches never take a lock and never see a half-built index.
@@ -27,10 +34,27 @@ INDEX_FILE = "item_index.faiss"
 DEFAULT_FLAT_MAX_ITEMS = 200_000
 DEFAULT_HNSW_M = 32
 DEFAULT_EF_CONSTRUCTION = 80
+DEFAULT_LARGE_INDEX = "ivf"
+DEFAULT_IVF_NPROBE = 32
+LARGE_INDEX_KINDS = ("ivf", "hnsw")
 
 
 class IndexMismatchError(ValueError):
     """An index file or an embedding matrix does not match what the bundle says."""
+
+
+def mips_augment(vectors: np.ndarray, max_sq_norm: float | None = None) -> np.ndarray:
+    """MIPS-to-L2 reduction of items float32 [n, d] -> [n, d+1]: appends ``sqrt(max_sq_norm - ||x||^2)``
+    (``max_sq_norm`` defaults to the largest squared norm), so every row has norm ``sqrt(max_sq_norm)``."""
+    sq_norms = np.einsum("ij,ij->i", vectors, vectors)
+    top = float(sq_norms.max()) if max_sq_norm is None else max_sq_norm
+    extra = np.sqrt(np.maximum(top - sq_norms, 0.0)).astype(np.float32)
+    return np.ascontiguousarray(np.hstack([vectors, extra[:, None]]), dtype=np.float32)
+
+
+def default_nlist(n_items: int) -> int:
+    """IVF cells: about 4 sqrt(n) (4,000 at 1M), and at least 39 training points per cell."""
+    return max(1, min(int(round(4 * np.sqrt(n_items))), n_items // 39))
 
 
 def build_index(
@@ -39,22 +63,51 @@ def build_index(
     flat_max_items: int = DEFAULT_FLAT_MAX_ITEMS,
     hnsw_m: int = DEFAULT_HNSW_M,
     ef_construction: int = DEFAULT_EF_CONSTRUCTION,
+    large_kind: str = DEFAULT_LARGE_INDEX,
+    ivf_nlist: int | None = None,
+    ivf_nprobe: int = DEFAULT_IVF_NPROBE,
+    seed: int = 0,
 ) -> faiss.IndexIDMap2:
-    """Inner-product index over ``item_embeddings`` float32 [n_items, dim], ids = rows.
+    """Index over ``item_embeddings`` float32 [n_items, dim], ids = rows.
 
-    Exact ``IndexFlatIP`` when ``n_items <= flat_max_items``, else ``IndexHNSWFlat`` (approximate).
+    Exact ``IndexFlatIP`` when ``n_items <= flat_max_items``; else ``large_kind``: ``"ivf"``
+    (``IndexIVFFlat``, L2 over :func:`mips_augment` vectors [n, dim+1], ``ivf_nlist`` cells, default
+    :func:`default_nlist`; ``ivf_nprobe`` is stored in the index as its search depth) or ``"hnsw"``
+    (``IndexHNSWFlat``, inner product).
     """
     embeddings = np.ascontiguousarray(item_embeddings, dtype=np.float32)
     if embeddings.ndim != 2 or embeddings.shape[1] < 1:
         raise IndexMismatchError(f"item embeddings must be [n_items, dim], got shape {embeddings.shape}")
+    if large_kind not in LARGE_INDEX_KINDS:
+        raise IndexMismatchError(f"large_kind must be one of {LARGE_INDEX_KINDS}, got {large_kind!r}")
     n_items, dim = embeddings.shape
+    ids = np.arange(n_items, dtype=np.int64)
     if n_items <= flat_max_items:
         inner: faiss.Index = faiss.IndexFlatIP(dim)
-    else:
+    elif large_kind == "hnsw":
         inner = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
         inner.hnsw.efConstruction = ef_construction
+    else:
+        augmented = mips_augment(embeddings)
+        nlist = default_nlist(n_items) if ivf_nlist is None else ivf_nlist
+        if not 1 <= nlist <= n_items:
+            raise IndexMismatchError(f"ivf_nlist must be in 1..{n_items}, got {nlist}")
+        inner = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim + 1), dim + 1, nlist, faiss.METRIC_L2)
+        inner.cp.seed = seed
+        rng = np.random.default_rng(seed)
+        n_train = min(n_items, 64 * nlist)
+        sample = (
+            augmented
+            if n_train == n_items
+            else augmented[np.sort(rng.choice(n_items, n_train, replace=False))]
+        )
+        inner.train(sample)
+        inner.nprobe = ivf_nprobe
+        index = faiss.IndexIDMap2(inner)
+        index.add_with_ids(augmented, ids)
+        return index
     index = faiss.IndexIDMap2(inner)
-    index.add_with_ids(embeddings, np.arange(n_items, dtype=np.int64))
+    index.add_with_ids(embeddings, ids)
     return index
 
 
@@ -65,39 +118,63 @@ def build_index_file(
     flat_max_items: int = DEFAULT_FLAT_MAX_ITEMS,
     hnsw_m: int = DEFAULT_HNSW_M,
     ef_construction: int = DEFAULT_EF_CONSTRUCTION,
+    large_kind: str = DEFAULT_LARGE_INDEX,
+    ivf_nlist: int | None = None,
+    ivf_nprobe: int = DEFAULT_IVF_NPROBE,
 ) -> dict[str, int | str]:
     """Build the index for a bundle and write it to ``path`` (pass it to ``write_bundle`` as the
     extra file ``item_index.faiss``). Returns a description for the manifest, e.g.
-    ``{"kind": "hnsw", "n_items": 1000000, "hnsw_m": 32, "ef_construction": 80}``.
+    ``{"kind": "ivf", "n_items": 1000000, "ivf_nlist": 4000, "ivf_nprobe": 32}``.
     """
     index = build_index(
-        item_embeddings, flat_max_items=flat_max_items, hnsw_m=hnsw_m, ef_construction=ef_construction
+        item_embeddings,
+        flat_max_items=flat_max_items,
+        hnsw_m=hnsw_m,
+        ef_construction=ef_construction,
+        large_kind=large_kind,
+        ivf_nlist=ivf_nlist,
+        ivf_nprobe=ivf_nprobe,
     )
     faiss.write_index(index, str(path))
     description: dict[str, int | str] = {"kind": index_kind(index), "n_items": int(index.ntotal)}
     if description["kind"] == "hnsw":
         description.update(hnsw_m=hnsw_m, ef_construction=ef_construction)
+    elif description["kind"] == "ivf":
+        inner = faiss.downcast_index(index.index)
+        description.update(ivf_nlist=int(inner.nlist), ivf_nprobe=int(inner.nprobe))
     return description
 
 
 def index_kind(index: faiss.Index) -> str:
     inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
-    return "hnsw" if isinstance(inner, faiss.IndexHNSW) else "flat"
+    if isinstance(inner, faiss.IndexHNSW):
+        return "hnsw"
+    return "ivf" if isinstance(inner, faiss.IndexIVF) else "flat"
 
 
 def load_index_file(path: Path, n_items: int, dim: int) -> faiss.IndexIDMap2:
-    """Read an ``item_index.faiss`` and check it indexes exactly rows ``0..n_items-1`` of ``dim``."""
+    """Read an ``item_index.faiss`` and check it indexes exactly rows ``0..n_items-1`` of ``dim``
+    (flat / HNSW: inner product over ``dim``; IVF: L2 over the ``dim + 1`` reduced vectors)."""
     try:
         index = faiss.read_index(str(path))
     except RuntimeError as exc:
         raise IndexMismatchError(f"unreadable FAISS index {path}: {exc}") from exc
     if not isinstance(index, faiss.IndexIDMap2):
         raise IndexMismatchError(f"{path.name} must be an IndexIDMap2, got {type(index).__name__}")
-    if index.metric_type != faiss.METRIC_INNER_PRODUCT:
-        raise IndexMismatchError(f"{path.name} must use inner product (the models score by inner product)")
-    if index.d != dim or index.ntotal != n_items:
+    if index_kind(index) == "ivf":
+        expected_metric, expected_dim = faiss.METRIC_L2, dim + 1
+        if index.metric_type != expected_metric:
+            raise IndexMismatchError(f"{path.name}: an IVF index must use L2 over the MIPS-reduced vectors")
+    else:
+        expected_metric, expected_dim = faiss.METRIC_INNER_PRODUCT, dim
+        if index.metric_type != expected_metric:
+            raise IndexMismatchError(
+                f"{path.name} must use inner product (the models score by inner product)"
+            )
+    if index.d != expected_dim or index.ntotal != n_items:
         raise IndexMismatchError(
-            f"{path.name} holds {index.ntotal} vectors of dim {index.d}; the bundle has {n_items} of dim {dim}"
+            f"{path.name} holds {index.ntotal} vectors of dim {index.d}; the bundle has {n_items} of dim "
+            f"{dim} (index dim {expected_dim} expected)"
         )
     ids = faiss.vector_to_array(index.id_map)
     if not np.array_equal(ids, np.arange(n_items, dtype=ids.dtype)):
@@ -122,16 +199,27 @@ class ItemIndex:
         main: ``IndexIDMap2`` over the bundle's items, ids = rows ``0..n_main-1`` (never mutated).
         main_embeddings: float32 [n_main, dim], the same vectors (exact fallback, vector lookups).
         ef_search: HNSW search depth (raised to ``k`` when ``k`` is larger).
+        nprobe: IVF cells scanned per query; None = the depth stored in the index.
     """
 
-    def __init__(self, main: faiss.IndexIDMap2, main_embeddings: np.ndarray, ef_search: int = 128) -> None:
-        if main.ntotal != main_embeddings.shape[0] or main.d != main_embeddings.shape[1]:
+    def __init__(
+        self,
+        main: faiss.IndexIDMap2,
+        main_embeddings: np.ndarray,
+        ef_search: int = 128,
+        nprobe: int | None = None,
+    ) -> None:
+        self.kind = index_kind(main)
+        index_dim = main_embeddings.shape[1] + (1 if self.kind == "ivf" else 0)
+        if main.ntotal != main_embeddings.shape[0] or main.d != index_dim:
             raise IndexMismatchError("main index and main embeddings disagree in size or dimension")
         self.main = main
         self.main_embeddings = main_embeddings
-        self.kind = index_kind(main)
         self.ef_search = ef_search
-        self.dim = int(main.d)
+        self.nprobe = (
+            int(faiss.downcast_index(main.index).nprobe) if nprobe is None and self.kind == "ivf" else nprobe
+        )
+        self.dim = int(main_embeddings.shape[1])
         self.n_main = int(main.ntotal)
         self._lock = threading.Lock()
         self._delta = _Delta(np.zeros(0, dtype=np.int64), np.zeros((0, self.dim), dtype=np.float32), {}, None)
@@ -214,6 +302,14 @@ class ItemIndex:
         if self.kind == "hnsw":
             params = faiss.SearchParametersHNSW(efSearch=max(self.ef_search, k))
             scores, rows = self.main.search(query, k, params=params)
+        elif self.kind == "ivf":
+            params = faiss.SearchParametersIVF(nprobe=self.nprobe)
+            augmented = np.concatenate([query, np.zeros((1, 1), dtype=np.float32)], axis=1)
+            _, rows = self.main.search(augmented, k, params=params)
+            rows = rows[0][rows[0] >= 0]
+            scores = self.main_embeddings[rows] @ query[0]  # exact q.x (the L2 order is the same)
+            order = np.argsort(-scores, kind="stable")
+            return rows[order], scores[order].astype(np.float32)
         else:
             scores, rows = self.main.search(query, k)
         return rows[0], scores[0]

@@ -77,7 +77,7 @@ class SimilarResponse(BaseModel):
 
 
 class IndexInfo(BaseModel):
-    kind: Literal["flat", "hnsw"]
+    kind: Literal["flat", "hnsw", "ivf"]
     size: int
     bundle_items: int
     online_items: int

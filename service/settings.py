@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -42,7 +43,15 @@ class Settings(BaseSettings):
     reload_poll_s: float = Field(default=2.0, ge=0, description="poll `current` this often; 0 = no polling")
 
     flat_max_items: int = Field(
-        default=200_000, ge=1, description="exact flat inner-product search up to this many items, HNSW above"
+        default=200_000,
+        ge=1,
+        description="exact flat inner-product search up to this many items, `large_index` above",
+    )
+    large_index: Literal["ivf", "hnsw"] = Field(
+        default="ivf", description="approximate index above flat_max_items when the bundle ships none"
+    )
+    ivf_nprobe: int | None = Field(
+        default=None, ge=1, description="IVF cells scanned per query; unset = the depth stored in the index"
     )
     hnsw_m: int = Field(default=32, ge=4)
     hnsw_ef_construction: int = Field(default=80, ge=8)

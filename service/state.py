@@ -72,19 +72,23 @@ class ServingState:
             else:
                 if len(bundle.item_ids) > settings.flat_max_items:
                     logger.warning(
-                        "bundle %s has %d items and no %s: building HNSW at start-up (slow); "
+                        "bundle %s has %d items and no %s: building the %s index at start-up (slow); "
                         "export it with service.index.build_index_file",
                         bundle.version,
                         len(bundle.item_ids),
                         INDEX_FILE,
+                        settings.large_index,
                     )
                 main = build_index(
                     bundle.item_embeddings,
                     flat_max_items=settings.flat_max_items,
                     hnsw_m=settings.hnsw_m,
                     ef_construction=settings.hnsw_ef_construction,
+                    large_kind=settings.large_index,
                 )
-            index = ItemIndex(main, bundle.item_embeddings, ef_search=settings.hnsw_ef_search)
+            index = ItemIndex(
+                main, bundle.item_embeddings, ef_search=settings.hnsw_ef_search, nprobe=settings.ivf_nprobe
+            )
         except IndexMismatchError as exc:
             raise BundleError(str(exc)) from exc
         encoder = None

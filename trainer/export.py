@@ -129,7 +129,7 @@ def export_bundle(
 
 
 def _maybe_build_index(item_embeddings: np.ndarray, tmp: Path) -> tuple[str, Path, dict[str, Any]] | None:
-    """For catalogues above the service's exact-search limit, build the HNSW index file at export time.
+    """For catalogues above the service's exact-search limit, build the approximate (IVF) index file at export time.
 
     Needs faiss (the ``serve`` extra); without it the service builds its index at start-up instead.
     """

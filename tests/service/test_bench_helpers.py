@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.bench import hnsw_recall, resize_items, synthetic_catalogue
+from service.bench import hnsw_recall, index_recall, resize_items, synthetic_catalogue
 from service.index import build_index_file
 
 
@@ -25,7 +25,18 @@ def test_hnsw_recall_is_measured_against_exact(tmp_path) -> None:
     catalogue = synthetic_catalogue(n_users=100, n_items=2000, dim=16, seed=0)
     items = catalogue.item_embeddings
     path = tmp_path / "item_index.faiss"
-    build_index_file(items, path, flat_max_items=10, hnsw_m=16, ef_construction=40)
+    build_index_file(items, path, flat_max_items=10, hnsw_m=16, ef_construction=40, large_kind="hnsw")
     good, _ = hnsw_recall(catalogue, items, path, ef_search=200, n_queries=50)
     poor, _ = hnsw_recall(catalogue, items, path, ef_search=1, n_queries=50)
     assert 0.9 <= good <= 1.0 and poor < good
+
+
+def test_ivf_recall_grows_with_nprobe_and_reaches_exact(tmp_path) -> None:
+    catalogue = synthetic_catalogue(n_users=100, n_items=2000, dim=16, seed=0)
+    items = catalogue.item_embeddings
+    path = tmp_path / "item_index.faiss"
+    description = build_index_file(items, path, flat_max_items=10, ivf_nlist=32)
+    assert description["kind"] == "ivf" and description["ivf_nlist"] == 32
+    sweep = index_recall(catalogue, items, path, [1, 32], n_queries=50)
+    assert sweep[0]["recall_at_20"] < 0.9  # one cell of 32 misses part of the top 20
+    assert sweep[1]["recall_at_20"] == 1.0  # all cells scanned = exact search

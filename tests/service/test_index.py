@@ -1,4 +1,4 @@
-"""FAISS index: flat vs HNSW by size, exclusion, the never-fewer-than-k guarantee, index files."""
+"""FAISS index: flat vs IVF / HNSW by size, exclusion, the never-fewer-than-k guarantee, index files."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def exact(items: np.ndarray, query: np.ndarray, k: int, exclude: set[int]) -> li
 def test_kind_follows_size_and_search_excludes() -> None:
     items = embeddings(300)
     assert ItemIndex(build_index(items, flat_max_items=300), items).kind == "flat"
-    hnsw = ItemIndex(build_index(items, flat_max_items=100, hnsw_m=8), items, ef_search=64)
+    hnsw = ItemIndex(build_index(items, flat_max_items=100, hnsw_m=8, large_kind="hnsw"), items, ef_search=64)
     assert hnsw.kind == "hnsw"
     query = items[5]
     excluded = set(exact(items, query, 10, set()))
@@ -42,11 +42,44 @@ def test_kind_follows_size_and_search_excludes() -> None:
 
 def test_never_fewer_than_k_even_when_hnsw_misses() -> None:
     items = embeddings(300)
-    index = ItemIndex(build_index(items, flat_max_items=100, hnsw_m=4), items, ef_search=1)
+    index = ItemIndex(build_index(items, flat_max_items=100, hnsw_m=4, large_kind="hnsw"), items, ef_search=1)
     query = items[0]
     exclude = np.arange(0, 290)  # only 10 items left; a shallow HNSW search cannot reach them all
     rows, _ = index.search(query, 10, exclude)
     assert sorted(rows.tolist()) == list(range(290, 300))
+
+
+def test_ivf_is_the_default_large_index_and_ranks_by_inner_product() -> None:
+    rng = np.random.default_rng(3)
+    items = embeddings(400) * rng.lognormal(0.0, 0.5, size=(400, 1)).astype(np.float32)  # varied norms
+    built = build_index(items, flat_max_items=100, ivf_nlist=8, ivf_nprobe=8)
+    index = ItemIndex(built, items)
+    assert index.kind == "ivf" and index.nprobe == 8 and built.d == 17  # MIPS-to-L2: one extra coordinate
+    for row in (0, 5, 123):
+        query = items[row] + 0.1 * rng.normal(size=16).astype(np.float32)
+        excluded = set(exact(items, query, 3, set()))
+        rows, scores = index.search(query, 10, np.array(sorted(excluded)))
+        # all cells probed: exactly the inner-product top 10, with the exact scores
+        assert rows.tolist() == exact(items, query, 10, excluded)
+        np.testing.assert_allclose(scores, items[rows] @ query, rtol=1e-5)
+    shallow = ItemIndex(built, items, nprobe=1)
+    assert shallow.nprobe == 1
+    rows, _ = shallow.search(items[0], 10, np.arange(0, 390))  # one cell cannot hold the 10 left
+    assert sorted(rows.tolist()) == list(range(390, 400))
+
+
+def test_ivf_index_file_round_trip_and_checks(tmp_path) -> None:
+    items = embeddings(200)
+    path = tmp_path / "item_index.faiss"
+    description = build_index_file(items, path, flat_max_items=50, ivf_nlist=4, ivf_nprobe=2)
+    assert description == {"kind": "ivf", "n_items": 200, "ivf_nlist": 4, "ivf_nprobe": 2}
+    loaded = load_index_file(path, 200, 16)
+    index = ItemIndex(loaded, items)
+    assert index.kind == "ivf" and index.nprobe == 2  # the depth stored in the file
+    rows, _ = ItemIndex(loaded, items, nprobe=4).search(items[7], 5)
+    assert rows.tolist() == exact(items, items[7], 5, set())
+    with pytest.raises(IndexMismatchError, match="dim"):
+        load_index_file(path, 200, 17)
 
 
 def test_online_items_upsert_and_merge() -> None:
@@ -70,7 +103,7 @@ def test_online_items_upsert_and_merge() -> None:
 def test_index_file_round_trip_and_mismatch(tmp_path) -> None:
     items = embeddings(120)
     path = tmp_path / "item_index.faiss"
-    description = build_index_file(items, path, flat_max_items=50, hnsw_m=8)
+    description = build_index_file(items, path, flat_max_items=50, hnsw_m=8, large_kind="hnsw")
     assert description["kind"] == "hnsw" and description["n_items"] == 120
     loaded = load_index_file(path, 120, 16)
     rows, _ = ItemIndex(loaded, items, ef_search=64).search(items[7], 5)
@@ -85,7 +118,7 @@ def test_bundle_with_item_index_file_is_loaded_and_checked(tmp_path) -> None:
     good = build_tiny_bundle(tmp_path / "a")
     bundle = load_bundle(good)
     index_path = tmp_path / "item_index.faiss"
-    build_index_file(bundle.item_embeddings, index_path, flat_max_items=10, hnsw_m=8)
+    build_index_file(bundle.item_embeddings, index_path, flat_max_items=10, hnsw_m=8, large_kind="hnsw")
     wrong_path = tmp_path / "wrong.faiss"
     build_index_file(bundle.item_embeddings[:-1], wrong_path)
     settings = Settings(bundle_root=tmp_path)
