@@ -11,16 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-
-class _SparseMatmul(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, matrix: Tensor, matrix_t: Tensor, dense: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.matrix_t = matrix_t
-        return torch.sparse.mm(matrix, dense)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
-        return None, None, torch.sparse.mm(ctx.matrix_t, grad)
+from trainer.graphs import sparse_matmul
 
 
 class SparsePropagation(nn.Module):
@@ -37,4 +28,4 @@ class SparsePropagation(nn.Module):
     def forward(self, dense: Tensor) -> Tensor:
         if not dense.requires_grad:
             return torch.sparse.mm(self.matrix, dense)
-        return _SparseMatmul.apply(self.matrix, self.matrix_t, dense)
+        return sparse_matmul(self.matrix, dense, self.matrix_t)
