@@ -40,6 +40,9 @@ def run_fit(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train, evaluate (valid-selected, test once) and export; returns the metrics.json payload."""
+    from trainer.models.registry import get_spec
+
+    get_spec(model)
     run_config = resolve_run_config(
         model, dataset_preset_name(dataset_path), config_path, train_overrides=train_overrides
     )
@@ -54,6 +57,9 @@ def run_fit_config(
     out_dir: Path,
     progress: bool = True,
 ) -> dict[str, Any]:
+    from trainer.models.registry import build_config
+
+    build_config(run_config.model, run_config.model_params)  # fail on a bad config before writing anything
     out_dir.mkdir(parents=True, exist_ok=True)
     logger.info("run config: %s", run_config.to_dict())
     started = time.perf_counter()
