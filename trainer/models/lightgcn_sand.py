@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from trainer.graphs import normalized_bipartite_adjacency, to_torch_sparse_csr
 from trainer.losses import bpr_loss, l2_reg
 from trainer.models.base import BPRBatch, ModelConfig, ModelInputs, Recommender
-from trainer.models.sand import part_dimension
+from trainer.models.sand import SANDObjectiveMixin, part_dimension
 from trainer.modules.alignment import ModalSplitProjection, SeparateAlignmentDistancing, select_modalities
 from trainer.modules.sand_sparse import SparsePropagation
 
@@ -59,7 +59,7 @@ class LightGCNSANDItemEncoder(nn.Module):
         return torch.cat([feature_half.new_zeros(feature_half.shape[0], self.id_dim), feature_half], dim=1)
 
 
-class LightGCNSAND(Recommender):
+class LightGCNSAND(SANDObjectiveMixin, Recommender):
     config_class = LightGCNSANDConfig
 
     def __init__(self, inputs: ModelInputs, config: LightGCNSANDConfig) -> None:
@@ -93,15 +93,6 @@ class LightGCNSAND(Recommender):
             to_torch_sparse_csr(adjacency, inputs.device), symmetric=True
         )
 
-    def _objective_items(self, batch: BPRBatch) -> Tensor:
-        """Distinct batch items the alignment/distancing terms use: positives (+ negatives if configured)."""
-        negatives = batch.neg_items if self.config.objective_on_negatives else None
-        return self.objective.batch_items(batch.pos_items, negatives)
-
-    def _features(self, items: Tensor | None = None) -> dict[str, Tensor]:
-        if items is None:
-            return {name: getattr(self, f"features_{name}") for name in self.modalities}
-        return {name: getattr(self, f"features_{name}")[items] for name in self.modalities}
 
     def _forward(self) -> tuple[Tensor, Tensor, dict[str, tuple[Tensor, Tensor]]]:
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight], dim=0)
@@ -131,13 +122,6 @@ class LightGCNSAND(Recommender):
         terms.update(self.objective.loss_terms(parts, self._objective_items(batch)))
         return terms
 
-    def auxiliary_parameters(self) -> list[nn.Parameter]:
-        return self.objective.estimator_parameters()
-
-    def auxiliary_loss_terms(self, batch: BPRBatch) -> dict[str, Tensor]:
-        """One q-network fitting step on the (E_g^m, E_q^m) pairs of this batch's distinct items."""
-        items = self._objective_items(batch)
-        return self.objective.estimator_loss_terms(self.projection, self._features(items), standardized=True)
 
     def item_encoder(self) -> nn.Module:
         return LightGCNSANDItemEncoder(self.projection, self.config.embedding_dim)

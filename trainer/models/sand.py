@@ -142,7 +142,33 @@ class SANDItemEncoder(nn.Module):
         return ModalSplitProjection.concatenate(parts)
 
 
-class SAND(Recommender):
+class SANDObjectiveMixin:
+    """The alignment/distancing plumbing shared by every backbone that uses SAND's objective.
+
+    Expects ``self.objective`` (a :class:`SeparateAlignmentDistancing`), ``self.projection``, ``self.modalities`` and
+    ``features_<modality>`` buffers, and ``config.objective_on_negatives``.
+    """
+
+    def _objective_items(self, batch: BPRBatch) -> Tensor:
+        """Distinct batch items the alignment/distancing terms use: positives (+ negatives if configured)."""
+        negatives = batch.neg_items if self.config.objective_on_negatives else None
+        return self.objective.batch_items(batch.pos_items, negatives)
+
+    def _features(self, items: Tensor | None = None) -> dict[str, Tensor]:
+        if items is None:
+            return {name: getattr(self, f"features_{name}") for name in self.modalities}
+        return {name: getattr(self, f"features_{name}")[items] for name in self.modalities}
+
+    def auxiliary_parameters(self) -> list[nn.Parameter]:
+        return self.objective.estimator_parameters()
+
+    def auxiliary_loss_terms(self, batch: BPRBatch) -> dict[str, Tensor]:
+        """One q-network fitting step on the (E_g^m, E_q^m) pairs of this batch's distinct items."""
+        items = self._objective_items(batch)
+        return self.objective.estimator_loss_terms(self.projection, self._features(items), standardized=True)
+
+
+class SAND(SANDObjectiveMixin, Recommender):
     config_class = SANDConfig
 
     def __init__(self, inputs: ModelInputs, config: SANDConfig) -> None:
@@ -189,15 +215,6 @@ class SAND(Recommender):
         )
 
     # -------------------------------------------------------------------------------------- forward
-    def _objective_items(self, batch: BPRBatch) -> Tensor:
-        """Distinct batch items the alignment/distancing terms use: positives (+ negatives if configured)."""
-        negatives = batch.neg_items if self.config.objective_on_negatives else None
-        return self.objective.batch_items(batch.pos_items, negatives)
-
-    def _features(self, items: Tensor | None = None) -> dict[str, Tensor]:
-        if items is None:
-            return {name: getattr(self, f"features_{name}") for name in self.modalities}
-        return {name: getattr(self, f"features_{name}")[items] for name in self.modalities}
 
     def _forward(self) -> tuple[Tensor, Tensor, dict[str, tuple[Tensor, Tensor]]]:
         """(users [n_users, D], items [n_items, D], {modality: (E_g, E_q) [n_items, p]})."""
@@ -239,14 +256,6 @@ class SAND(Recommender):
         terms.update(self.objective.loss_terms(parts, self._objective_items(batch)))
         return terms
 
-    # ------------------------------------------------------------------------------ CLUB estimator step
-    def auxiliary_parameters(self) -> list[nn.Parameter]:
-        return self.objective.estimator_parameters()
-
-    def auxiliary_loss_terms(self, batch: BPRBatch) -> dict[str, Tensor]:
-        """One q-network fitting step on the (E_g^m, E_q^m) pairs of this batch's distinct items."""
-        items = self._objective_items(batch)
-        return self.objective.estimator_loss_terms(self.projection, self._features(items), standardized=True)
 
     def item_encoder(self) -> nn.Module:
         return SANDItemEncoder(self.projection)
