@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import os
@@ -223,8 +224,6 @@ def save_checkpoint(
     path: Path, run_config: RunConfig, model: Recommender, epoch: int, extra: dict[str, Any] | None = None
 ) -> None:
     """Atomically write {model, model_params (resolved config), run config, epoch, state_dict}."""
-    import dataclasses
-
     payload = {
         "model": run_config.model,
         "model_params": dataclasses.asdict(model.config),

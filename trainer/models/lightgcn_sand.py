@@ -19,7 +19,6 @@ import torch
 from torch import Tensor, nn
 
 from trainer.graphs import normalized_bipartite_adjacency, to_torch_sparse_csr
-from trainer.losses import bpr_loss, l2_reg
 from trainer.models.base import BPRBatch, ModelConfig, ModelInputs, Recommender
 from trainer.models.sand import SANDObjectiveMixin, part_dimension
 from trainer.modules.alignment import ModalSplitProjection, SeparateAlignmentDistancing, select_modalities
@@ -105,23 +104,13 @@ class LightGCNSAND(SANDObjectiveMixin, Recommender):
         items = torch.cat([final[self.n_users :], ModalSplitProjection.concatenate(parts)], dim=1)
         return users, items, parts
 
-    def representations(self) -> tuple[Tensor, Tensor]:
-        users, items, _ = self._forward()
-        return users, items
-
-    def loss_terms(self, batch: BPRBatch) -> dict[str, Tensor]:
-        users, items, parts = self._forward()
-        u, p, n = users[batch.users], items[batch.pos_items], items[batch.neg_items]
-        reg = l2_reg(
+    def _regularised_rows(self, batch: BPRBatch) -> tuple[Tensor, ...]:
+        return (
             self.user_embedding(batch.users),
             self.user_feature_preference(batch.users),
             self.item_embedding(batch.pos_items),
             self.item_embedding(batch.neg_items),
         )
-        terms = {"bpr": bpr_loss((u * p).sum(-1), (u * n).sum(-1)), "reg": self.config.reg_weight * reg}
-        terms.update(self.objective.loss_terms(parts, self._objective_items(batch)))
-        return terms
-
 
     def item_encoder(self) -> nn.Module:
         return LightGCNSANDItemEncoder(self.projection, self.config.embedding_dim)

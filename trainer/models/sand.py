@@ -146,8 +146,23 @@ class SANDObjectiveMixin:
     """The alignment/distancing plumbing shared by every backbone that uses SAND's objective.
 
     Expects ``self.objective`` (a :class:`SeparateAlignmentDistancing`), ``self.projection``, ``self.modalities`` and
-    ``features_<modality>`` buffers, and ``config.objective_on_negatives``.
+    ``features_<modality>`` buffers, ``config.objective_on_negatives``, and two methods of the backbone:
+    ``_forward() -> (users [n_users, d], items [n_items, d], modal parts)`` and ``_regularised_rows(batch)``
+    (the batch's ID-embedding rows under the L2 penalty).
     """
+
+    def representations(self) -> tuple[Tensor, Tensor]:
+        users, items, _ = self._forward()
+        return users, items
+
+    def loss_terms(self, batch: BPRBatch) -> dict[str, Tensor]:
+        """BPR + L2 on the batch's ID rows + the alignment and distancing terms on its distinct items."""
+        users, items, parts = self._forward()
+        u, p, n = users[batch.users], items[batch.pos_items], items[batch.neg_items]
+        reg = l2_reg(*self._regularised_rows(batch))
+        terms = {"bpr": bpr_loss((u * p).sum(-1), (u * n).sum(-1)), "reg": self.config.reg_weight * reg}
+        terms.update(self.objective.loss_terms(parts, self._objective_items(batch)))
+        return terms
 
     def _objective_items(self, batch: BPRBatch) -> Tensor:
         """Distinct batch items the alignment/distancing terms use: positives (+ negatives if configured)."""
@@ -240,22 +255,12 @@ class SAND(SANDObjectiveMixin, Recommender):
         users = (stacked * attention.unsqueeze(-1)).reshape(self.n_users, -1)
         return users, items, parts
 
-    def representations(self) -> tuple[Tensor, Tensor]:
-        users, items, _ = self._forward()
-        return users, items
-
-    def loss_terms(self, batch: BPRBatch) -> dict[str, Tensor]:
-        users, items, parts = self._forward()
-        u, p, n = users[batch.users], items[batch.pos_items], items[batch.neg_items]
-        reg = l2_reg(
+    def _regularised_rows(self, batch: BPRBatch) -> tuple[Tensor, ...]:
+        return (
             self.user_embedding(batch.users),
             self.item_id_embedding(batch.pos_items),
             self.item_id_embedding(batch.neg_items),
         )
-        terms = {"bpr": bpr_loss((u * p).sum(-1), (u * n).sum(-1)), "reg": self.config.reg_weight * reg}
-        terms.update(self.objective.loss_terms(parts, self._objective_items(batch)))
-        return terms
-
 
     def item_encoder(self) -> nn.Module:
         return SANDItemEncoder(self.projection)
