@@ -6,6 +6,7 @@ app is cheap and does no I/O beyond creating the store client.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -140,6 +141,9 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pin_threads(settings.threads_per_worker)
         runtime.start()
+        # Start-up objects (modules, schemas, the bundle's id maps) live as long as the process: moving
+        # them out of the collector's generations keeps full collections from pausing requests.
+        gc.freeze()
         try:
             yield
         finally:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -243,14 +244,9 @@ async def open_loop(
     latencies: list[float] = []
     failures = 0
     n_total = int(rate * seconds)
-    start = time.perf_counter() + 0.05
 
-    async def one(i: int) -> None:
+    async def one(i: int, scheduled: float) -> None:
         nonlocal failures
-        scheduled = start + i / rate
-        delay = scheduled - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
         conn = await pool.get()
         try:
             status, body = await conn.request(requests[i % len(requests)])
@@ -264,8 +260,17 @@ async def open_loop(
         latencies.append(time.perf_counter() - scheduled)
         pool.put_nowait(conn)
 
-    tasks = [asyncio.create_task(one(i)) for i in range(n_total)]
+    # One dispatcher starts each request at its scheduled time (creating every task up front would
+    # keep the loop busy at the start and charge that client-side lag to the server's first requests).
+    tasks: list[asyncio.Task] = []
     side = asyncio.get_running_loop().run_in_executor(None, during) if during else None
+    start = time.perf_counter() + 0.05
+    for i in range(n_total):
+        scheduled = start + i / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i, scheduled)))
     await asyncio.gather(*tasks)
     if side is not None:
         await side
@@ -273,6 +278,17 @@ async def open_loop(
     while not pool.empty():
         pool.get_nowait().close()
     return summarise(name, "fixed rate", latencies, failures, elapsed, rate)
+
+
+def measure(load) -> LoadResult:
+    """Run one load phase (a coroutine) with the generator's own garbage collector paused, so that
+    its pauses are not charged to the server's latency."""
+    gc.collect()
+    gc.disable()
+    try:
+        return asyncio.run(load)
+    finally:
+        gc.enable()
 
 
 def summarise(
@@ -413,7 +429,7 @@ def interleaved_saturation(
     pooled: dict[str, list[LoadResult]] = {name: [] for name, _ in phases}
     for _ in range(rounds):
         for name, requests in phases:
-            pooled[name].append(asyncio.run(closed_loop(port, requests, connections, seconds / rounds, name)))
+            pooled[name].append(measure(closed_loop(port, requests, connections, seconds / rounds, name)))
     merged = []
     for name, runs in pooled.items():
         total = sum(r.requests for r in runs)
@@ -475,7 +491,7 @@ def run_small(
     server = Server(small_root, args.workers, work / "server-small.log")
     try:
         server.wait_ready()
-        asyncio.run(closed_loop(server.port, user_requests, args.connections, 1.0, "warm-up"))
+        measure(closed_loop(server.port, user_requests, args.connections, 1.0, "warm-up"))
         sat_noop, sat_rec = interleaved_saturation(
             server.port,
             [("GET /healthz (no-op)", noop), ("POST /recommend", user_requests)],
@@ -483,7 +499,7 @@ def run_small(
             args.seconds,
             args.rounds,
         )
-        half = asyncio.run(
+        half = measure(
             open_loop(server.port, user_requests, sat_rec.rps / 2, args.seconds, "POST /recommend")
         )
         results += [sat_noop, sat_rec, half]
@@ -501,7 +517,7 @@ def run_small(
             write_catalogue_bundle(small_root, catalogue, shifted, None)
             reload_info.update(server.admin_reload())
 
-        during = asyncio.run(
+        during = measure(
             open_loop(
                 server.port,
                 user_requests,
@@ -565,12 +581,12 @@ def run_large(
     server = Server(large_root, args.workers, work / "server-large.log")
     try:
         server.wait_ready()
-        asyncio.run(closed_loop(server.port, user_requests, 4, 1.0, "warm-up"))
+        measure(closed_loop(server.port, user_requests, 4, 1.0, "warm-up"))
         results.append(
-            asyncio.run(open_loop(server.port, user_requests, args.large_rate, args.seconds, name))
+            measure(open_loop(server.port, user_requests, args.large_rate, args.seconds, name))
         )
         results.append(
-            asyncio.run(closed_loop(server.port, user_requests, args.connections, args.seconds, name))
+            measure(closed_loop(server.port, user_requests, args.connections, args.seconds, name))
         )
     finally:
         server.stop()

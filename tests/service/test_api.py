@@ -149,6 +149,24 @@ def test_bad_requests_get_clear_4xx(client: TestClient) -> None:
     assert client.post("/recommend/u0", json={"k": 3, "bogus": 1}).status_code == 422
 
 
+def test_recommend_validation_matches_its_published_schema(client: TestClient) -> None:
+    """/recommend validates its path and body by hand (the hot path): same rules, same 422 shape."""
+    wrong_type = client.post("/recommend/u0", json={"k": "many"})
+    assert wrong_type.status_code == 422
+    (error,) = wrong_type.json()["detail"]
+    assert error["loc"] == ["body", "k"] and error["type"] == "int_parsing"
+    too_long = client.post("/recommend/" + "u" * 257, json={"k": 3})
+    assert too_long.status_code == 422 and too_long.json()["detail"][0]["loc"] == ["path", "user_id"]
+    not_an_object = client.post("/recommend/u0", json=[1, 2])
+    assert not_an_object.status_code == 422
+    assert client.post("/recommend/" + "u" * 256, json={"k": 3}).json()["fallback"] == "popularity"
+    operation = client.get("/openapi.json").json()["paths"]["/recommend/{user_id}"]["post"]
+    (parameter,) = operation["parameters"]
+    assert parameter["name"] == "user_id" and parameter["schema"]["maxLength"] == 256
+    body_schema = operation["requestBody"]["content"]["application/json"]["schema"]
+    assert body_schema["properties"]["k"]["maximum"] == 1000 and body_schema["additionalProperties"] is False
+
+
 def test_operations_endpoints_and_metrics(client: TestClient, bundle_root) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
