@@ -113,6 +113,19 @@ def test_item_graph_propagation_is_the_hand_computed_weighted_sum():
     torch.testing.assert_close(h, expected)
 
 
+def test_item_graph_layers_propagate_each_modality_on_its_own_graph():
+    # the stacked / block-diagonal sparse matmuls equal G_m^L E per modality
+    torch.manual_seed(0)
+    features = {"a": FEATURES, "b": FEATURES.flip(1) + 0.1}
+    model = LUDP(tiny_inputs(features), LUDPConfig(embedding_dim=3, knn_k=2, item_graph_layers=3))
+    e = model.item_embedding.weight.detach()
+    with torch.no_grad():
+        h = model.item_modal_representations()
+    for m, graph in enumerate(model.item_graphs):
+        dense = graph.to_dense()
+        torch.testing.assert_close(h[m], dense @ (dense @ (dense @ e)))
+
+
 def test_attention_fusion_matches_formula_and_weights_sum_to_one():
     torch.manual_seed(0)
     fusion = ModalityFusion("attention", n_modalities=3, dim=4)
@@ -130,6 +143,28 @@ def test_attention_fusion_matches_formula_and_weights_sum_to_one():
     alpha = torch.softmax(logits, dim=1)
     expected = sum(alpha[:, m : m + 1] * stacked[m] for m in range(3))
     torch.testing.assert_close(fusion(stacked), expected)
+
+
+def test_attention_fusion_gradients_match_autograd_of_the_formula():
+    # the fused forward/backward (_AttentionFusion) against autograd through torch.tanh, in float64
+    torch.manual_seed(0)
+    fusion = ModalityFusion("attention", n_modalities=3, dim=4).double()
+    with torch.no_grad():
+        fusion.bias.normal_()
+    stacked = torch.randn(3, 5, 4, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(5, 4, dtype=torch.float64)
+    (fusion(stacked) * upstream).sum().backward()
+    ours = [stacked.grad.clone()] + [p.grad.clone() for p in fusion.parameters()]
+    stacked.grad = None
+    fusion.zero_grad()
+    logits = torch.stack(
+        [torch.tanh(stacked[m] @ fusion.projections[m].weight.T + fusion.bias) @ fusion.query for m in range(3)]
+    )
+    reference = (torch.softmax(logits, dim=0).unsqueeze(-1) * stacked).sum(dim=0)
+    (reference * upstream).sum().backward()
+    expected = [stacked.grad] + [p.grad for p in fusion.parameters()]
+    for a, b in zip(ours, expected, strict=True):
+        torch.testing.assert_close(a, b)
 
 
 def test_sum_and_concat_fusion():
@@ -223,6 +258,30 @@ def test_loss_uses_the_same_scores_as_representations():
     torch.testing.assert_close(model.loss_terms(batch)["bpr"], expected)
 
 
+def test_loss_gradients_equal_those_of_the_full_user_computation():
+    # loss_terms computes P only for the batch's distinct users; gradients must match the full computation
+    torch.manual_seed(0)
+    model = LUDP(tiny_inputs(), LUDPConfig(embedding_dim=4, knn_k=2))
+    batch = BPRBatch(torch.tensor([0, 2, 2, 0]), torch.tensor([1, 3, 1, 0]), torch.tensor([2, 0, 0, 3]))
+    sum(model.loss_terms(batch).values()).backward()
+    ours = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    users, items = model.representations()
+    u, p, n = users[batch.users], items[batch.pos_items], items[batch.neg_items]
+    reg = sum(
+        t.pow(2).sum()
+        for t in (
+            model.user_embedding(batch.users),
+            model.item_embedding(batch.pos_items),
+            model.item_embedding(batch.neg_items),
+        )
+    ) / (2 * 4)
+    loss = torch.nn.functional.softplus((u * n).sum(-1) - (u * p).sum(-1)).mean() + model.config.reg_weight * reg
+    loss.backward()
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(ours[name], param.grad, msg=name)
+
+
 def test_config_and_input_errors_are_clear():
     with pytest.raises(ValueError, match="fusion"):
         LUDPConfig(fusion="max")
@@ -303,3 +362,11 @@ def test_sparse_matmul_with_precomputed_transpose_matches_torch_gradients():
     dense.grad = None
     (graph.to_dense() @ dense * upstream).sum().backward()
     torch.testing.assert_close(ours, dense.grad)
+
+
+def test_attention_weights_are_differentiable_when_grad_is_enabled():
+    torch.manual_seed(0)
+    fusion = ModalityFusion("attention", n_modalities=2, dim=4)
+    stacked = torch.randn(2, 5, 4, requires_grad=True)
+    (fusion.weights(stacked)[:, 0] * torch.arange(5.0)).sum().backward()
+    assert stacked.grad is not None and float(fusion.query.grad.abs().sum()) > 0
