@@ -61,6 +61,10 @@ class SANDConfig(ModelConfig):
             positive items only, which keeps the in-batch softmax about 4x smaller).
         modalities: modality names to use (None: every modality of the dataset).
         feature_dims: expected {modality: feature dimension}; a mismatch raises ModelInputError.
+        item_id_in_graph: OUR EXTENSION, not in the paper (default False = the paper's model). When True the
+            free item ID table E_id is also added to every item's layer-0 row of the user-item graph
+            ([g_1 ‖ q_1 ‖ ...] + E_id), so items get a LightGCN-style collaborative embedding besides the
+            kNN term H = S^K · E_id.
     """
 
     embedding_dim: int = 64
@@ -79,6 +83,7 @@ class SANDConfig(ModelConfig):
     objective_on_negatives: bool = False
     modalities: list[str] | None = None
     feature_dims: dict[str, int] | None = None
+    item_id_in_graph: bool = False
 
 
 def part_dimension(embedding_dim: int, n_modalities: int) -> int:
@@ -157,12 +162,21 @@ class SANDObjectiveMixin:
 
     def loss_terms(self, batch: BPRBatch) -> dict[str, Tensor]:
         """BPR + L2 on the batch's ID rows + the alignment and distancing terms on its distinct items."""
-        users, items, parts = self._forward()
-        u, p, n = users[batch.users], items[batch.pos_items], items[batch.neg_items]
+        u, p, n, parts = self._batch_forward(batch)
         reg = l2_reg(*self._regularised_rows(batch))
         terms = {"bpr": bpr_loss((u * p).sum(-1), (u * n).sum(-1)), "reg": self.config.reg_weight * reg}
         terms.update(self.objective.loss_terms(parts, self._objective_items(batch)))
         return terms
+
+    def _batch_forward(
+        self, batch: BPRBatch
+    ) -> tuple[Tensor, Tensor, Tensor, dict[str, tuple[Tensor, Tensor]]]:
+        """(users [B, d], positives [B, d], negatives [B, d], modal parts of all items) for one batch.
+
+        Default: the full forward, then the batch rows; backbones may compute only the rows they need.
+        """
+        users, items, parts = self._forward()
+        return users[batch.users], items[batch.pos_items], items[batch.neg_items], parts
 
     def _objective_items(self, batch: BPRBatch) -> Tensor:
         """Distinct batch items the alignment/distancing terms use: positives (+ negatives if configured)."""
@@ -228,32 +242,89 @@ class SAND(SANDObjectiveMixin, Recommender):
         self.item_item_graph = SparsePropagation(
             to_torch_sparse_csr(item_graph, inputs.device), symmetric=False
         )
+        # (batch, parameter versions, grad mode, projection) handed from the auxiliary to the main step
+        self._stash: tuple | None = None
 
     # -------------------------------------------------------------------------------------- forward
 
-    def _forward(self) -> tuple[Tensor, Tensor, dict[str, tuple[Tensor, Tensor]]]:
-        """(users [n_users, D], items [n_items, D], {modality: (E_g, E_q) [n_items, p]})."""
-        parts = self.projection(self._features(), standardized=True)
-        ego = torch.cat([self.user_embedding.weight, ModalSplitProjection.concatenate(parts)], dim=0)
+    def _project(self) -> dict[str, tuple[Tensor, Tensor]]:
+        """{modality: (E_g, E_q) [n_items, p]} of every item (the 4096-d projection is the costly part)."""
+        return self.projection(self._features(), standardized=True)
+
+    def _propagate(
+        self, parts: dict[str, tuple[Tensor, Tensor]] | None = None
+    ) -> tuple[Tensor, Tensor, dict[str, tuple[Tensor, Tensor]]]:
+        """(GCN output summed over layers [n_users + n_items, D], H [n_items, D], {m: (E_g, E_q) [n_items, p]})."""
+        if parts is None:
+            parts = self._project()
+        item_ego = ModalSplitProjection.concatenate(parts)
+        if self.config.item_id_in_graph:  # our extension (see SANDConfig)
+            item_ego = item_ego + self.item_id_embedding.weight
+        ego = torch.cat([self.user_embedding.weight, item_ego], dim=0)
         summed = ego
         current = ego
         for _ in range(self.config.n_layers):
             current = self.user_item_graph(current)
             summed = summed + current
-        users_by_modality = summed[: self.n_users].split(2 * self.part_dim, dim=1)
-        items = summed[self.n_users :]
-
         h = self.item_id_embedding.weight
         for _ in range(self.config.knn_layers):
             h = self.item_item_graph(h)
-        items = items + h
+        return summed, h, parts
 
-        stacked = torch.stack(users_by_modality, dim=1)  # [n_users, M, 2p]
-        attention = torch.softmax(
-            torch.tanh(self.attention(stacked)) @ self.attention_query, dim=1
-        )  # [n_users, M]
-        users = (stacked * attention.unsqueeze(-1)).reshape(self.n_users, -1)
-        return users, items, parts
+    def _attend(self, user_rows: Tensor) -> Tensor:
+        """User modality attention, row-wise: GCN user rows [B, D] -> [a_1·u_1 ‖ a_2·u_2 ‖ ...] [B, D]."""
+        stacked = user_rows.reshape(user_rows.shape[0], len(self.modalities), 2 * self.part_dim)  # [B, M, 2p]
+        attention = torch.softmax(torch.tanh(self.attention(stacked)) @ self.attention_query, dim=1)  # [B, M]
+        return (stacked * attention.unsqueeze(-1)).reshape(user_rows.shape[0], -1)
+
+    def _forward(self) -> tuple[Tensor, Tensor, dict[str, tuple[Tensor, Tensor]]]:
+        """(users [n_users, D], items [n_items, D], {modality: (E_g, E_q) [n_items, p]})."""
+        summed, h, parts = self._propagate()
+        return self._attend(summed[: self.n_users]), summed[self.n_users :] + h, parts
+
+    def _batch_forward(
+        self, batch: BPRBatch
+    ) -> tuple[Tensor, Tensor, Tensor, dict[str, tuple[Tensor, Tensor]]]:
+        """The batch rows of :meth:`_forward` (the attention and the item sum are row-wise, so only the
+        batch's rows are computed); reuses the propagation of :meth:`auxiliary_loss_terms` for the same batch."""
+        summed, h, parts = self._propagate(self._take_projection(batch))
+        pos, neg = batch.pos_items, batch.neg_items
+        return (
+            self._attend(summed[batch.users]),
+            summed[self.n_users + pos] + h[pos],
+            summed[self.n_users + neg] + h[neg],
+            parts,
+        )
+
+    # The MI variant's auxiliary (CLUB) step needs the batch items' (E_g, E_q), i.e. rows of the projection
+    # the main step computes anyway. The auxiliary step runs first and changes only the estimators, so it
+    # projects all items once (with autograd) and hands the projection to the main step of the same batch;
+    # the hand-over is refused if any non-estimator parameter changed in between (their version counters).
+
+    def _parameter_versions(self) -> tuple[int, ...]:
+        aux_ids = {id(p) for p in self.auxiliary_parameters()}
+        return tuple(p._version for p in self.parameters() if id(p) not in aux_ids)
+
+    def _take_projection(self, batch: BPRBatch) -> dict[str, tuple[Tensor, Tensor]] | None:
+        """The auxiliary step's projection if it is for this batch and still current, else None."""
+        stash, self._stash = self._stash, None
+        if (
+            stash is not None
+            and stash[0] is batch
+            and stash[1] == self._parameter_versions()
+            and stash[2] == torch.is_grad_enabled()
+        ):
+            return stash[3]
+        return None
+
+    def auxiliary_loss_terms(self, batch: BPRBatch) -> dict[str, Tensor]:
+        """One q-network fitting step on the (E_g^m, E_q^m) pairs of this batch's distinct items."""
+        self._stash = None
+        if not self.objective.has_estimator_step:
+            return {}
+        parts = self._project()
+        self._stash = (batch, self._parameter_versions(), torch.is_grad_enabled(), parts)
+        return self.objective.estimator_loss_terms_from_parts(parts, self._objective_items(batch))
 
     def _regularised_rows(self, batch: BPRBatch) -> tuple[Tensor, ...]:
         return (

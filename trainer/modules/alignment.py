@@ -311,6 +311,11 @@ class SeparateAlignmentDistancing(nn.Module):
     def estimator_parameters(self) -> list[nn.Parameter]:
         return list(self.distancing.estimators.parameters())
 
+    @property
+    def has_estimator_step(self) -> bool:
+        """Whether :meth:`estimator_loss_terms` returns anything (CLUB distancing with β > 0)."""
+        return self.distancing.kind == "mi" and self.beta > 0
+
     def estimator_loss_terms(
         self,
         projection: ModalSplitProjection,
@@ -318,10 +323,22 @@ class SeparateAlignmentDistancing(nn.Module):
         standardized: bool = False,
     ) -> dict[str, Tensor]:
         """One CLUB fitting loss on the (E_g^m, E_q^m) pairs of the batch items' features {m: [B', d_m]}."""
-        if self.distancing.kind != "mi" or self.beta <= 0:
+        if not self.has_estimator_step:
             return {}
         with torch.no_grad():
             parts = projection(batch_features, standardized=standardized)
-        generic = {name: pair[0] for name, pair in parts.items()}
-        unique = {name: pair[1] for name, pair in parts.items()}
+        return self.estimator_loss_terms_from_parts(parts)
+
+    def estimator_loss_terms_from_parts(
+        self, parts: Mapping[str, tuple[Tensor, Tensor]], items: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """The same loss from already projected parts {m: (E_g, E_q) [n, p]} (rows ``items`` if given; detached)."""
+        if not self.has_estimator_step:
+            return {}
+        generic = {
+            name: (pair[0] if items is None else pair[0][items]).detach() for name, pair in parts.items()
+        }
+        unique = {
+            name: (pair[1] if items is None else pair[1][items]).detach() for name, pair in parts.items()
+        }
         return {"club_nll": self.distancing.estimator_loss(generic, unique)}

@@ -194,3 +194,57 @@ def test_sparse_propagation_gradient_matches_torch_sparse_mm():
     (propagation(x) * weights).sum().backward()
     torch.testing.assert_close(x.grad, dense_matrix.T @ weights)
     torch.testing.assert_close(propagation(x.detach()), dense_matrix @ x.detach())
+
+
+@pytest.mark.parametrize("item_id_in_graph", [False, True])
+def test_batch_rows_equal_the_full_forward_rows(item_id_in_graph):
+    torch.manual_seed(0)
+    model = build_model(
+        "sand", _inputs({"image": 9, "text": 4}), {"embedding_dim": 8, "item_id_in_graph": item_id_in_graph}
+    )
+    users, items, _ = model._forward()
+    u, p, n, _ = model._batch_forward(BATCH)
+    torch.testing.assert_close(u, users[BATCH.users])
+    torch.testing.assert_close(p, items[BATCH.pos_items])
+    torch.testing.assert_close(n, items[BATCH.neg_items])
+
+
+def test_item_id_in_graph_extension_adds_the_id_table_to_the_graph_input():
+    torch.manual_seed(0)
+    inputs = _inputs({"image": 9, "text": 4})
+    paper = build_model("sand", inputs, {"embedding_dim": 8})
+    assert paper.config.item_id_in_graph is False  # the paper's model by default
+    extended = build_model("sand", inputs, {"embedding_dim": 8, "item_id_in_graph": True})
+    extended.load_state_dict(paper.state_dict())
+    with torch.no_grad():
+        paper.item_id_embedding.weight.zero_()
+        extended.item_id_embedding.weight.zero_()
+        torch.testing.assert_close(paper.representations()[1], extended.representations()[1])
+        extended.item_id_embedding.weight.fill_(1.0)
+        paper.item_id_embedding.weight.fill_(1.0)
+        assert not torch.allclose(paper.representations()[1], extended.representations()[1])
+
+
+def test_auxiliary_propagation_is_reused_only_for_the_same_batch_and_parameters():
+    torch.manual_seed(0)
+    model = build_model("sand", _inputs({"image": 9, "text": 4}), {"embedding_dim": 8})
+    reference = {k: v.detach() for k, v in model.loss_terms(BATCH).items()}
+    model.auxiliary_loss_terms(BATCH)
+    stashed = model._stash[3]
+    calls = []
+    original = model._project
+    model._project = lambda: calls.append(1) or original()
+    reused = model.loss_terms(BATCH)
+    assert calls == [] and model._stash is None  # consumed, not recomputed
+    for key, value in reference.items():
+        torch.testing.assert_close(reused[key].detach(), value)
+    assert stashed["image"][0].requires_grad
+    model.auxiliary_loss_terms(BATCH)
+    with torch.no_grad():
+        model.user_embedding.weight.add_(1.0)  # a main parameter changed: the stash must not be used
+    model.loss_terms(BATCH)
+    assert calls == [1, 1]  # auxiliary call + main recomputation
+    model.auxiliary_loss_terms(BATCH)
+    other = BPRBatch(users=BATCH.users, pos_items=BATCH.pos_items, neg_items=BATCH.neg_items)
+    model.loss_terms(other)
+    assert calls == [1, 1, 1, 1]
