@@ -66,6 +66,15 @@ RECOMMEND_OPENAPI = {
 }
 
 
+def _body_error(error: dict) -> dict:
+    """A pydantic error on the raw body, located under ``body`` as FastAPI does. A body that is not JSON
+    (or not UTF-8) comes back as bytes in ``input``; it is echoed as text so the 422 can be encoded."""
+    error = {**error, "loc": ("body", *error["loc"])}
+    if isinstance(error.get("input"), bytes | bytearray):
+        error["input"] = bytes(error["input"][:256]).decode("utf-8", errors="replace")
+    return error
+
+
 @router.post(
     "/recommend/{user_id}",
     response_model=RecommendResponse,
@@ -98,9 +107,7 @@ async def recommend(request: Request) -> Response:
     try:
         body = RecommendRequest.model_validate_json(raw) if raw.strip() else DEFAULT_RECOMMEND_REQUEST
     except ValidationError as exc:
-        raise RequestValidationError(
-            [{**error, "loc": ("body", *error["loc"])} for error in exc.errors(include_url=False)]
-        ) from None
+        raise RequestValidationError([_body_error(error) for error in exc.errors(include_url=False)]) from None
     runtime: Runtime = request.app.state.runtime
     result, version = runtime.recommend(user_id, body.k, body.exclude_seen, body.exclude)
     payload = {

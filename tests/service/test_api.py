@@ -159,6 +159,8 @@ def test_recommend_validation_matches_its_published_schema(client: TestClient) -
     assert too_long.status_code == 422 and too_long.json()["detail"][0]["loc"] == ["path", "user_id"]
     not_an_object = client.post("/recommend/u0", json=[1, 2])
     assert not_an_object.status_code == 422
+    not_utf8 = client.post("/recommend/u0", content=b"\x80", headers={"content-type": "application/json"})
+    assert not_utf8.status_code == 422 and not_utf8.json()["detail"][0]["type"] == "json_invalid"
     assert client.post("/recommend/" + "u" * 256, json={"k": 3}).json()["fallback"] == "popularity"
     operation = client.get("/openapi.json").json()["paths"]["/recommend/{user_id}"]["post"]
     (parameter,) = operation["parameters"]
