@@ -20,8 +20,8 @@ from torch import Tensor, nn
 
 from trainer.graphs import normalized_bipartite_adjacency, to_torch_sparse_csr
 from trainer.models.base import BPRBatch, ModelConfig, ModelInputs, Recommender
-from trainer.models.sand import SANDObjectiveMixin, part_dimension
-from trainer.modules.alignment import ModalSplitProjection, SeparateAlignmentDistancing, select_modalities
+from trainer.models.sand import SANDObjectiveMixin
+from trainer.modules.alignment import ModalSplitProjection
 from trainer.modules.sand_sparse import SparsePropagation
 
 
@@ -63,25 +63,7 @@ class LightGCNSAND(SANDObjectiveMixin, Recommender):
 
     def __init__(self, inputs: ModelInputs, config: LightGCNSANDConfig) -> None:
         super().__init__(inputs, config)
-        dims = select_modalities(inputs.features, config.modalities, config.feature_dims)
-        self.modalities = sorted(dims)
-        self.part_dim = part_dimension(config.embedding_dim, len(self.modalities))
-        features = {name: inputs.features[name].float() for name in self.modalities}
-        self.projection = ModalSplitProjection(features, self.part_dim)
-        with torch.no_grad():
-            standardized = self.projection.standardize(features)
-        for name in self.modalities:  # constant, standardised once (the projection's input)
-            self.register_buffer(f"features_{name}", standardized[name], persistent=False)
-        self.objective = SeparateAlignmentDistancing(
-            self.modalities,
-            self.part_dim,
-            config.align,
-            config.distance,
-            config.alpha,
-            config.beta,
-            config.temperature,
-            config.club_hidden_dim,
-        )
+        self._init_modal_objective(inputs, config)
         self.user_embedding = nn.Embedding(inputs.n_users, config.embedding_dim)
         self.user_feature_preference = nn.Embedding(inputs.n_users, config.embedding_dim)
         self.item_embedding = nn.Embedding(inputs.n_items, config.embedding_dim)

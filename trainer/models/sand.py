@@ -156,6 +156,35 @@ class SANDObjectiveMixin:
     (the batch's ID-embedding rows under the L2 penalty).
     """
 
+    def _init_modal_objective(self, inputs: ModelInputs, config: ModelConfig) -> None:
+        """Modalities, the split projection, the standardised feature buffers and the objective, for every
+        backbone's constructor. ``config`` has SANDConfig's modality and objective fields (modalities,
+        feature_dims, embedding_dim, align, distance, alpha, beta, temperature, club_hidden_dim)."""
+        dims = select_modalities(inputs.features, config.modalities, config.feature_dims)
+        self.modalities = sorted(dims)
+        self.part_dim = part_dimension(config.embedding_dim, len(self.modalities))
+        features = {name: inputs.features[name].float() for name in self.modalities}
+        for name, matrix in features.items():
+            if matrix.shape[0] != inputs.n_items:
+                raise ModelInputError(
+                    f"modality {name!r} has {matrix.shape[0]} rows, expected n_items={inputs.n_items}"
+                )
+        self.projection = ModalSplitProjection(features, self.part_dim)
+        with torch.no_grad():
+            standardized = self.projection.standardize(features)
+        for name in self.modalities:  # constant, standardised once (the projection's input)
+            self.register_buffer(f"features_{name}", standardized[name], persistent=False)
+        self.objective = SeparateAlignmentDistancing(
+            self.modalities,
+            self.part_dim,
+            config.align,
+            config.distance,
+            config.alpha,
+            config.beta,
+            config.temperature,
+            config.club_hidden_dim,
+        )
+
     def representations(self) -> tuple[Tensor, Tensor]:
         users, items, _ = self._forward()
         return users, items
@@ -202,31 +231,7 @@ class SAND(SANDObjectiveMixin, Recommender):
 
     def __init__(self, inputs: ModelInputs, config: SANDConfig) -> None:
         super().__init__(inputs, config)
-        dims = select_modalities(inputs.features, config.modalities, config.feature_dims)
-        self.modalities = sorted(dims)
-        self.part_dim = part_dimension(config.embedding_dim, len(self.modalities))
-        features = {name: inputs.features[name].float() for name in self.modalities}
-        for name, matrix in features.items():
-            if matrix.shape[0] != inputs.n_items:
-                raise ModelInputError(
-                    f"modality {name!r} has {matrix.shape[0]} rows, expected n_items={inputs.n_items}"
-                )
-
-        self.projection = ModalSplitProjection(features, self.part_dim)
-        with torch.no_grad():
-            standardized = self.projection.standardize(features)
-        for name in self.modalities:  # constant, standardised once (the projection's input)
-            self.register_buffer(f"features_{name}", standardized[name], persistent=False)
-        self.objective = SeparateAlignmentDistancing(
-            self.modalities,
-            self.part_dim,
-            config.align,
-            config.distance,
-            config.alpha,
-            config.beta,
-            config.temperature,
-            config.club_hidden_dim,
-        )
+        self._init_modal_objective(inputs, config)
         self.user_embedding = nn.Embedding(inputs.n_users, config.embedding_dim)
         self.item_id_embedding = nn.Embedding(inputs.n_items, config.embedding_dim)
         nn.init.xavier_uniform_(self.user_embedding.weight)
@@ -238,7 +243,8 @@ class SAND(SANDObjectiveMixin, Recommender):
         self.user_item_graph = SparsePropagation(
             to_torch_sparse_csr(adjacency, inputs.device), symmetric=True
         )
-        item_graph = mixed_knn_adjacency(features, config.knn_k, config.knn_modality_weights)
+        raw_features = {name: inputs.features[name].float() for name in self.modalities}
+        item_graph = mixed_knn_adjacency(raw_features, config.knn_k, config.knn_modality_weights)
         self.item_item_graph = SparsePropagation(
             to_torch_sparse_csr(item_graph, inputs.device), symmetric=False
         )
