@@ -69,8 +69,30 @@ class ModelInputs:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @classmethod
+    def from_train_matrix(
+        cls,
+        train: sp.spmatrix,
+        features: dict[str, Tensor] | None = None,
+        kg: KGTensors | None = None,
+        device: torch.device | None = None,
+    ) -> ModelInputs:
+        """Sizes and the COO interaction tensors derived from ``train`` [n_users, n_items] (any scipy format)."""
+        device = device if device is not None else torch.device("cpu")
+        csr = sp.csr_matrix(train)
+        coo = csr.tocoo()
+        return cls(
+            n_users=csr.shape[0],
+            n_items=csr.shape[1],
+            train_matrix=csr,
+            train_users=torch.as_tensor(coo.row.astype(np.int64), device=device),
+            train_items=torch.as_tensor(coo.col.astype(np.int64), device=device),
+            features=features if features is not None else {},
+            kg=kg,
+            device=device,
+        )
+
+    @classmethod
     def from_dataset(cls, dataset, device: torch.device) -> ModelInputs:  # dataset: InteractionDataset
-        coo = dataset.train.tocoo()
         kg = None
         if dataset.kg is not None:
             kg = KGTensors(
@@ -79,12 +101,8 @@ class ModelInputs:
                 n_relations=dataset.kg.n_relations,
                 item_entity=torch.as_tensor(dataset.kg.item_entity, dtype=torch.long, device=device),
             )
-        return cls(
-            n_users=dataset.n_users,
-            n_items=dataset.n_items,
-            train_matrix=dataset.train.tocsr(),
-            train_users=torch.as_tensor(coo.row.astype(np.int64), device=device),
-            train_items=torch.as_tensor(coo.col.astype(np.int64), device=device),
+        return cls.from_train_matrix(
+            dataset.train,
             features={
                 name: torch.as_tensor(matrix, dtype=torch.float32, device=device)
                 for name, matrix in dataset.features.items()

@@ -33,14 +33,8 @@ TRAIN = sp.csr_matrix((np.ones(6, dtype=np.float32), ([0, 0, 1, 2, 2, 2], [0, 1,
 
 
 def tiny_inputs(features: dict[str, torch.Tensor] | None = None) -> ModelInputs:
-    coo = TRAIN.tocoo()
-    return ModelInputs(
-        n_users=3,
-        n_items=4,
-        train_matrix=TRAIN,
-        train_users=torch.as_tensor(coo.row, dtype=torch.long),
-        train_items=torch.as_tensor(coo.col, dtype=torch.long),
-        features=features if features is not None else {"text": FEATURES, "image": FEATURES.flip(1) + 0.1},
+    return ModelInputs.from_train_matrix(
+        TRAIN, features=features if features is not None else {"text": FEATURES, "image": FEATURES.flip(1) + 0.1}
     )
 
 

@@ -111,7 +111,6 @@ def _tiny_inputs(with_isolated_item: bool = False) -> ModelInputs:
     if not with_isolated_item:
         pairs.append((2, 4))
     train = _train(pairs, n_users=3, n_items=5)
-    coo = train.tocoo()
     item_entity = torch.tensor([0, 1, 2, 3, -1 if with_isolated_item else 4])
     kg = KGTensors(
         triples=torch.tensor([[0, 0, 5], [1, 0, 5], [2, 1, 6], [3, 1, 6], [5, 2, 6]]),
@@ -119,12 +118,8 @@ def _tiny_inputs(with_isolated_item: bool = False) -> ModelInputs:
         n_relations=3,
         item_entity=item_entity,
     )
-    return ModelInputs(
-        n_users=3,
-        n_items=5,
-        train_matrix=train,
-        train_users=torch.as_tensor(coo.row, dtype=torch.long),
-        train_items=torch.as_tensor(coo.col, dtype=torch.long),
+    return ModelInputs.from_train_matrix(
+        train,
         features={
             "text": torch.randn(5, 6, generator=generator),
             "image": torch.randn(5, 4, generator=generator),

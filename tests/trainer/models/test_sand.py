@@ -17,13 +17,8 @@ def _inputs(dims: dict[str, int], n_users: int = 6, n_items: int = 8, seed: int 
     dense = (rng.random((n_users, n_items)) < 0.4).astype(np.float32)
     dense[np.arange(n_users), np.arange(n_users) % n_items] = 1.0
     train = sp.csr_matrix(dense)
-    coo = train.tocoo()
-    return ModelInputs(
-        n_users=n_users,
-        n_items=n_items,
-        train_matrix=train,
-        train_users=torch.as_tensor(coo.row.astype(np.int64)),
-        train_items=torch.as_tensor(coo.col.astype(np.int64)),
+    return ModelInputs.from_train_matrix(
+        train,
         features={
             name: torch.as_tensor(rng.normal(size=(n_items, d)).astype(np.float32))
             for name, d in dims.items()
