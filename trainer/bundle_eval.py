@@ -71,7 +71,10 @@ def evaluate_bundle_on_split(
             for masked_label in masked_labels:
                 seen = [item_row[iid] for iid in split[masked_label].get(uid, ())]
                 scores[position, seen] = -np.inf
-        candidates = np.argpartition(-scores, k_max, axis=1)[:, : k_max + 1]
+        if k_max < scores.shape[1]:
+            candidates = np.argpartition(-scores, k_max, axis=1)[:, : k_max + 1]
+        else:  # a catalogue no larger than the cut-off: every item is a candidate
+            candidates = np.tile(np.arange(scores.shape[1]), (len(uids), 1))
         for position, uid in enumerate(uids):
             cand = candidates[position]
             order = np.lexsort((cand, -scores[position, cand]))[:k_max]
@@ -81,7 +84,7 @@ def evaluate_bundle_on_split(
             for k in ks:
                 recall_sums[k] += relevant[:k].sum() / len(truth)
                 ideal = discounts[: min(len(truth), k)].sum()
-                ndcg_sums[k] += (relevant[:k] * discounts[:k]).sum() / ideal
+                ndcg_sums[k] += (relevant[:k] * discounts[: len(relevant[:k])]).sum() / ideal
     n = max(len(target_users), 1)
     result = {f"recall@{k}": recall_sums[k] / n for k in ks}
     result.update({f"ndcg@{k}": ndcg_sums[k] / n for k in ks})

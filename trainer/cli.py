@@ -18,11 +18,13 @@ def _add_train_overrides(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-epochs", type=int, default=None, help="cap on training epochs")
     parser.add_argument("--patience", type=int, default=None, help="early-stopping patience (valid evaluations)")
     parser.add_argument("--lr", type=float, default=None, help="learning rate override")
+    parser.add_argument("--max-seconds", type=float, default=None,
+                        help="wall-clock budget for training (the epoch that crosses it is evaluated, then training stops)")
 
 
 def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {"seed": args.seed, "device": args.device, "max_epochs": args.max_epochs,
-            "patience": args.patience, "lr": args.lr}
+            "patience": args.patience, "lr": args.lr, "max_seconds": args.max_seconds}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--max-epochs", type=int, default=None)
     cmp.add_argument("--patience", type=int, default=None)
     cmp.add_argument("--device", default=None)
+    cmp.add_argument("--max-seconds", type=float, default=None, help="training time budget per run")
+    cmp.add_argument("--jobs", type=int, default=1, help="runs trained at once, one process each (e.g. on a GPU)")
 
     tune = sub.add_parser("tune", help="grid search on VALID Recall@20 (never reads test); write the best preset")
     tune.add_argument("--model", required=True)
@@ -73,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--seed", type=int, default=999)
     tune.add_argument("--max-epochs", type=int, default=None)
     tune.add_argument("--patience", type=int, default=None)
+    tune.add_argument("--device", default=None)
+    tune.add_argument("--max-seconds", type=float, default=None, help="training time budget per config")
+    tune.add_argument("--jobs", type=int, default=1, help="configs trained at once, one process each (e.g. on a GPU)")
+    tune.add_argument("--config", type=Path, default=None, help="YAML preset the grid starts from")
     tune.add_argument("--write-preset", type=Path, default=None, help="YAML preset to write the best config to")
 
     demo = sub.add_parser("demo", help="obtain MovieLens-100K, build features, train, export (the README's demo)")
@@ -152,9 +160,10 @@ def _cmd_features(args: argparse.Namespace) -> int:
 def _cmd_compare(args: argparse.Namespace) -> int:
     from trainer.pipeline import compare
 
-    overrides = {"max_epochs": args.max_epochs, "patience": args.patience, "device": args.device}
+    overrides = {"max_epochs": args.max_epochs, "patience": args.patience, "device": args.device,
+                 "max_seconds": args.max_seconds}
     _, table = compare(args.dataset, args.out, args.variant, args.seeds,
-                       {k: v for k, v in overrides.items() if v is not None})
+                       {k: v for k, v in overrides.items() if v is not None}, jobs=args.jobs)
     (args.out / "compare.md").write_text(table + "\n", encoding="utf-8")
     print(table)
     return 0
@@ -163,9 +172,11 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 def _cmd_tune(args: argparse.Namespace) -> int:
     from trainer.pipeline import parse_grid, tune
 
-    overrides = {k: v for k, v in {"max_epochs": args.max_epochs, "patience": args.patience}.items() if v}
+    overrides = {"max_epochs": args.max_epochs, "patience": args.patience, "device": args.device,
+                 "max_seconds": args.max_seconds}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
     rows, best = tune(args.model, args.dataset, args.out, parse_grid(args.grid), args.seed, overrides,
-                      args.write_preset)
+                      args.write_preset, jobs=args.jobs, config_path=args.config)
     print("| params | valid R@20 | valid N@20 | best epoch | s/epoch |")
     print("|---|---|---|---|---|")
     for row in rows:

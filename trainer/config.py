@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,41 @@ class ConfigError(ValueError):
     """A configuration file or value is invalid."""
 
 
+def typed_values(config_class: type, values: dict[str, Any], what: str) -> dict[str, Any]:
+    """``values`` checked against the dataclass's scalar field types (float, int, bool, str).
+
+    ints are accepted for float fields, and numeric strings too: YAML 1.1 reads ``1e-5`` (no dot) as a
+    string. Anything else that does not fit raises ConfigError naming the field; other field types pass.
+    """
+    hints = typing.get_type_hints(config_class)
+    checked = dict(values)
+    for name, value in values.items():
+        expected = hints.get(name)
+        optional = typing.get_origin(expected) in (typing.Union, types.UnionType)
+        if optional:
+            members = [m for m in typing.get_args(expected) if m is not type(None)]
+            if value is None or len(members) != 1:
+                continue
+            expected = members[0]
+        if expected is float:
+            if isinstance(value, str):
+                try:
+                    checked[name] = float(value)
+                    continue
+                except ValueError:
+                    pass
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{what}: {name} must be a number, got {value!r}")
+            checked[name] = float(value)
+        elif expected is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigError(f"{what}: {name} must be an integer, got {value!r}")
+        elif expected is bool and not isinstance(value, bool):
+            raise ConfigError(f"{what}: {name} must be true or false, got {value!r}")
+        elif expected is str and not isinstance(value, str):
+            raise ConfigError(f"{what}: {name} must be a string, got {value!r}")
+    return checked
+
+
 @dataclass
 class TrainConfig:
     """Optimisation and early-stopping settings (MMRec defaults)."""
@@ -33,6 +70,8 @@ class TrainConfig:
     batch_size: int = 2048
     max_epochs: int = 1000
     patience: int = 20
+    # wall-clock budget for training + validation; the epoch that crosses it is the last (and is evaluated)
+    max_seconds: float | None = None
     eval_every: int = 1
     eval_batch_size: int = 4096
     stopping_metric: str = "recall@20"
@@ -78,7 +117,7 @@ def _merge(run: RunConfig, payload: dict[str, Any], source: str) -> None:
     unknown = set(train_overrides) - known
     if unknown:
         raise ConfigError(f"config {source}: unknown train keys {sorted(unknown)}; known: {sorted(known)}")
-    run.train = dataclasses.replace(run.train, **train_overrides)
+    run.train = dataclasses.replace(run.train, **typed_values(TrainConfig, train_overrides, f"config {source}"))
     run.sources.append(source)
 
 

@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import json
 import logging
+import math
 import os
 import random
 import time
@@ -144,12 +145,14 @@ def fit(
     epochs_without_gain = 0
     history: list[dict[str, Any]] = []
     train_seconds = 0.0
+    fit_started = time.perf_counter()
     bar = tqdm(range(1, cfg.max_epochs + 1), desc=run_config.model, disable=not progress, leave=False)
     for epoch in bar:
         model.train()
         model.on_epoch_start(epoch)
         started = time.perf_counter()
-        totals: dict[str, float] = {}
+        # summed on the device and read once per epoch: a float() per step would synchronise with the GPU
+        totals: dict[str, torch.Tensor] = {}
         n_batches = 0
         for batch in sampler.epoch_batches(cfg.batch_size, device):
             if aux_optimizer is not None:
@@ -160,25 +163,23 @@ def fit(
                     aux_loss.backward()
                     aux_optimizer.step()
                     for name, value in aux_terms.items():
-                        totals[f"aux_{name}"] = totals.get(f"aux_{name}", 0.0) + float(value.detach())
+                        totals[f"aux_{name}"] = totals.get(f"aux_{name}", 0.0) + value.detach()
             terms = model.loss_terms(batch)
             loss = sum(terms.values())
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss at epoch {epoch}: {({k: float(v) for k, v in terms.items()})}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             for name, value in terms.items():
-                totals[name] = totals.get(name, 0.0) + float(value.detach())
+                totals[name] = totals.get(name, 0.0) + value.detach()
             n_batches += 1
+        mean_terms = {name: float(value) / max(n_batches, 1) for name, value in totals.items()}
+        if not all(math.isfinite(value) for value in mean_terms.values()):
+            raise FloatingPointError(f"non-finite loss in epoch {epoch}: mean terms {mean_terms}")
         epoch_seconds = time.perf_counter() - started
         train_seconds += epoch_seconds
-        record: dict[str, Any] = {
-            "epoch": epoch,
-            "train_seconds": round(epoch_seconds, 4),
-            "loss": {name: value / max(n_batches, 1) for name, value in totals.items()},
-        }
-        if epoch % cfg.eval_every == 0 or epoch == cfg.max_epochs:
+        record: dict[str, Any] = {"epoch": epoch, "train_seconds": round(epoch_seconds, 4), "loss": mean_terms}
+        out_of_time = cfg.max_seconds is not None and time.perf_counter() - fit_started >= cfg.max_seconds
+        if epoch % cfg.eval_every == 0 or epoch == cfg.max_epochs or out_of_time:
             eval_started = time.perf_counter()
             users, items = compute_representations(model)
             valid = evaluate_full_ranking(users, items, dataset.valid, dataset.train, batch_size=cfg.eval_batch_size)
@@ -200,6 +201,10 @@ def fit(
         bar.set_postfix(loss=f"{float(loss.detach()):.4f}", best=f"{best_score:.4f}@{best_epoch}")
         if epochs_without_gain >= cfg.patience:
             logger.info("early stop at epoch %d: no valid gain for %d epochs", epoch, cfg.patience)
+            break
+        if out_of_time:
+            logger.info("time budget of %.0f s reached after epoch %d (best epoch %d)", cfg.max_seconds, epoch,
+                        best_epoch)
             break
     bar.close()
     if best_state is None:

@@ -136,6 +136,53 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def _configure_worker_logging(level: int) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(process)d %(levelname)s %(name)s %(message)s")
+
+
+def _in_parallel(function, jobs: list[tuple], workers: int, on_result) -> list[Any]:
+    """``function(*job)`` for every job, in ``workers`` spawned processes when > 1 (CUDA needs spawn).
+
+    ``on_result(done_results)`` is called with the results finished so far, in job order, after each one.
+    """
+    results: list[Any] = [None] * len(jobs)
+    if workers <= 1 or len(jobs) <= 1:
+        for position, job in enumerate(jobs):
+            results[position] = function(*job)
+            on_result([r for r in results if r is not None])
+        return results
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_configure_worker_logging, initargs=(logging.getLogger().level,)) as pool:
+        futures = {pool.submit(function, *job): position for position, job in enumerate(jobs)}
+        for future in as_completed(futures):
+            results[futures[future]] = future.result()
+            on_result([r for r in results if r is not None])
+    return results
+
+
+def _compare_one(dataset_path: Path, label: str, model: str, config_path: Path | None, seed: int,
+                 overrides: dict[str, Any], run_dir: Path, progress: bool) -> dict[str, Any]:
+    metrics = run_fit(model, dataset_path, run_dir, config_path, {**overrides, "seed": seed}, progress=progress)
+    recomputed = evaluate_bundle_on_split(Path(metrics["bundle"]), run_dir / SPLIT_FILE, label=2)
+    row = {
+        "label": label,
+        "model": model,
+        "seed": seed,
+        "valid_recall@20": metrics["valid"]["recall@20"],
+        "test_recall@20": recomputed["recall@20"],
+        "test_ndcg@20": recomputed["ndcg@20"],
+        "trainer_test_recall@20": metrics["test"]["recall@20"],
+        "best_epoch": metrics["best_epoch"],
+        "seconds_per_epoch": metrics["seconds_per_epoch"],
+        "device": metrics["device"],
+    }
+    logger.info("compare %s seed %d: %s", label, seed, row)
+    return row
+
+
 def compare(
     dataset_path: Path,
     out_dir: Path,
@@ -143,31 +190,23 @@ def compare(
     seeds: list[int],
     train_overrides: dict[str, Any] | None = None,
     progress: bool = False,
+    jobs: int = 1,
 ) -> tuple[list[dict[str, Any]], str]:
-    """Train every variant × seed; recompute test metrics from each bundle; return rows and a markdown table."""
-    dataset = load_dataset_dir(dataset_path)
-    rows: list[dict[str, Any]] = []
-    for variant in variants:
-        label, model, config_path = parse_variant(variant)
-        for seed in seeds:
-            run_dir = out_dir / label / f"seed{seed}"
-            overrides = {**(train_overrides or {}), "seed": seed}
-            metrics = run_fit(model, dataset_path, run_dir, config_path, overrides, dataset=dataset, progress=progress)
-            recomputed = evaluate_bundle_on_split(Path(metrics["bundle"]), run_dir / SPLIT_FILE, label=2)
-            row = {
-                "label": label,
-                "model": model,
-                "seed": seed,
-                "valid_recall@20": metrics["valid"]["recall@20"],
-                "test_recall@20": recomputed["recall@20"],
-                "test_ndcg@20": recomputed["ndcg@20"],
-                "trainer_test_recall@20": metrics["test"]["recall@20"],
-                "best_epoch": metrics["best_epoch"],
-                "seconds_per_epoch": metrics["seconds_per_epoch"],
-            }
-            rows.append(row)
-            logger.info("compare %s seed %d: %s", label, seed, row)
-            write_json_atomic(out_dir / "compare.json", rows)
+    """Train every variant × seed; recompute test metrics from each bundle; return rows and a markdown table.
+
+    ``jobs`` > 1 trains that many runs at once in separate processes (useful on a GPU, where one small
+    run leaves the device mostly idle); every run is still one process with its own seed.
+    """
+    load_dataset_dir(dataset_path)  # fail on a bad dataset before any run starts
+    parsed = [parse_variant(variant) for variant in variants]
+    work = [
+        (dataset_path, label, model, config_path, seed, dict(train_overrides or {}), out_dir / label / f"seed{seed}",
+         progress and jobs <= 1)
+        for label, model, config_path in parsed
+        for seed in seeds
+    ]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = _in_parallel(_compare_one, work, jobs, lambda done: write_json_atomic(out_dir / "compare.json", done))
     return rows, markdown_table(rows)
 
 
@@ -192,9 +231,21 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _grid_value(text: str) -> Any:
+    """A YAML-typed grid value; ``1e-5`` is a number here (YAML 1.1 would read it as a string)."""
+    import yaml
+
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def parse_grid(items: list[str]) -> dict[str, list[Any]]:
     """``["model_params.n_layers=1,2,3", "train.lr=0.001,0.005"]`` -> {key: [values]} (YAML-typed values)."""
-    import yaml
 
     grid: dict[str, list[Any]] = {}
     for item in items:
@@ -202,8 +253,21 @@ def parse_grid(items: list[str]) -> dict[str, list[Any]]:
         section = key.split(".", 1)[0]
         if not sep or section not in ("model_params", "train") or "." not in key:
             raise ValueError(f"grid entry {item!r} must look like model_params.NAME=v1,v2 or train.NAME=v1,v2")
-        grid[key] = [yaml.safe_load(v) for v in values.split(",")]
+        grid[key] = [_grid_value(v) for v in values.split(",")]
     return grid
+
+
+def _tune_one(dataset_path: Path, run: RunConfig, params: dict[str, Any]) -> dict[str, Any]:
+    from trainer.loop import fit
+
+    result = fit(load_dataset_dir(dataset_path), run, progress=False, evaluate_test=False)
+    row = {"params": params, "valid_recall@20": result.valid["recall@20"],
+           "valid_ndcg@20": result.valid["ndcg@20"], "best_epoch": result.best_epoch,
+           "seconds_per_epoch": result.seconds_per_epoch, "device": result.device,
+           "model_params": dataclasses.asdict(result.model.config), "train": dataclasses.asdict(run.train)}
+    logger.info("tune %s %s -> valid recall@20 %.4f (epoch %d)", run.model, params, row["valid_recall@20"],
+                row["best_epoch"])
+    return row
 
 
 def tune(
@@ -214,20 +278,22 @@ def tune(
     seed: int = 999,
     train_overrides: dict[str, Any] | None = None,
     write_preset: Path | None = None,
+    jobs: int = 1,
+    config_path: Path | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Grid search on VALID Recall@20 only (the test split is never read); optionally write the best preset."""
+    """Grid search on VALID Recall@20 only (the test split is never read); optionally write the best preset.
+
+    ``jobs`` > 1 trains that many configurations at once in separate processes.
+    """
     import itertools
 
     import yaml
 
-    from trainer.loop import fit
-
-    dataset = load_dataset_dir(dataset_path)
-    base = resolve_run_config(model, dataset_preset_name(dataset_path), train_overrides={**(train_overrides or {}),
-                                                                                          "seed": seed})
+    load_dataset_dir(dataset_path)  # fail on a bad dataset before any run starts
+    base = resolve_run_config(model, dataset_preset_name(dataset_path), config_path,
+                              train_overrides={**(train_overrides or {}), "seed": seed})
     keys = list(grid)
-    rows: list[dict[str, Any]] = []
-    out_dir.mkdir(parents=True, exist_ok=True)
+    runs = []
     for values in itertools.product(*(grid[k] for k in keys)):
         run = RunConfig(model=model, model_params=dict(base.model_params),
                         train=dataclasses.replace(base.train), sources=list(base.sources))
@@ -237,18 +303,12 @@ def tune(
                 run.model_params[name] = value
             else:
                 run.train = dataclasses.replace(run.train, **{name: value})
-        result = fit(dataset, run, progress=False, evaluate_test=False)
-        row = {"params": dict(zip(keys, values)), "valid_recall@20": result.valid["recall@20"],
-               "valid_ndcg@20": result.valid["ndcg@20"], "best_epoch": result.best_epoch,
-               "seconds_per_epoch": result.seconds_per_epoch,
-               "model_params": dataclasses.asdict(result.model.config), "train": dataclasses.asdict(run.train)}
-        rows.append(row)
-        logger.info("tune %s %s -> valid recall@20 %.4f (epoch %d)", model, row["params"],
-                    row["valid_recall@20"], row["best_epoch"])
-        write_json_atomic(out_dir / "tune.json", rows)
+        runs.append((dataset_path, run, dict(zip(keys, values))))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = _in_parallel(_tune_one, runs, jobs, lambda done: write_json_atomic(out_dir / "tune.json", done))
     best = max(rows, key=lambda r: r["valid_recall@20"])
     if write_preset is not None:
-        train = {k: v for k, v in best["train"].items() if k not in ("seed", "device")}
+        train = {k: v for k, v in best["train"].items() if k not in ("seed", "device", "max_seconds")}
         preset = {"model_params": best["model_params"], "train": train}
         write_preset.parent.mkdir(parents=True, exist_ok=True)
         header = (f"# chosen on VALID recall@20 by `python -m trainer tune` over {len(rows)} configs "

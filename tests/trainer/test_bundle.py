@@ -71,3 +71,18 @@ def test_export_bundle_from_a_model(tmp_path):
     np.testing.assert_allclose(loaded.item_embeddings, items.detach().numpy(), rtol=1e-6)
     assert loaded.popularity.sum() == data.train.nnz
     assert loaded.seen_indptr[-1] == data.train.nnz
+
+
+def test_bundle_evaluation_with_a_catalogue_smaller_than_the_cut_off(tmp_path):
+    from trainer.bundle_eval import evaluate_bundle_on_split
+
+    arrays = _arrays(n_users=1, n_items=3, dim=1)
+    arrays.update(user_embeddings=np.array([[1.0]], np.float32), item_embeddings=np.array([[3.0], [2.0], [1.0]], np.float32),
+                  seen_indptr=np.array([0, 1]), seen_indices=np.array([0]), popularity=np.ones(3, np.float32))
+    write_bundle(tmp_path / "bundles", version="v1", **arrays)
+    split = tmp_path / "split.inter"
+    split.write_text("userID\titemID\tx_label\nu0\ti0\t0\nu0\ti2\t2\n")
+    # i0 is masked (train); ranking i1 > i2, so the test item i2 is at rank 2 of the remaining two
+    metrics = evaluate_bundle_on_split(tmp_path / "bundles", split, ks=(1, 2, 5))
+    assert metrics["recall@1"] == 0.0 and metrics["recall@2"] == 1.0 and metrics["recall@5"] == 1.0
+    assert metrics["ndcg@2"] == pytest.approx(1 / np.log2(3))

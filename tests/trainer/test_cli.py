@@ -41,3 +41,67 @@ def test_missing_arguments_exit_with_usage(args):
     with pytest.raises(SystemExit) as exited:
         main(args)
     assert exited.value.code == 2
+
+
+def _planted_dir(tmp_path):
+    from trainer.data.features import write_mmrec_inter
+    from trainer.data.synthetic import planted_dataset
+
+    data_dir = tmp_path / "planted"
+    data_dir.mkdir()
+    write_mmrec_inter(planted_dataset(n_users=40, n_items=50, seed=0), data_dir / "planted.inter")
+    return data_dir
+
+
+def test_compare_in_parallel_processes_matches_the_serial_run(tmp_path):
+    import json
+
+    data_dir = _planted_dir(tmp_path)
+    common = ["compare", "--dataset", str(data_dir), "--variant", "mf=mf", "--seeds", "1", "2",
+              "--max-epochs", "3", "--device", "cpu"]
+    assert main([*common, "--out", str(tmp_path / "serial")]) == 0
+    assert main([*common, "--out", str(tmp_path / "parallel"), "--jobs", "2"]) == 0
+    serial = json.loads((tmp_path / "serial" / "compare.json").read_text())
+    parallel = json.loads((tmp_path / "parallel" / "compare.json").read_text())
+    assert [r["seed"] for r in parallel] == [1, 2]
+    for one, other in zip(serial, parallel):
+        assert one["valid_recall@20"] == pytest.approx(other["valid_recall@20"], abs=1e-6)
+        assert one["test_recall@20"] == pytest.approx(other["test_recall@20"], abs=1e-6)
+    assert (tmp_path / "parallel" / "mf" / "seed2" / "bundles" / "current").exists()
+
+
+def test_tune_in_parallel_writes_every_config_and_a_preset_without_machine_settings(tmp_path):
+    import json
+
+    import yaml
+
+    data_dir = _planted_dir(tmp_path)
+    preset = tmp_path / "best.yaml"
+    assert main(["tune", "--model", "mf", "--dataset", str(data_dir), "--out", str(tmp_path / "tune"),
+                 "--grid", "train.lr=0.01,0.001", "--max-epochs", "2", "--max-seconds", "600", "--device", "cpu",
+                 "--jobs", "2", "--write-preset", str(preset)]) == 0
+    rows = json.loads((tmp_path / "tune" / "tune.json").read_text())
+    assert [r["params"]["train.lr"] for r in rows] == [0.01, 0.001]
+    assert all(r["train"]["max_seconds"] == 600 for r in rows)
+    written = yaml.safe_load(preset.read_text())
+    assert written["train"]["lr"] == max(rows, key=lambda r: r["valid_recall@20"])["train"]["lr"]
+    assert not {"seed", "device", "max_seconds"} & set(written["train"])
+
+
+def test_config_values_are_type_checked_and_yaml_exponents_read_as_numbers(tmp_path):
+    from trainer.config import ConfigError, resolve_run_config
+    from trainer.models.registry import build_config
+
+    config = tmp_path / "c.yaml"
+    config.write_text("model_params: {reg_weight: 1e-5}\ntrain: {lr: 5e-3, max_seconds: 60}\n")
+    run = resolve_run_config("lightgcn", None, config)
+    assert run.train.lr == 0.005 and isinstance(run.train.lr, float) and run.train.max_seconds == 60.0
+    assert build_config("lightgcn", run.model_params).reg_weight == 1e-5
+    with pytest.raises(ConfigError, match="n_layers must be an integer, got 'two'"):
+        build_config("lightgcn", {"n_layers": "two"})
+    config.write_text("train: {batch_size: 2.5}\n")
+    with pytest.raises(ConfigError, match="batch_size must be an integer"):
+        resolve_run_config("lightgcn", None, config)
+    config.write_text("train: {lr: fast}\n")
+    with pytest.raises(ConfigError, match="lr must be a number, got 'fast'"):
+        resolve_run_config("lightgcn", None, config)

@@ -61,3 +61,32 @@ def test_select_device():
             loop.select_device("cuda")
     with pytest.raises(ValueError):
         loop.select_device("tpu")
+
+
+def test_time_budget_stops_training_after_the_epoch_that_crosses_it(monkeypatch):
+    data = planted_dataset(n_users=60, n_items=80, seed=1)
+    clock = iter(range(0, 10_000, 10))  # every perf_counter() call advances 10 s
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: float(next(clock)))
+    run = RunConfig(model="mf", train=TrainConfig(lr=0.01, batch_size=256, max_epochs=50, patience=50, eval_every=5,
+                                                  max_seconds=25, device="cpu"))
+    result = loop.fit(data, run, progress=False)
+    assert len(result.history) == 1  # epoch 1 already took 20 s; by the check 30 s have passed
+    assert "valid" in result.history[0]  # evaluated although eval_every is 5
+    assert result.best_epoch == 1 and result.test
+
+
+def test_non_finite_loss_stops_training_with_the_epoch_and_terms(monkeypatch):
+    data = planted_dataset(n_users=60, n_items=80, seed=1)
+    from trainer.models.mf import MFBPR as MF
+
+    real = MF.loss_terms
+
+    def broken(self, batch):
+        terms = real(self, batch)
+        terms["bpr"] = terms["bpr"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(MF, "loss_terms", broken)
+    run = RunConfig(model="mf", train=TrainConfig(lr=0.01, batch_size=256, max_epochs=3, device="cpu"))
+    with pytest.raises(FloatingPointError, match="epoch 1.*bpr"):
+        loop.fit(data, run, progress=False)

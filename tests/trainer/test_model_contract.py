@@ -125,3 +125,29 @@ def test_trained_model_ranks_planted_items_far_above_chance(name, planted):
     users, items = compute_representations(result.model)
     again = evaluate_full_ranking(users, items, planted.valid, planted.train)
     assert again["recall@20"] == pytest.approx(result.valid["recall@20"], abs=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (runs on the GPU machine, not in CI)")
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_trains_on_cuda_exports_and_matches_cpu(name, planted, tmp_path):
+    """Same code on CUDA: training stays on the GPU, the bundle exports (ONNX checked by onnxruntime),
+    and the trained weights give the same representations on the CPU."""
+    from trainer.export import export_bundle
+
+    run = RunConfig(
+        model=name,
+        model_params=_small_params(name),
+        train=TrainConfig(lr=1e-2, batch_size=512, max_epochs=3, patience=3, eval_every=1, seed=7, device="cuda"),
+    )
+    result = fit(planted, run, progress=False)
+    assert all(p.device.type == "cuda" for p in result.model.parameters())
+    users, items = compute_representations(result.model)
+    assert users.device.type == "cuda" and items.device.type == "cuda"
+    bundle = export_bundle(result.model, planted, tmp_path / "bundles", name)
+    assert (bundle / "manifest.json").exists()
+
+    cpu_model = build_model(name, ModelInputs.from_dataset(planted, torch.device("cpu")), _small_params(name))
+    cpu_model.load_state_dict({k: v.cpu() for k, v in result.model.state_dict().items()})
+    cpu_users, cpu_items = compute_representations(cpu_model)
+    torch.testing.assert_close(cpu_users, users.cpu(), rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(cpu_items, items.cpu(), rtol=1e-3, atol=1e-4)

@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from trainer.config import typed_values
 from trainer.models.base import ModelConfig, ModelInputs, Recommender
 from trainer.models.lightgcn import LightGCN
 from trainer.models.lightgcn_sand import LightGCNSAND
@@ -53,7 +54,7 @@ def build_config(name: str, params: dict[str, Any] | None = None) -> ModelConfig
     """The model's config dataclass from the variant defaults overlaid with ``params``.
 
     Raises:
-        ValueError: a parameter the config does not have.
+        ValueError: a parameter the config does not have, or a value of the wrong type (ConfigError).
     """
     spec = get_spec(name)
     config_class = spec.model_class.config_class
@@ -62,7 +63,7 @@ def build_config(name: str, params: dict[str, Any] | None = None) -> ModelConfig
     unknown = sorted(set(merged) - known)
     if unknown:
         raise ValueError(f"unknown parameter(s) for model {name!r}: {unknown}; known: {sorted(known)}")
-    return config_class(**merged)
+    return config_class(**typed_values(config_class, merged, f"model {name!r}"))
 
 
 def build_model(name: str, inputs: ModelInputs, params: dict[str, Any] | None = None) -> Recommender:
