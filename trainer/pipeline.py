@@ -141,7 +141,8 @@ def _configure_worker_logging(level: int) -> None:
 
 
 def _in_parallel(function, jobs: list[tuple], workers: int, on_result) -> list[Any]:
-    """``function(*job)`` for every job, in ``workers`` spawned processes when > 1 (CUDA needs spawn).
+    """``function(*job)`` for every job, in ``workers`` spawned processes when > 1 (CUDA needs spawn; the
+    job's arguments, the dataset included, are pickled to the worker).
 
     ``on_result(done_results)`` is called with the results finished so far, in job order, after each one.
     """
@@ -163,9 +164,10 @@ def _in_parallel(function, jobs: list[tuple], workers: int, on_result) -> list[A
     return results
 
 
-def _compare_one(dataset_path: Path, label: str, model: str, config_path: Path | None, seed: int,
-                 overrides: dict[str, Any], run_dir: Path, progress: bool) -> dict[str, Any]:
-    metrics = run_fit(model, dataset_path, run_dir, config_path, {**overrides, "seed": seed}, progress=progress)
+def _compare_one(dataset: InteractionDataset, dataset_path: Path, label: str, model: str, config_path: Path | None,
+                 seed: int, overrides: dict[str, Any], run_dir: Path, progress: bool) -> dict[str, Any]:
+    metrics = run_fit(model, dataset_path, run_dir, config_path, {**overrides, "seed": seed}, dataset=dataset,
+                      progress=progress)
     recomputed = evaluate_bundle_on_split(Path(metrics["bundle"]), run_dir / SPLIT_FILE, label=2)
     row = {
         "label": label,
@@ -197,10 +199,10 @@ def compare(
     ``jobs`` > 1 trains that many runs at once in separate processes (useful on a GPU, where one small
     run leaves the device mostly idle); every run is still one process with its own seed.
     """
-    load_dataset_dir(dataset_path)  # fail on a bad dataset before any run starts
+    dataset = load_dataset_dir(dataset_path)
     parsed = [parse_variant(variant) for variant in variants]
     work = [
-        (dataset_path, label, model, config_path, seed, dict(train_overrides or {}), out_dir / label / f"seed{seed}",
+        (dataset, dataset_path, label, model, config_path, seed, dict(train_overrides or {}), out_dir / label / f"seed{seed}",
          progress and jobs <= 1)
         for label, model, config_path in parsed
         for seed in seeds
@@ -246,7 +248,6 @@ def _grid_value(text: str) -> Any:
 
 def parse_grid(items: list[str]) -> dict[str, list[Any]]:
     """``["model_params.n_layers=1,2,3", "train.lr=0.001,0.005"]`` -> {key: [values]} (YAML-typed values)."""
-
     grid: dict[str, list[Any]] = {}
     for item in items:
         key, sep, values = item.partition("=")
@@ -257,10 +258,10 @@ def parse_grid(items: list[str]) -> dict[str, list[Any]]:
     return grid
 
 
-def _tune_one(dataset_path: Path, run: RunConfig, params: dict[str, Any]) -> dict[str, Any]:
+def _tune_one(dataset: InteractionDataset, run: RunConfig, params: dict[str, Any]) -> dict[str, Any]:
     from trainer.loop import fit
 
-    result = fit(load_dataset_dir(dataset_path), run, progress=False, evaluate_test=False)
+    result = fit(dataset, run, progress=False, evaluate_test=False)
     row = {"params": params, "valid_recall@20": result.valid["recall@20"],
            "valid_ndcg@20": result.valid["ndcg@20"], "best_epoch": result.best_epoch,
            "seconds_per_epoch": result.seconds_per_epoch, "device": result.device,
@@ -289,7 +290,7 @@ def tune(
 
     import yaml
 
-    load_dataset_dir(dataset_path)  # fail on a bad dataset before any run starts
+    dataset = load_dataset_dir(dataset_path)
     base = resolve_run_config(model, dataset_preset_name(dataset_path), config_path,
                               train_overrides={**(train_overrides or {}), "seed": seed})
     keys = list(grid)
@@ -303,7 +304,7 @@ def tune(
                 run.model_params[name] = value
             else:
                 run.train = dataclasses.replace(run.train, **{name: value})
-        runs.append((dataset_path, run, dict(zip(keys, values))))
+        runs.append((dataset, run, dict(zip(keys, values))))
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = _in_parallel(_tune_one, runs, jobs, lambda done: write_json_atomic(out_dir / "tune.json", done))
     best = max(rows, key=lambda r: r["valid_recall@20"])
