@@ -8,6 +8,17 @@ import pytest
 from trainer.cli import main
 
 
+def _planted_dir(tmp_path, n_users=40, n_items=50):
+    """A planted synthetic dataset written as an MMRec directory under ``tmp_path``."""
+    from trainer.data.features import write_mmrec_inter
+    from trainer.data.synthetic import planted_dataset
+
+    data_dir = tmp_path / "planted"
+    data_dir.mkdir()
+    write_mmrec_inter(planted_dataset(n_users=n_users, n_items=n_items, seed=0), data_dir / "planted.inter")
+    return data_dir
+
+
 def test_help_for_both_entry_points():
     for module in ("trainer", "service"):
         done = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=60)
@@ -22,12 +33,7 @@ def test_unknown_model_is_a_clear_error_and_writes_nothing(tmp_path, capsys):
 
 
 def test_bad_config_is_a_clear_error_and_writes_nothing(tmp_path, capsys):
-    from trainer.data.features import write_mmrec_inter
-    from trainer.data.synthetic import planted_dataset
-
-    data_dir = tmp_path / "planted"
-    data_dir.mkdir()
-    write_mmrec_inter(planted_dataset(n_users=30, n_items=40, seed=0), data_dir / "planted.inter")
+    data_dir = _planted_dir(tmp_path, n_users=30, n_items=40)
     config = tmp_path / "bad.yaml"
     config.write_text("model_params: {bogus: 1}\n")
     out = tmp_path / "run"
@@ -41,16 +47,6 @@ def test_missing_arguments_exit_with_usage(args):
     with pytest.raises(SystemExit) as exited:
         main(args)
     assert exited.value.code == 2
-
-
-def _planted_dir(tmp_path):
-    from trainer.data.features import write_mmrec_inter
-    from trainer.data.synthetic import planted_dataset
-
-    data_dir = tmp_path / "planted"
-    data_dir.mkdir()
-    write_mmrec_inter(planted_dataset(n_users=40, n_items=50, seed=0), data_dir / "planted.inter")
-    return data_dir
 
 
 def test_compare_in_parallel_processes_matches_the_serial_run(tmp_path):
