@@ -20,13 +20,17 @@ class LightGCNConfig(ModelConfig):
 
 
 def propagate(adjacency: Tensor, ego: Tensor, n_layers: int) -> Tensor:
-    """Mean over layers 0..L of Â^l · ego; adjacency symmetric sparse [N, N], ego [N, d] -> [N, d]."""
-    layers = [ego]
+    """Mean over layers 0..L of Â^l · ego; adjacency symmetric sparse [N, N], ego [N, d] -> [N, d].
+
+    A running sum divided by L + 1: on CPU the same floats as ``torch.stack(layers).mean(0)`` (forward and
+    gradients), without materialising the [L + 1, N, d] stack and its gradient every step.
+    """
+    total = ego
     current = ego
     for _ in range(n_layers):
         current = sparse_matmul(adjacency, current)
-        layers.append(current)
-    return torch.stack(layers, dim=0).mean(dim=0)
+        total = total + current
+    return total / (n_layers + 1)
 
 
 class LightGCN(Recommender):

@@ -41,6 +41,7 @@ class LightGCNSANDConfig(ModelConfig):
     objective_on_negatives: bool = False
     modalities: list[str] | None = None
     feature_dims: dict[str, int] | None = None
+    feature_dtype: str = "float32"
 
 
 class LightGCNSANDItemEncoder(nn.Module):
@@ -77,10 +78,11 @@ class LightGCNSAND(SANDObjectiveMixin, Recommender):
 
     def _forward(self) -> tuple[Tensor, Tensor, dict[str, tuple[Tensor, Tensor]]]:
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight], dim=0)
-        layers = [ego]
+        total, current = ego, ego
         for _ in range(self.config.n_layers):
-            layers.append(self.user_item_graph(layers[-1]))
-        final = torch.stack(layers, dim=0).mean(dim=0)  # LightGCN: mean over layers 0..L
+            current = self.user_item_graph(current)
+            total = total + current
+        final = total / (self.config.n_layers + 1)  # LightGCN: mean over layers 0..L (see lightgcn.propagate)
         parts = self.projection(self._features(), standardized=True)
         users = torch.cat([final[: self.n_users], self.user_feature_preference.weight], dim=1)
         items = torch.cat([final[self.n_users :], ModalSplitProjection.concatenate(parts)], dim=1)
