@@ -6,6 +6,10 @@ available here). The per-batch work mirrors ``trainer.loop.fit``: BPR batches wi
 the auxiliary (CLUB) optimiser step when the model has one, then the main Adam step.
 
     .venv/bin/python tests/benchmarks/bench_sand.py [--dataset DIR] [--rounds 5] [--epochs 1] [--threads 1]
+        [--models lightgcn sand_l2 sand_mi sand_l2_bf16 sand_mi_bf16]
+
+The ``*_bf16`` variants (not timed by default) store the standardised features in bfloat16 and run the
+feature projection in bfloat16 (``feature_dtype: bfloat16``).
 
 All three models are built first; then, for ``--rounds`` rounds, each model trains ``--epochs`` epochs
 (the model order rotates every round, and every model sees the same batches in the same round), so a
@@ -47,8 +51,12 @@ VARIANTS = {
     "lightgcn": ("lightgcn", {}),
     "sand_l2": ("sand", {"distance": "l2"}),
     "sand_mi": ("sand", {"distance": "mi"}),
+    # features stored and projected in bfloat16 (`feature_dtype`; not the paper's setting, see SANDConfig)
+    "sand_l2_bf16": ("sand", {"distance": "l2", "feature_dtype": "bfloat16"}),
+    "sand_mi_bf16": ("sand", {"distance": "mi", "feature_dtype": "bfloat16"}),
 }
-TARGETS = {"sand_l2": 2.0, "sand_mi": 3.0}
+DEFAULT_MODELS = ["lightgcn", "sand_l2", "sand_mi"]
+TARGETS = {"sand_l2": 2.0, "sand_mi": 3.0, "sand_l2_bf16": 2.0, "sand_mi_bf16": 3.0}
 
 
 def generated_features(n_items: int, seed: int) -> dict[str, np.ndarray]:
@@ -183,7 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--embedding-dim", type=int, default=64)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--memory-batches", type=int, default=10, help="batches per peak-memory subprocess")
-    parser.add_argument("--models", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument(
+        "--models", nargs="+", default=DEFAULT_MODELS, choices=list(VARIANTS),
+        help="variants to time (the *_bf16 ones store and project the features in bfloat16)",
+    )
     parser.add_argument("--memory-only", choices=list(VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -234,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\nper-epoch seconds over {args.rounds * args.epochs} epochs per model (threads={args.threads})")
     for label in labels:
-        print(f"{label:9s} wall {summary(wall[label])} | cpu {summary(cpu[label])}")
+        print(f"{label:12s} wall {summary(wall[label])} | cpu {summary(cpu[label])}")
     if "lightgcn" in labels:
         base_wall, base_cpu = statistics.median(wall["lightgcn"]), statistics.median(cpu["lightgcn"])
         for label in labels:
@@ -271,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         gpu = f" peak_cuda={result['peak_cuda_mib']:.0f}MiB" if "peak_cuda_mib" in result else ""
         scope = "model build + training" if result["peak_was_reset"] else "whole process incl. data loading"
         print(
-            f"{label:9s} peak_rss={result['peak_rss_mib']:.0f}MiB over {scope} "
+            f"{label:12s} peak_rss={result['peak_rss_mib']:.0f}MiB over {scope} "
             f"(rss before building the model: {result['rss_before_model_mib']:.0f}MiB; "
             f"model increment <= {result['peak_rss_mib'] - result['rss_before_model_mib']:.0f}MiB){gpu}",
             flush=True,

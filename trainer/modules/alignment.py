@@ -169,7 +169,17 @@ class _FeatureSplitter(nn.Module):
         return (features - self.mean) * self.inv_std
 
     def forward(self, features: Tensor, standardized: bool = False) -> tuple[Tensor, Tensor]:
-        projected = self.linear(features if standardized else self.standardize(features))
+        """features [B, d] (float32, or reduced precision if already standardised) -> two float32 [B, p].
+
+        Standardised features stored in a reduced precision (``feature_dtype: bfloat16``) are projected by a
+        GEMM in that precision (weight cast to it, gradient cast back to float32), then the output returns to
+        float32 and the float32 bias is added.
+        """
+        x = features if standardized else self.standardize(features)
+        if x.dtype == self.linear.weight.dtype:
+            projected = self.linear(x)
+        else:
+            projected = F.linear(x, self.linear.weight.to(x.dtype)).float() + self.linear.bias
         return projected[:, : self.part_dim], projected[:, self.part_dim :]
 
 

@@ -243,3 +243,32 @@ def test_auxiliary_propagation_is_reused_only_for_the_same_batch_and_parameters(
     other = BPRBatch(users=BATCH.users, pos_items=BATCH.pos_items, neg_items=BATCH.neg_items)
     model.loss_terms(other)
     assert calls == [1, 1, 1, 1]
+
+
+@pytest.mark.parametrize("name", ["sand", "lightgcn_sand"])
+def test_bfloat16_feature_storage_projects_close_to_float32_and_trains_float32_parameters(name):
+    inputs = _inputs({"image": 64, "text": 16})
+    torch.manual_seed(0)
+    full = build_model(name, inputs, {"embedding_dim": 8})
+    torch.manual_seed(0)
+    half = build_model(name, inputs, {"embedding_dim": 8, "feature_dtype": "bfloat16"})
+    half.load_state_dict(full.state_dict())
+    assert half.features_image.dtype == torch.bfloat16 and full.features_image.dtype == torch.float32
+    assert half.features_image.element_size() * 2 == full.features_image.element_size()
+    with torch.no_grad():
+        full_users, full_items = full.representations()
+        half_users, half_items = half.representations()
+    assert half_items.dtype == torch.float32 and half_users.dtype == torch.float32
+    # bfloat16 keeps 8 significant bits: the projected rows differ from float32 by a small relative amount only
+    scale = full_items.abs().max()
+    assert 0 < (half_items - full_items).abs().max() <= 2e-2 * scale
+    assert (half_users - full_users).abs().max() <= 2e-2 * full_users.abs().max()
+    half.loss_terms(BATCH)["bpr"].backward()
+    weight = half.projection.splitters["image"].linear.weight
+    assert weight.dtype == torch.float32 and weight.grad is not None and weight.grad.dtype == torch.float32
+    assert weight.grad.abs().sum() > 0
+
+
+def test_unknown_feature_dtype_is_a_clear_error():
+    with pytest.raises(ModelInputError, match=r"feature_dtype must be one of \['bfloat16', 'float32'\], got 'int8'"):
+        build_model("sand", _inputs({"image": 3, "text": 5}), {"embedding_dim": 8, "feature_dtype": "int8"})
