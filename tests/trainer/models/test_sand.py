@@ -272,3 +272,25 @@ def test_bfloat16_feature_storage_projects_close_to_float32_and_trains_float32_p
 def test_unknown_feature_dtype_is_a_clear_error():
     with pytest.raises(ModelInputError, match=r"feature_dtype must be one of \['bfloat16', 'float32'\], got 'int8'"):
         build_model("sand", _inputs({"image": 3, "text": 5}), {"embedding_dim": 8, "feature_dtype": "int8"})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_bfloat16_feature_storage_on_cuda_matches_the_cpu_model():
+    cpu_inputs = _inputs({"image": 64, "text": 16})
+    device = torch.device("cuda")
+    cuda_inputs = ModelInputs.from_train_matrix(
+        cpu_inputs.train_matrix, {k: v.to(device) for k, v in cpu_inputs.features.items()}, device=device
+    )
+    params = {"embedding_dim": 8, "feature_dtype": "bfloat16"}
+    torch.manual_seed(0)
+    on_cpu = build_model("sand", cpu_inputs, params)
+    on_cuda = build_model("sand", cuda_inputs, params).to(device)
+    on_cuda.load_state_dict(on_cpu.state_dict())
+    assert on_cuda.features_image.dtype == torch.bfloat16 and on_cuda.features_image.device.type == "cuda"
+    batch = BPRBatch(*(getattr(BATCH, f).to(device) for f in ("users", "pos_items", "neg_items")))
+    sum(on_cuda.loss_terms(batch).values()).backward()
+    assert on_cuda.projection.splitters["image"].linear.weight.grad.dtype == torch.float32
+    with torch.no_grad():
+        cpu_items = on_cpu.representations()[1]
+        cuda_items = on_cuda.representations()[1].cpu()
+    assert (cuda_items - cpu_items).abs().max() <= 2e-2 * cpu_items.abs().max()
