@@ -108,7 +108,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return payload
 
 
-def _merge(run: RunConfig, payload: dict[str, Any], source: str) -> None:
+def merge_overrides(run: RunConfig, payload: dict[str, Any], source: str) -> None:
+    """Overlay ``payload`` ({model?, model_params?, train?}) on ``run``: train keys must exist and have the
+    field's type (ConfigError naming ``source`` otherwise); model_params are checked when the model is built."""
     if payload.get("model") not in (None, run.model):
         raise ConfigError(f"config {source} is for model {payload['model']!r}, not {run.model!r}")
     run.model_params.update(payload.get("model_params") or {})
@@ -135,12 +137,12 @@ def resolve_run_config(
         candidates.append(preset_dir / dataset_name / f"{model}.yaml")
     for candidate in candidates:
         if candidate.is_file():
-            _merge(run, read_yaml(candidate), str(candidate))
+            merge_overrides(run, read_yaml(candidate), str(candidate))
     if config_path is not None:
         if not config_path.is_file():
             raise ConfigError(f"config file {config_path} does not exist")
-        _merge(run, read_yaml(config_path), str(config_path))
+        merge_overrides(run, read_yaml(config_path), str(config_path))
     overrides = {k: v for k, v in (train_overrides or {}).items() if v is not None}
     if overrides:
-        _merge(run, {"train": overrides}, "command line")
+        merge_overrides(run, {"train": overrides}, "command line")
     return run

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from trainer.bundle_eval import evaluate_bundle_on_split
-from trainer.config import RunConfig, resolve_run_config
+from trainer.config import RunConfig, merge_overrides, resolve_run_config
 from trainer.data.dataset import InteractionDataset
 from trainer.export import export_bundle
 from trainer.loop import CHECKPOINT, METRICS, SPLIT_FILE, fit, write_json_atomic, write_split
@@ -290,21 +290,26 @@ def tune(
 
     import yaml
 
-    dataset = load_dataset_dir(dataset_path)
+    from trainer.models.registry import build_config
+
     base = resolve_run_config(model, dataset_preset_name(dataset_path), config_path,
                               train_overrides={**(train_overrides or {}), "seed": seed})
     keys = list(grid)
-    runs = []
+    configs = []
     for values in itertools.product(*(grid[k] for k in keys)):
+        params = dict(zip(keys, values))
         run = RunConfig(model=model, model_params=dict(base.model_params),
                         train=dataclasses.replace(base.train), sources=list(base.sources))
-        for key, value in zip(keys, values):
+        payload: dict[str, dict[str, Any]] = {"model_params": {}, "train": {}}
+        for key, value in params.items():
             section, name = key.split(".", 1)
-            if section == "model_params":
-                run.model_params[name] = value
-            else:
-                run.train = dataclasses.replace(run.train, **{name: value})
-        runs.append((dataset, run, dict(zip(keys, values))))
+            payload[section][name] = value
+        # the checks a config file gets (unknown keys, value types), for every config before any training
+        merge_overrides(run, payload, f"grid {params}")
+        build_config(model, run.model_params)
+        configs.append((run, params))
+    dataset = load_dataset_dir(dataset_path)
+    runs = [(dataset, run, params) for run, params in configs]
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = _in_parallel(_tune_one, runs, jobs, lambda done: write_json_atomic(out_dir / "tune.json", done))
     best = max(rows, key=lambda r: r["valid_recall@20"])

@@ -101,3 +101,20 @@ def test_config_values_are_type_checked_and_yaml_exponents_read_as_numbers(tmp_p
     config.write_text("train: {lr: fast}\n")
     with pytest.raises(ConfigError, match="lr must be a number, got 'fast'"):
         resolve_run_config("lightgcn", None, config)
+
+
+@pytest.mark.parametrize(
+    ("grid", "message"),
+    [
+        ("train.bogus=1", "unknown train keys ['bogus']"),
+        ("train.batch_size=256,2.5", "batch_size must be an integer, got 2.5"),
+        ("model_params.n_layers=two", "n_layers must be an integer, got 'two'"),
+        ("model_params.bogus=1", "unknown parameter(s) for model 'lightgcn': ['bogus']"),
+    ],
+)
+def test_tune_checks_every_grid_config_before_training_and_writes_nothing(tmp_path, capsys, grid, message):
+    data_dir = _planted_dir(tmp_path)
+    out = tmp_path / "tune"
+    assert main(["tune", "--model", "lightgcn", "--dataset", str(data_dir), "--out", str(out), "--grid", grid]) != 0
+    assert message in capsys.readouterr().err
+    assert not out.exists()
