@@ -42,6 +42,7 @@ class LightGCNSANDConfig(ModelConfig):
     modalities: list[str] | None = None
     feature_dims: dict[str, int] | None = None
     feature_dtype: str = "float32"
+    transposed_feature_copy: bool | None = None
 
 
 class LightGCNSANDItemEncoder(nn.Module):
@@ -83,7 +84,7 @@ class LightGCNSAND(SANDObjectiveMixin, Recommender):
             current = self.user_item_graph(current)
             total = total + current
         final = total / (self.config.n_layers + 1)  # LightGCN: mean over layers 0..L (see lightgcn.propagate)
-        parts = self.projection(self._features(), standardized=True)
+        parts = self._project_all()
         users = torch.cat([final[: self.n_users], self.user_feature_preference.weight], dim=1)
         items = torch.cat([final[self.n_users :], ModalSplitProjection.concatenate(parts)], dim=1)
         return users, items, parts

@@ -64,6 +64,10 @@ class SANDConfig(ModelConfig):
         feature_dtype: float32 (default) | bfloat16: precision in which the standardised item features are
             stored and projected (see ``FEATURE_DTYPES``); the parameters and everything after the
             projection stay float32.
+        transposed_feature_copy: keep a second, transposed copy of the standardised features for the
+            projection's weight gradient (faster on CPU, see ``_ConstantFeatureLinear``; costs one more feature
+            table of memory). None (default): keep it when the model is on the CPU; not on CUDA, where it was
+            not measured and would cost GPU memory.
         item_id_in_graph: OUR EXTENSION, not in the paper (default False = the paper's model). When True the
             free item ID table E_id is also added to every item's layer-0 row of the user-item graph
             ([g_1 ‖ q_1 ‖ ...] + E_id), so items get a LightGCN-style collaborative embedding besides the
@@ -88,6 +92,7 @@ class SANDConfig(ModelConfig):
     feature_dims: dict[str, int] | None = None
     item_id_in_graph: bool = False
     feature_dtype: str = "float32"
+    transposed_feature_copy: bool | None = None
 
 
 # Storage precision of the standardised item features, the input of the feature projection. bfloat16 halves
@@ -188,8 +193,15 @@ class SANDObjectiveMixin:
         with torch.no_grad():
             standardized = self.projection.standardize(features)
         storage = FEATURE_DTYPES[config.feature_dtype]
+        transposed = config.transposed_feature_copy
+        if transposed is None:
+            transposed = inputs.device.type == "cpu"
+        self.transposed_feature_copy = bool(transposed)
         for name in self.modalities:  # constant, standardised once (the projection's input)
-            self.register_buffer(f"features_{name}", standardized[name].to(storage), persistent=False)
+            stored = standardized[name].to(storage)
+            self.register_buffer(f"features_{name}", stored, persistent=False)
+            if self.transposed_feature_copy:
+                self.register_buffer(f"features_t_{name}", stored.t().contiguous(), persistent=False)
         self.objective = SeparateAlignmentDistancing(
             self.modalities,
             self.part_dim,
@@ -227,6 +239,15 @@ class SANDObjectiveMixin:
         """Distinct batch items the alignment/distancing terms use: positives (+ negatives if configured)."""
         negatives = batch.neg_items if self.config.objective_on_negatives else None
         return self.objective.batch_items(batch.pos_items, negatives)
+
+    def _project_all(self) -> dict[str, tuple[Tensor, Tensor]]:
+        """{modality: (E_g, E_q) [n_items, p]} of every item (the 4096-d projection is the costly part)."""
+        transposed = (
+            {name: getattr(self, f"features_t_{name}") for name in self.modalities}
+            if self.transposed_feature_copy
+            else None
+        )
+        return self.projection(self._features(), standardized=True, features_t=transposed)
 
     def _features(self, items: Tensor | None = None) -> dict[str, Tensor]:
         if items is None:
@@ -269,16 +290,12 @@ class SAND(SANDObjectiveMixin, Recommender):
 
     # -------------------------------------------------------------------------------------- forward
 
-    def _project(self) -> dict[str, tuple[Tensor, Tensor]]:
-        """{modality: (E_g, E_q) [n_items, p]} of every item (the 4096-d projection is the costly part)."""
-        return self.projection(self._features(), standardized=True)
-
     def _propagate(
         self, parts: dict[str, tuple[Tensor, Tensor]] | None = None
     ) -> tuple[Tensor, Tensor, dict[str, tuple[Tensor, Tensor]]]:
         """(GCN output summed over layers [n_users + n_items, D], H [n_items, D], {m: (E_g, E_q) [n_items, p]})."""
         if parts is None:
-            parts = self._project()
+            parts = self._project_all()
         item_ego = ModalSplitProjection.concatenate(parts)
         if self.config.item_id_in_graph:  # our extension (see SANDConfig)
             item_ego = item_ego + self.item_id_embedding.weight
@@ -344,7 +361,7 @@ class SAND(SANDObjectiveMixin, Recommender):
         self._stash = None
         if not self.objective.has_estimator_step:
             return {}
-        parts = self._project()
+        parts = self._project_all()
         self._stash = (batch, self._parameter_versions(), torch.is_grad_enabled(), parts)
         return self.objective.estimator_loss_terms_from_parts(parts, self._objective_items(batch))
 

@@ -41,9 +41,37 @@ def solosim_loss(anchor: Tensor, positive: Tensor, temperature: float) -> Tensor
     Returns:
         scalar; log(B) for uninformative (constant) similarities, → 0 when each row is closest to its pair.
     """
-    logits = (F.normalize(anchor, dim=1) / temperature) @ F.normalize(positive, dim=1).T
-    targets = torch.arange(anchor.shape[0], device=anchor.device)
-    return F.cross_entropy(logits, targets)
+    return _DiagonalSoftmaxLoss.apply(F.normalize(anchor, dim=1) / temperature, F.normalize(positive, dim=1))
+
+
+class _DiagonalSoftmaxLoss(torch.autograd.Function):
+    """-mean_i log softmax_j(a_i · p_j) at j = i for a, p float [B, d]: ``F.cross_entropy(a @ pᵀ, arange(B))``.
+
+    The same function with one [B, B] buffer instead of four (logits, log-softmax, the one-hot gradient and
+    the log-softmax gradient): the softmax is formed in place in the logits and reused as the gradient
+    (softmax - I) / B. SAND takes it over ~1,500 distinct batch items every step, where the allocations and
+    passes over the B² entries cost more than the d = 16 products. Backward may run only once (the saved
+    softmax becomes the gradient; a second backward raises autograd's in-place modification error).
+    """
+
+    @staticmethod
+    def forward(ctx, anchor: Tensor, positive: Tensor) -> Tensor:  # type: ignore[override]
+        logits = anchor @ positive.T  # [B, B]
+        matched = logits.diagonal().clone()
+        row_max = logits.amax(dim=1, keepdim=True)
+        softmax = logits.sub_(row_max).exp_()
+        row_sum = softmax.sum(dim=1, keepdim=True)
+        softmax.div_(row_sum)
+        ctx.save_for_backward(anchor, positive, softmax)
+        return (row_max + row_sum.log()).squeeze(1).sub_(matched).mean()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        anchor, positive, softmax = ctx.saved_tensors
+        softmax.diagonal().sub_(1)
+        softmax.mul_(grad / softmax.shape[0])  # d loss / d logits
+        return softmax @ positive, softmax.T @ anchor
 
 
 def infonce_loss(first: Tensor, second: Tensor, temperature: float) -> Tensor:
@@ -150,6 +178,34 @@ def select_modalities(
     return dims
 
 
+class _ConstantFeatureLinear(torch.autograd.Function):
+    """x Wᵀ + b for CONSTANT features x [N, d] (no gradient) of which a transposed copy x_t [d, N] is kept.
+
+    Same function as ``F.linear`` (in x's precision, output float32 + float32 bias); the weight gradient is
+    computed as (x_t · G)ᵀ instead of Gᵀ · x: the same sums (equal up to float rounding), in a layout that
+    the CPU GEMM library runs markedly faster when N ≫ out_features (every item's 4096-d feature row against
+    a 2p-column projection). ``tests/benchmarks/bench_sand.py --models ... sand_l2_no_tcopy`` times SAND with
+    and without it.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, x_t: Tensor, weight: Tensor, bias: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x_t)
+        if x.dtype == weight.dtype:
+            return torch.addmm(bias, x, weight.t())
+        return (x @ weight.to(x.dtype).t()).float() + bias
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        (x_t,) = ctx.saved_tensors
+        grad_weight = grad_bias = None
+        if ctx.needs_input_grad[2]:
+            grad_weight = (x_t @ grad.to(x_t.dtype)).t().float().contiguous()
+        if ctx.needs_input_grad[3]:
+            grad_bias = grad.sum(dim=0)
+        return None, None, grad_weight, grad_bias
+
+
 class _FeatureSplitter(nn.Module):
     """One modality: standardise with fixed item statistics (÷√d), project linearly, split into (generic, unique)."""
 
@@ -168,15 +224,26 @@ class _FeatureSplitter(nn.Module):
     def standardize(self, features: Tensor) -> Tensor:
         return (features - self.mean) * self.inv_std
 
-    def forward(self, features: Tensor, standardized: bool = False) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, features: Tensor, standardized: bool = False, features_t: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """features [B, d] (float32, or reduced precision if already standardised) -> two float32 [B, p].
 
         Standardised features stored in a reduced precision (``feature_dtype: bfloat16``) are projected by a
         GEMM in that precision (weight cast to it, gradient cast back to float32), then the output returns to
-        float32 and the float32 bias is added.
+        float32 and the float32 bias is added. ``features_t``: a contiguous transposed copy [d, B] of already
+        standardised constant ``features``; with it the weight gradient uses the faster layout of
+        :class:`_ConstantFeatureLinear`.
         """
         x = features if standardized else self.standardize(features)
-        if x.dtype == self.linear.weight.dtype:
+        if features_t is not None:
+            if not standardized or x.requires_grad or features_t.shape != x.shape[::-1]:
+                raise ValueError(
+                    "features_t must be the [d, B] transpose of standardised constant features "
+                    f"(got features {tuple(x.shape)}, features_t {tuple(features_t.shape)})"
+                )
+            projected = _ConstantFeatureLinear.apply(x, features_t, self.linear.weight, self.linear.bias)
+        elif x.dtype == self.linear.weight.dtype:
             projected = self.linear(x)
         else:
             projected = F.linear(x, self.linear.weight.to(x.dtype)).float() + self.linear.bias
@@ -200,14 +267,24 @@ class ModalSplitProjection(nn.Module):
         )
 
     def forward(
-        self, features: Mapping[str, Tensor], standardized: bool = False
+        self,
+        features: Mapping[str, Tensor],
+        standardized: bool = False,
+        features_t: Mapping[str, Tensor] | None = None,
     ) -> dict[str, tuple[Tensor, Tensor]]:
         """{modality: float [B, d_m]} -> {modality: (generic [B, p], unique [B, p])}.
 
         With ``standardized`` the inputs already went through :meth:`standardize` (models precompute it
-        once for their constant training features instead of every batch).
+        once for their constant training features instead of every batch). ``features_t``: optional
+        {modality: contiguous transpose [d_m, B]} of those constant standardised features (faster weight
+        gradient, see :class:`_ConstantFeatureLinear`).
         """
-        return {name: self.splitters[name](features[name], standardized) for name in self.modalities}
+        return {
+            name: self.splitters[name](
+                features[name], standardized, None if features_t is None else features_t[name]
+            )
+            for name in self.modalities
+        }
 
     def standardize(self, features: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """The fixed per-column standardisation applied before the projection; {m: [B, d_m]}."""

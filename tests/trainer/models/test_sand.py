@@ -227,8 +227,8 @@ def test_auxiliary_propagation_is_reused_only_for_the_same_batch_and_parameters(
     model.auxiliary_loss_terms(BATCH)
     stashed = model._stash[3]
     calls = []
-    original = model._project
-    model._project = lambda: calls.append(1) or original()
+    original = model._project_all
+    model._project_all = lambda: calls.append(1) or original()
     reused = model.loss_terms(BATCH)
     assert calls == [] and model._stash is None  # consumed, not recomputed
     for key, value in reference.items():
@@ -267,6 +267,46 @@ def test_bfloat16_feature_storage_projects_close_to_float32_and_trains_float32_p
     weight = half.projection.splitters["image"].linear.weight
     assert weight.dtype == torch.float32 and weight.grad is not None and weight.grad.dtype == torch.float32
     assert weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["sand", "lightgcn_sand"])
+@pytest.mark.parametrize("feature_dtype", ["float32", "bfloat16"])
+def test_transposed_feature_copy_gives_the_same_loss_and_gradients(name, feature_dtype):
+    inputs = _inputs({"image": 64, "text": 16})
+    params = {"embedding_dim": 8, "feature_dtype": feature_dtype, "distance": "l2"}
+    torch.manual_seed(0)
+    plain = build_model(name, inputs, {**params, "transposed_feature_copy": False})
+    default = build_model(name, inputs, params)  # on the CPU the copy is kept by default
+    default.load_state_dict(plain.state_dict())
+    assert not plain.transposed_feature_copy and not hasattr(plain, "features_t_image")
+    assert default.transposed_feature_copy
+    assert torch.equal(default.features_t_image, default.features_image.t())
+    assert default.features_t_image.is_contiguous()
+    losses = {}
+    for label, model in (("plain", plain), ("copy", default)):
+        losses[label] = sum(model.loss_terms(BATCH).values())
+        losses[label].backward()
+    torch.testing.assert_close(losses["copy"], losses["plain"])
+    plain_grads = dict(plain.named_parameters())
+    compared = 0
+    for key, parameter in default.named_parameters():
+        if parameter.grad is None:
+            assert plain_grads[key].grad is None
+            continue
+        # the same sums in another order: equal up to float rounding (bfloat16 GEMM output rounding included)
+        tolerance = 1e-5 if feature_dtype == "float32" else 1e-2
+        scale = plain_grads[key].grad.abs().max().clamp_min(1e-12)
+        assert (parameter.grad - plain_grads[key].grad).abs().max() <= tolerance * scale, key
+        compared += 1
+    weight = default.projection.splitters["image"].linear.weight
+    assert weight.grad.dtype == torch.float32 and weight.grad.shape == weight.shape and compared > 5
+
+
+def test_transposed_feature_copy_refuses_a_wrong_shape():
+    model = build_model("sand", _inputs({"image": 6, "text": 4}), {"embedding_dim": 8})
+    splitter = model.projection.splitters["image"]
+    with pytest.raises(ValueError, match="features_t must be the"):
+        splitter(model.features_image, standardized=True, features_t=model.features_image)
 
 
 def test_unknown_feature_dtype_is_a_clear_error():

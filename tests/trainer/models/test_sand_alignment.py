@@ -38,6 +38,29 @@ def test_solosim_is_log_batch_size_for_identical_rows_and_small_for_matched_pair
     assert solosim_loss(basis, basis, 0.05).item() < 1e-6
 
 
+@pytest.mark.parametrize("batch", [1, 7, 300])
+def test_solosim_value_and_gradients_match_cross_entropy_in_float64(batch):
+    torch.manual_seed(batch)
+    anchor = torch.randn(batch, 5, dtype=torch.float64, requires_grad=True)
+    positive = torch.randn(batch, 5, dtype=torch.float64, requires_grad=True)
+    loss = solosim_loss(anchor, positive, 0.2)
+    grads = torch.autograd.grad(loss, (anchor, positive))
+    logits = (torch.nn.functional.normalize(anchor, dim=1) / 0.2) @ torch.nn.functional.normalize(positive, dim=1).T
+    expected = torch.nn.functional.cross_entropy(logits, torch.arange(batch))
+    expected_grads = torch.autograd.grad(expected, (anchor, positive))
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
+    for got, want in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_solosim_second_backward_is_refused_not_silently_wrong():
+    anchor, positive = torch.randn(4, 3, requires_grad=True), torch.randn(4, 3, requires_grad=True)
+    loss = solosim_loss(anchor, positive, 0.2)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
 def test_infonce_is_symmetric_mean_of_both_directions():
     torch.manual_seed(0)
     a, b = torch.randn(5, 3), torch.randn(5, 3)
