@@ -328,12 +328,13 @@ class SAND(SANDObjectiveMixin, Recommender):
         batch's rows are computed); reuses the propagation of :meth:`auxiliary_loss_terms` for the same batch."""
         summed, h, parts = self._propagate(self._take_projection(batch))
         pos, neg = batch.pos_items, batch.neg_items
-        return (
-            self._attend(summed[batch.users]),
-            summed[self.n_users + pos] + h[pos],
-            summed[self.n_users + neg] + h[neg],
-            parts,
-        )
+        # one gather per table (its backward: one zero-filled [n_users + n_items, D] gradient, not three)
+        items = torch.cat([pos, neg])
+        users, pos_rows, neg_rows = summed.index_select(
+            0, torch.cat([batch.users, items + self.n_users])
+        ).split([batch.users.shape[0], pos.shape[0], neg.shape[0]])
+        pos_h, neg_h = h.index_select(0, items).split([pos.shape[0], neg.shape[0]])
+        return self._attend(users), pos_rows + pos_h, neg_rows + neg_h, parts
 
     # The MI variant's auxiliary (CLUB) step needs the batch items' (E_g, E_q), i.e. rows of the projection
     # the main step computes anyway. The auxiliary step runs first and changes only the estimators, so it

@@ -202,6 +202,20 @@ def test_batch_rows_equal_the_full_forward_rows(item_id_in_graph):
     torch.testing.assert_close(u, users[BATCH.users])
     torch.testing.assert_close(p, items[BATCH.pos_items])
     torch.testing.assert_close(n, items[BATCH.neg_items])
+    # and the same gradients: a score of the batch rows differentiated through both paths
+    weights = torch.randn(3, *u.shape)
+    parameters = [q for q in model.parameters() if q.requires_grad]
+
+    def grads(rows):
+        score = sum((w * r).sum() for w, r in zip(weights, rows, strict=True))
+        return torch.autograd.grad(score, parameters, allow_unused=True)
+
+    full = grads((users[BATCH.users], items[BATCH.pos_items], items[BATCH.neg_items]))
+    batched = grads(model._batch_forward(BATCH)[:3])
+    for got, want in zip(batched, full, strict=True):
+        assert (got is None) == (want is None)
+        if got is not None:
+            torch.testing.assert_close(got, want)
 
 
 def test_item_id_in_graph_extension_adds_the_id_table_to_the_graph_input():
