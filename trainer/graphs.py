@@ -54,14 +54,44 @@ def to_torch_sparse_csr(matrix: sp.spmatrix, device: torch.device | str = "cpu")
         return _csr_tensor(csr, device)
 
 
+def csr_index_dtype(n_rows: int, n_columns: int, nnz: int) -> torch.dtype:
+    """int32 for CSR index arrays whenever every index fits (the sparse BLAS kernels take 32-bit indices
+    natively; int64 ones are converted to int32 on every product), else int64."""
+    return torch.int32 if max(n_rows, n_columns, nnz) < 2**31 else torch.int64
+
+
 def _csr_tensor(csr: sp.csr_matrix, device: torch.device | str) -> Tensor:
+    index_dtype = csr_index_dtype(csr.shape[0], csr.shape[1], csr.nnz)
     return torch.sparse_csr_tensor(
-        torch.as_tensor(csr.indptr.astype(np.int64)),
-        torch.as_tensor(csr.indices.astype(np.int64)),
+        torch.as_tensor(csr.indptr).to(index_dtype),
+        torch.as_tensor(csr.indices).to(index_dtype),
         torch.as_tensor(csr.data),
         size=csr.shape,
         dtype=torch.float32,
     ).to(device)
+
+
+def csr_transpose(matrix: Tensor) -> Tensor:
+    """Transpose of a torch sparse CSR matrix [n, m] -> CSR [m, n], same device and index dtype."""
+    transposed = matrix.to_sparse_coo().t().coalesce().to_sparse_csr()
+    index_dtype = matrix.crow_indices().dtype
+    return torch.sparse_csr_tensor(
+        transposed.crow_indices().to(index_dtype),
+        transposed.col_indices().to(index_dtype),
+        transposed.values(),
+        size=transposed.shape,
+    )
+
+
+def spmm(matrix: Tensor, dense: Tensor) -> Tensor:
+    """Sparse CSR [N, M] @ dense [M, d] -> new dense [N, d] (no autograd; see :func:`sparse_matmul`).
+
+    The same floats as ``matrix @ dense`` (tested with ``torch.equal``), written by the sparse kernel straight
+    into a fresh output (``addmm`` with beta = 0 ignores the uninitialised buffer); ``matrix @ dense`` on the CPU
+    first zero-fills a result and copies the kernel's output into it, two extra passes over [N, d] per product.
+    """
+    out = dense.new_empty((matrix.shape[0], dense.shape[1]))
+    return torch.addmm(out, matrix, dense, beta=0, out=out)
 
 
 def knn_graph(
@@ -137,9 +167,10 @@ def knn_to_torch_sparse_csr(neighbours: Tensor, weights: Tensor, n_columns: int)
     order = torch.argsort(neighbours, dim=1)
     columns = torch.gather(neighbours, 1, order)
     values = torch.gather(weights.float(), 1, order)
-    crow = torch.arange(0, n * k + 1, k, dtype=torch.long, device=neighbours.device)
+    index_dtype = csr_index_dtype(n, n_columns, n * k)
+    crow = torch.arange(0, n * k + 1, k, dtype=index_dtype, device=neighbours.device)
     return torch.sparse_csr_tensor(
-        crow, columns.reshape(-1), values.reshape(-1), size=(n, n_columns), dtype=torch.float32
+        crow, columns.reshape(-1).to(index_dtype), values.reshape(-1), size=(n, n_columns), dtype=torch.float32
     )
 
 
@@ -149,11 +180,11 @@ class _SparseDenseMatmul(torch.autograd.Function):
     @staticmethod
     def forward(ctx, matrix: Tensor, matrix_t: Tensor, dense: Tensor) -> Tensor:  # type: ignore[override]
         ctx.matrix_t = matrix_t
-        return matrix @ dense
+        return spmm(matrix, dense)
 
     @staticmethod
     def backward(ctx, grad_output: Tensor):  # type: ignore[override]
-        return None, None, ctx.matrix_t @ grad_output
+        return None, None, spmm(ctx.matrix_t, grad_output.contiguous())
 
 
 def sparse_matmul(matrix: Tensor, dense: Tensor, matrix_t: Tensor | None = None) -> Tensor:

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from trainer.graphs import (
+    csr_transpose,
     knn_graph,
     knn_to_torch_sparse_csr,
     ludp_item_graph_weights,
@@ -196,8 +197,8 @@ def lightgcn_layer_sum(adjacency: Tensor, ego: Tensor, n_layers: int) -> Tensor:
 
 
 def sparse_transpose_csr(matrix: Tensor) -> Tensor:
-    """Transpose of a torch sparse CSR matrix, as sparse CSR on the same device."""
-    return matrix.to_sparse_coo().t().coalesce().to_sparse_csr()
+    """Transpose of a torch sparse CSR matrix, as sparse CSR on the same device (and index dtype)."""
+    return csr_transpose(matrix)
 
 
 def mean_item_features_per_user(train_matrix: sp.spmatrix, features: Tensor) -> Tensor:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from trainer.graphs import sparse_matmul
+from trainer.graphs import csr_transpose, sparse_matmul, spmm
 
 
 class SparsePropagation(nn.Module):
@@ -22,10 +22,10 @@ class SparsePropagation(nn.Module):
         if matrix.layout != torch.sparse_csr:
             raise ValueError(f"SparsePropagation expects a sparse CSR matrix, got layout {matrix.layout}")
         self.register_buffer("matrix", matrix, persistent=False)
-        transpose = matrix if symmetric else matrix.to_sparse_coo().t().coalesce().to_sparse_csr()
+        transpose = matrix if symmetric else csr_transpose(matrix)
         self.register_buffer("matrix_t", transpose, persistent=False)
 
     def forward(self, dense: Tensor) -> Tensor:
         if not dense.requires_grad:
-            return torch.sparse.mm(self.matrix, dense)
+            return spmm(self.matrix, dense)
         return sparse_matmul(self.matrix, dense, self.matrix_t)
