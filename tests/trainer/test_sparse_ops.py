@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import scipy.sparse as sp
 import torch
 
@@ -66,3 +67,16 @@ def test_sparse_matmul_gradient_uses_the_transpose():
     weights = torch.randn(40, 3)
     (sparse_matmul(matrix, dense, csr_transpose(matrix)) * weights).sum().backward()
     torch.testing.assert_close(dense.grad, matrix.to_dense().t() @ weights)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_int32_csr_products_and_gradients_on_cuda_match_the_cpu():
+    matrix = to_torch_sparse_csr(_random_csr())
+    on_cuda = to_torch_sparse_csr(_random_csr(), "cuda")
+    assert on_cuda.crow_indices().dtype == torch.int32 and on_cuda.device.type == "cuda"
+    dense = torch.randn(25, 3)
+    torch.testing.assert_close(spmm(on_cuda, dense.cuda()).cpu(), spmm(matrix, dense))
+    dense_cuda = dense.cuda().requires_grad_(True)
+    weights = torch.randn(40, 3)
+    (sparse_matmul(on_cuda, dense_cuda, csr_transpose(on_cuda)) * weights.cuda()).sum().backward()
+    torch.testing.assert_close(dense_cuda.grad.cpu(), matrix.to_dense().t() @ weights)
