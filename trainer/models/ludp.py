@@ -196,11 +196,6 @@ def lightgcn_layer_sum(adjacency: Tensor, ego: Tensor, n_layers: int) -> Tensor:
     return total
 
 
-def sparse_transpose_csr(matrix: Tensor) -> Tensor:
-    """Transpose of a torch sparse CSR matrix, as sparse CSR on the same device (and index dtype)."""
-    return csr_transpose(matrix)
-
-
 def mean_item_features_per_user(train_matrix: sp.spmatrix, features: Tensor) -> Tensor:
     """Mean of each user's training items' features: D_u^-1 R X; [n_users, n_items] x [n_items, d] -> [n_users, d].
 
@@ -267,12 +262,12 @@ class LUDP(Recommender):
             n = inputs.n_items
             stacked = knn_to_torch_sparse_csr(torch.cat(all_neighbours), torch.cat(all_weights), n)
             self.register_buffer("item_graph_stacked", stacked, persistent=False)
-            self.register_buffer("item_graph_stacked_t", sparse_transpose_csr(stacked), persistent=False)
+            self.register_buffer("item_graph_stacked_t", csr_transpose(stacked), persistent=False)
             if config.item_graph_layers > 1:
                 offsets = [neighbours + m * n for m, neighbours in enumerate(all_neighbours)]
                 block = knn_to_torch_sparse_csr(torch.cat(offsets), torch.cat(all_weights), n_modalities * n)
                 self.register_buffer("item_graph_block", block, persistent=False)
-                self.register_buffer("item_graph_block_t", sparse_transpose_csr(block), persistent=False)
+                self.register_buffer("item_graph_block_t", csr_transpose(block), persistent=False)
             self.item_fusion = ModalityFusion(config.fusion, n_modalities, d)
         if config.user_graph:
             for index, name in enumerate(self.modalities):

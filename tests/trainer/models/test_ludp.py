@@ -344,14 +344,13 @@ def test_runs_on_cuda():
 
 
 def test_sparse_matmul_with_precomputed_transpose_matches_torch_gradients():
-    from trainer.graphs import sparse_matmul
-    from trainer.models.ludp import sparse_transpose_csr
+    from trainer.graphs import csr_transpose, sparse_matmul
 
     neighbours, similarities = knn_graph(FEATURES, k=2)
     graph = knn_to_torch_sparse_csr(neighbours, similarities, 4)  # not symmetric
     dense = torch.randn(4, 3, requires_grad=True)
     upstream = torch.randn(4, 3)
-    (sparse_matmul(graph, dense, sparse_transpose_csr(graph)) * upstream).sum().backward()
+    (sparse_matmul(graph, dense, csr_transpose(graph)) * upstream).sum().backward()
     ours = dense.grad.clone()
     dense.grad = None
     (graph.to_dense() @ dense * upstream).sum().backward()
