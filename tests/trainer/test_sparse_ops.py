@@ -1,4 +1,5 @@
-"""Sparse CSR helpers in trainer.graphs: index dtype, transpose, the product and its gradient."""
+"""Sparse CSR helpers in trainer.graphs: index dtype, transpose, the product and its gradient, and the
+edge-list products (EdgePattern, edge_dot, edge_weighted_sum)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ import scipy.sparse as sp
 import torch
 
 from trainer.graphs import (
+    EdgePattern,
     csr_index_dtype,
     csr_transpose,
+    edge_dot,
+    edge_weighted_sum,
     knn_to_torch_sparse_csr,
     sparse_matmul,
     spmm,
@@ -80,3 +84,70 @@ def test_int32_csr_products_and_gradients_on_cuda_match_the_cpu():
     weights = torch.randn(40, 3)
     (sparse_matmul(on_cuda, dense_cuda, csr_transpose(on_cuda)) * weights.cuda()).sum().backward()
     torch.testing.assert_close(dense_cuda.grad.cpu(), matrix.to_dense().t() @ weights)
+
+
+# ------------------------------------------------------------------------------- edge-list products
+def test_edge_products_on_a_hand_checked_graph():
+    # edges (0, 1), (0, 2), (2, 0) of a 3 x 3 pattern; row 1 has none
+    pattern = EdgePattern(np.array([0, 0, 2]), np.array([1, 2, 0]), (3, 3))
+    left = torch.tensor([[1.0, 2.0], [5.0, 5.0], [3.0, -1.0]])
+    right = torch.tensor([[1.0, 1.0], [0.0, 2.0], [4.0, 0.5]])
+    # <left[0], right[1]> = 4, <left[0], right[2]> = 5, <left[2], right[0]> = 2
+    assert torch.equal(edge_dot(pattern, left, right), torch.tensor([4.0, 5.0, 2.0]))
+    weights = torch.tensor([0.5, 2.0, 3.0])
+    # row 0: 0.5 * right[1] + 2 * right[2]; row 1: nothing; row 2: 3 * right[0]
+    expected = torch.tensor([[8.0, 2.0], [0.0, 0.0], [3.0, 3.0]])
+    assert torch.equal(edge_weighted_sum(pattern, weights, right), expected)
+
+
+def _random_pattern(n_rows: int, n_columns: int, n_edges: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    keys = np.unique(np.random.default_rng(seed).integers(0, n_rows * n_columns, n_edges))
+    return keys // n_columns, keys % n_columns
+
+
+def test_edge_products_equal_the_gathered_formulas_and_pass_gradcheck():
+    rows, columns = _random_pattern(9, 6, 30, seed=1)
+    pattern = EdgePattern(rows, columns, (9, 6))
+    generator = torch.Generator().manual_seed(0)
+    left = torch.randn(9, 3, dtype=torch.float64, generator=generator, requires_grad=True)
+    right = torch.randn(6, 3, dtype=torch.float64, generator=generator, requires_grad=True)
+    weights = torch.rand(len(rows), dtype=torch.float64, generator=generator, requires_grad=True)
+    r, c = torch.as_tensor(rows), torch.as_tensor(columns)
+    torch.testing.assert_close(edge_dot(pattern, left, right), (left[r] * right[c]).sum(-1))
+    gathered = torch.zeros(9, 3, dtype=torch.float64).index_add(0, r, weights[:, None] * right[c])
+    torch.testing.assert_close(edge_weighted_sum(pattern, weights, right), gathered)
+    assert torch.autograd.gradcheck(lambda a, b: edge_dot(pattern, a, b), (left, right))
+    assert torch.autograd.gradcheck(lambda w, x: edge_weighted_sum(pattern, w, x), (weights, right))
+
+
+def test_edge_pattern_rejects_unsorted_repeated_or_out_of_range_edges():
+    with pytest.raises(ValueError, match="sorted"):
+        EdgePattern(np.array([1, 0]), np.array([0, 0]), (2, 2))
+    with pytest.raises(ValueError, match="at most once"):
+        EdgePattern(np.array([0, 0]), np.array([1, 1]), (2, 2))
+    with pytest.raises(ValueError, match="out of range"):
+        EdgePattern(np.array([0, 2]), np.array([0, 0]), (2, 2))
+    empty = EdgePattern(np.zeros(0, np.int64), np.zeros(0, np.int64), (2, 3))
+    assert edge_dot(empty, torch.ones(2, 4), torch.ones(3, 4)).shape == (0,)
+    assert torch.equal(edge_weighted_sum(empty, torch.zeros(0), torch.ones(3, 4)), torch.zeros(2, 4))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_edge_products_and_gradients_on_cuda_match_the_cpu():
+    rows, columns = _random_pattern(300, 200, 3000, seed=2)
+    pattern = EdgePattern(rows, columns, (300, 200))
+    generator = torch.Generator().manual_seed(0)
+    left, right = torch.randn(300, 16, generator=generator), torch.randn(200, 16, generator=generator)
+    weights = torch.rand(pattern.nnz, generator=generator)
+
+    def run(pattern, left, right, weights):
+        left, right, weights = (t.clone().requires_grad_() for t in (left, right, weights))
+        (edge_dot(pattern, left, right).sum() + edge_weighted_sum(pattern, weights, right).square().sum()).backward()
+        return [t.grad.cpu() for t in (left, right, weights)]
+
+    on_cpu = run(pattern, left, right, weights)
+    pattern_cuda = pattern.to("cuda")
+    assert pattern_cuda.crow.device.type == "cuda"
+    on_cuda = run(pattern_cuda, left.cuda(), right.cuda(), weights.cuda())
+    for cpu_grad, cuda_grad in zip(on_cpu, on_cuda, strict=True):
+        torch.testing.assert_close(cuda_grad, cpu_grad, rtol=1e-4, atol=1e-4)

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from trainer.graphs import EdgePattern, edge_dot, edge_weighted_sum
 from trainer.kg import (
     N_CF_RELATIONS,
     CollaborativeKG,
@@ -257,7 +258,7 @@ class MultiKG4Rec(Recommender):
         buffer("edge_relations", ckg.relations)
         buffer("item_node", ckg.item_node)
         buffer("user_node", ckg.user_node)
-        # W_r e is computed once per (relation, node) pair and gathered per edge, not once per edge
+        # W_r e is computed once per (relation, node) pair, not once per edge; edges refer to pairs by index
         projection_nodes: list[np.ndarray] = []
         projection_ptr = [0]
         head_index, tail_index = np.empty_like(ckg.heads), np.empty_like(ckg.heads)
@@ -274,9 +275,16 @@ class MultiKG4Rec(Recommender):
             "projection_nodes",
             np.concatenate(projection_nodes) if projection_nodes else np.zeros(0, np.int64),
         )
-        buffer("edge_head_projection", head_index)
-        buffer("edge_tail_projection", tail_index)
         self.projection_ptr = [int(p) for p in projection_ptr]
+        n_pairs = projection_ptr[-1]
+        buffer("pair_relations", np.repeat(np.arange(ckg.n_relations), np.diff(projection_ptr)))
+        # attention logits: one entry per edge at (its (relation, head) pair, its (relation, tail) pair);
+        # edges sorted by (relation, head, tail) and free of exact repeats are already in that CSR order
+        self.pair_pattern = EdgePattern(head_index, tail_index, (n_pairs, n_pairs))
+        # propagation: edges between the same two nodes under different relations add their weights
+        pairs, merge_index = np.unique(ckg.heads * ckg.n_nodes + ckg.tails, return_inverse=True)
+        buffer("edge_merge_index", merge_index.reshape(-1))
+        self.node_pattern = EdgePattern(pairs // ckg.n_nodes, pairs % ckg.n_nodes, (ckg.n_nodes, ckg.n_nodes))
         kg_lo = int(ckg.relation_ptr[N_CF_RELATIONS])
         self.kg_edge_range = (kg_lo, ckg.n_edges) if kg_lo < ckg.n_edges else (0, ckg.n_edges)
 
@@ -354,22 +362,24 @@ class MultiKG4Rec(Recommender):
         return torch.cat(parts, dim=0)
 
     def attention(self, ego: Tensor) -> Tensor:
-        """Knowledge-aware attention per edge, softmax over each head's neighbours; float [n_edges]."""
+        """Knowledge-aware attention per edge, softmax over each head's neighbours; float [n_edges].
+
+        tanh(W_r e_h + e_r) depends on the (relation, head) pair only, so it is formed once per pair; the
+        per-edge dot products with W_r e_t run as one sampled sparse product (no [n_edges, d] tensor).
+        """
         projected = self.relation_projected(ego)
-        tails = projected[self.edge_tail_projection]
-        heads = projected[self.edge_head_projection]
-        logits = (tails * torch.tanh(heads + self.relation_embedding(self.edge_relations))).sum(-1)
+        queries = torch.tanh(projected + self.relation_embedding(self.pair_relations))
+        logits = edge_dot(self.pair_pattern, queries, projected)
         return segment_softmax(logits, self.edge_heads, self.n_nodes)
 
     def propagate(self, ego: Tensor) -> Tensor:
-        """Concatenated layer outputs of every node, float [n_nodes, d + sum(layer_dims)]."""
-        weights = self.attention(ego).unsqueeze(-1)
+        """Concatenated layer outputs of every node, float [n_nodes, d + sum(layer_dims)].
 
-        def neighbourhood(x: Tensor) -> Tensor:
-            messages = weights * x[self.edge_tails]
-            return torch.zeros_like(x).index_add(0, self.edge_heads, messages)
-
-        return _stack_layers(ego, self.layers, neighbourhood)
+        Each layer's neighbourhood Σ_t π(h,r,t) e_t is one sparse product with the attention weights as values.
+        """
+        weights = self.attention(ego)
+        merged = weights.new_zeros(self.node_pattern.nnz).index_add(0, self.edge_merge_index, weights)
+        return _stack_layers(ego, self.layers, lambda x: edge_weighted_sum(self.node_pattern, merged, x))
 
     # ------------------------------------------------------------------ contract
     def representations(self) -> tuple[Tensor, Tensor]:

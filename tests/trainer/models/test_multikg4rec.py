@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -21,7 +22,7 @@ from trainer.kg import (
     transr_loss,
 )
 from trainer.models.base import BPRBatch, KGTensors, ModelInputError, ModelInputs
-from trainer.models.multikg4rec import parse_fusion
+from trainer.models.multikg4rec import _stack_layers, parse_fusion
 from trainer.models.registry import build_model
 
 
@@ -156,6 +157,26 @@ def test_knowledge_aware_attention_matches_the_formula_and_normalises_over_each_
     torch.testing.assert_close(attention.detach(), expected, rtol=1e-5, atol=1e-6)
     attention.sum().backward()  # the attention is inside autograd: its parameters receive gradients
     assert model.relation_projection.grad is not None and model.relation_projection.grad.abs().sum() > 0
+
+
+def test_propagation_matches_the_per_edge_sum_also_for_parallel_edges():
+    # entity 0 -> entity 5 under relations 0 and 2: two CKG edges (and two inverse ones) between one node pair
+    inputs = _tiny_inputs()
+    kg = dataclasses.replace(inputs.kg, triples=torch.cat([inputs.kg.triples, torch.tensor([[0, 2, 5]])]))
+    torch.manual_seed(0)
+    model = build_model(
+        "multikg4rec", dataclasses.replace(inputs, kg=kg),
+        {**NO_KG_FILTER, "embedding_dim": 8, "relation_dim": 4, "n_heads": 2},
+    ).eval()
+    heads, tails = model.edge_heads, model.edge_tails
+    assert model.node_pattern.nnz < len(heads)  # some node pairs carry more than one edge
+    with torch.no_grad():
+        ego = model.ego_embeddings()
+        weights = model.attention(ego).unsqueeze(-1)
+        expected = _stack_layers(
+            ego, model.layers, lambda x: torch.zeros_like(x).index_add(0, heads, weights * x[tails])
+        )
+        torch.testing.assert_close(model.propagate(ego), expected, rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------- BFS
