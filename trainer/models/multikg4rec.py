@@ -159,10 +159,19 @@ class MultimodalItemEncoder(nn.Module):
         # learns how much multimodal signal to add; tanh bounds each coordinate by the gate
         self.gate = nn.Parameter(torch.zeros(1))
 
+    def project(self, features: list[Tensor]) -> list[Tensor]:
+        """Per modality raw features [..., d_m] -> reduced features [..., d] (row-wise Linear + LeakyReLU)."""
+        return [projection(x) for projection, x in zip(self.projections, features, strict=True)]
+
     def forward(self, features: list[Tensor], types: Tensor, hops: Tensor, padding: Tensor | None) -> Tensor:
+        return self.encode_projected(self.project(features), types, hops, padding)
+
+    def encode_projected(
+        self, projected: list[Tensor], types: Tensor, hops: Tensor, padding: Tensor | None
+    ) -> Tensor:
+        """:meth:`forward` from already reduced token features (per modality float [B, n, d])."""
         position = self.type_embedding(types) + self.hop_embedding(hops)
-        tokens = [projection(x) + position for projection, x in zip(self.projections, features, strict=True)]
-        outputs = self.transformer(tokens, padding)
+        outputs = self.transformer([x + position for x in projected], padding)
         return self.gate * torch.tanh(self.fuse(torch.cat([out[:, 0] for out in outputs], dim=-1)))
 
 
@@ -325,11 +334,15 @@ class MultiKG4Rec(Recommender):
     def multimodal_item_vectors(self) -> Tensor:
         """Fused multimodal vector of every item, float [n_items, d]."""
         assert self.multimodal is not None
-        features = [
-            getattr(self, f"token_features_{m}")[self.sequence_token_rows]
-            for m in range(len(self.modalities))
-        ]
-        return self.multimodal(features, self.sequence_types, self.sequence_hops, self.sequence_padding)
+        # the reduction is row-wise, so it runs once per distinct token node, before the rows are gathered
+        # into sequences (a node appears in many items' sequences)
+        tables = self.multimodal.project(
+            [getattr(self, f"token_features_{m}") for m in range(len(self.modalities))]
+        )
+        tokens = [table[self.sequence_token_rows] for table in tables]
+        return self.multimodal.encode_projected(
+            tokens, self.sequence_types, self.sequence_hops, self.sequence_padding
+        )
 
     def ego_embeddings(self) -> Tensor:
         """Layer-0 embedding of every CKG node, float [n_nodes, d].

@@ -179,6 +179,21 @@ def test_propagation_matches_the_per_edge_sum_also_for_parallel_edges():
         torch.testing.assert_close(model.propagate(ego), expected, rtol=1e-5, atol=1e-6)
 
 
+def test_item_vectors_reduce_each_token_node_once_with_the_same_result():
+    torch.manual_seed(0)
+    model = build_model(
+        "multikg4rec", _tiny_inputs(), {**NO_KG_FILTER, "embedding_dim": 8, "relation_dim": 4, "n_heads": 2}
+    ).eval()
+    with torch.no_grad():
+        model.multimodal.gate.fill_(0.5)  # initialised at 0, which would make every output 0
+        rows = model.sequence_token_rows
+        raw = [getattr(model, f"token_features_{m}")[rows] for m in range(len(model.modalities))]
+        expected = model.multimodal(raw, model.sequence_types, model.sequence_hops, model.sequence_padding)
+        vectors = model.multimodal_item_vectors()
+    assert vectors.abs().sum() > 0
+    torch.testing.assert_close(vectors, expected)
+
+
 # ---------------------------------------------------------------------------------------- BFS
 def test_bfs_sequences_are_sorted_by_hop_with_path_count_then_degree_ties():
     # 0-1, 0-2, 1-3, 2-3, 2-4 (undirected); from 0: hop 1 {2 (degree 3), 1 (degree 2)}; hop 2 {3 (2 paths), 4}
