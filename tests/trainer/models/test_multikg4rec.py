@@ -129,11 +129,13 @@ def _tiny_inputs(with_isolated_item: bool = False) -> ModelInputs:
     )
 
 
-def test_knowledge_aware_attention_matches_the_formula_and_normalises_over_each_heads_neighbours():
+@pytest.mark.parametrize("sparse_edge_products", [True, False])
+def test_knowledge_aware_attention_matches_the_formula_and_normalises_over_each_heads_neighbours(
+    sparse_edge_products,
+):
     torch.manual_seed(0)
-    model = build_model(
-        "multikg4rec", _tiny_inputs(), {**NO_KG_FILTER, "embedding_dim": 8, "relation_dim": 4, "n_heads": 2}
-    )
+    params = {**NO_KG_FILTER, "embedding_dim": 8, "relation_dim": 4, "n_heads": 2}
+    model = build_model("multikg4rec", _tiny_inputs(), {**params, "sparse_edge_products": sparse_edge_products})
     ego = model.ego_embeddings()
     attention = model.attention(ego)
     heads, relations, tails = model.edge_heads, model.edge_relations, model.edge_tails
@@ -159,14 +161,15 @@ def test_knowledge_aware_attention_matches_the_formula_and_normalises_over_each_
     assert model.relation_projection.grad is not None and model.relation_projection.grad.abs().sum() > 0
 
 
-def test_propagation_matches_the_per_edge_sum_also_for_parallel_edges():
+@pytest.mark.parametrize("sparse_edge_products", [True, False])
+def test_propagation_matches_the_per_edge_sum_also_for_parallel_edges(sparse_edge_products):
     # entity 0 -> entity 5 under relations 0 and 2: two CKG edges (and two inverse ones) between one node pair
     inputs = _tiny_inputs()
     kg = dataclasses.replace(inputs.kg, triples=torch.cat([inputs.kg.triples, torch.tensor([[0, 2, 5]])]))
     torch.manual_seed(0)
+    params = {**NO_KG_FILTER, "embedding_dim": 8, "relation_dim": 4, "n_heads": 2}
     model = build_model(
-        "multikg4rec", dataclasses.replace(inputs, kg=kg),
-        {**NO_KG_FILTER, "embedding_dim": 8, "relation_dim": 4, "n_heads": 2},
+        "multikg4rec", dataclasses.replace(inputs, kg=kg), {**params, "sparse_edge_products": sparse_edge_products}
     ).eval()
     heads, tails = model.edge_heads, model.edge_tails
     assert model.node_pattern.nnz < len(heads)  # some node pairs carry more than one edge
@@ -192,6 +195,25 @@ def test_item_vectors_reduce_each_token_node_once_with_the_same_result():
         vectors = model.multimodal_item_vectors()
     assert vectors.abs().sum() > 0
     torch.testing.assert_close(vectors, expected)
+
+
+def test_sparse_edge_products_default_to_the_cpu_and_give_the_gather_paths_gradients():
+    params = {**NO_KG_FILTER, "embedding_dim": 8, "relation_dim": 4, "n_heads": 2, "message_dropout": 0.0}
+    models = {}
+    for choice in (None, True, False):
+        torch.manual_seed(0)
+        models[choice] = build_model("multikg4rec", _tiny_inputs(), {**params, "sparse_edge_products": choice})
+    assert models[None]._sparse_edge_products(torch.device("cpu"))
+    assert not models[None]._sparse_edge_products(torch.device("cuda"))
+    grads = {}
+    for choice in (True, False):
+        model = models[choice].eval()
+        users, items = model.representations()
+        (users.square().sum() + items.sum()).backward()
+        grads[choice] = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+    assert grads[True].keys() == grads[False].keys() and "relation_projection" in grads[True]
+    for name, grad in grads[True].items():
+        torch.testing.assert_close(grad, grads[False][name], rtol=1e-4, atol=1e-5, msg=name)
 
 
 # ---------------------------------------------------------------------------------------- BFS
