@@ -32,6 +32,16 @@ METRICS = "metrics.json"
 SPLIT_FILE = "split.inter"
 
 
+def make_adam(params, lr: float, weight_decay: float = 0.0) -> torch.optim.Adam:
+    """The trainer's Adam: the multi-tensor (``foreach``) implementation on every device.
+
+    torch picks it by default only on CUDA; on CPU its default is a Python loop over the parameters, ten or so
+    small kernels each, which for models with many small parameter tensors (LUDP, SAND) is a visible share of
+    a training step. On CPU the two implementations give bit-identical parameters (tested).
+    """
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, foreach=True)
+
+
 def select_device(name: str = "auto") -> torch.device:
     """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a clear error."""
     if name == "auto":
@@ -134,8 +144,8 @@ def fit(
     aux_params = model.auxiliary_parameters()
     aux_ids = {id(p) for p in aux_params}
     main_params = [p for p in model.parameters() if id(p) not in aux_ids]
-    optimizer = torch.optim.Adam(main_params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    aux_optimizer = torch.optim.Adam(aux_params, lr=cfg.lr) if aux_params else None
+    optimizer = make_adam(main_params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    aux_optimizer = make_adam(aux_params, lr=cfg.lr) if aux_params else None
     sampler = NegativeSampler(dataset.train, np.random.default_rng(cfg.seed))
     train_and_valid = (dataset.train + dataset.valid).tocsr()
     logger.info("fit %s on %s (%s); %d parameters", run_config.model, dataset.name, device,

@@ -32,7 +32,7 @@ def bench_epochs(dataset_dir: Path, epochs: int, batch_size: int) -> dict:
     import numpy as np
     import torch
 
-    from trainer.loop import NegativeSampler
+    from trainer.loop import NegativeSampler, make_adam
     from trainer.models.base import ModelInputs
     from trainer.models.registry import build_model
     from trainer.pipeline import load_dataset_dir
@@ -43,7 +43,7 @@ def bench_epochs(dataset_dir: Path, epochs: int, batch_size: int) -> dict:
     started = time.perf_counter()
     models = {"lightgcn": build_model("lightgcn", inputs), "ludp": build_model("ludp", inputs)}
     build_seconds = time.perf_counter() - started
-    optimizers = {name: torch.optim.Adam(model.parameters(), lr=1e-3) for name, model in models.items()}
+    optimizers = {name: make_adam(model.parameters(), lr=1e-3) for name, model in models.items()}
     seconds: dict[str, list[float]] = {name: [] for name in models}
     cpu_seconds: dict[str, list[float]] = {name: [] for name in models}
     for epoch in range(epochs):
@@ -75,6 +75,8 @@ def bench_epochs(dataset_dir: Path, epochs: int, batch_size: int) -> dict:
         "epoch_cpu_seconds": {name: [round(v, 3) for v in values] for name, values in cpu_seconds.items()},
         "median_epoch_cpu_seconds": {name: round(v, 3) for name, v in median_cpu.items()},
         "ludp_over_lightgcn_cpu": round(median_cpu["ludp"] / median_cpu["lightgcn"], 3),
+        # the two models' epochs alternate, so epoch e of each ran back to back: one paired ratio per epoch
+        "paired_epoch_ratios": [round(a / b, 3) for a, b in zip(seconds["ludp"], seconds["lightgcn"], strict=True)],
         "model_build_seconds_both": round(build_seconds, 3),
         "peak_rss_mib": round(peak_rss_mib(), 1),
     }

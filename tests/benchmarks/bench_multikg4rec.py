@@ -89,7 +89,7 @@ def measure_one(
     """Train ``epochs`` epochs in this process; return build seconds, per-epoch seconds and peak RSS."""
     import torch
 
-    from trainer.loop import NegativeSampler
+    from trainer.loop import NegativeSampler, make_adam
     from trainer.models.base import ModelInputs
     from trainer.models.registry import build_model
 
@@ -98,7 +98,7 @@ def measure_one(
     inputs = ModelInputs.from_dataset(dataset, torch.device("cpu"))
     model = build_model(model_name, inputs, MODEL_PARAMS[schedule].get(model_name, {}))
     build_seconds = time.perf_counter() - started
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    optimizer = make_adam(model.parameters(), lr=lr)
     sampler = NegativeSampler(dataset.train, np.random.default_rng(0))
     epoch_seconds = []
     for _ in range(epochs):

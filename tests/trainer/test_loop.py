@@ -90,3 +90,31 @@ def test_non_finite_loss_stops_training_with_the_epoch_and_terms(monkeypatch):
     run = RunConfig(model="mf", train=TrainConfig(lr=0.01, batch_size=256, max_epochs=3, device="cpu"))
     with pytest.raises(FloatingPointError, match="epoch 1.*bpr"):
         loop.fit(data, run, progress=False)
+
+
+@pytest.mark.parametrize("model_name", ["ludp", "sand"])
+def test_trainer_adam_matches_the_single_tensor_adam_bit_for_bit(model_name):
+    from trainer.models.base import ModelInputs
+    from trainer.models.registry import build_model
+
+    data = planted_dataset(n_users=60, n_items=80, seed=2)
+    inputs = ModelInputs.from_dataset(data, torch.device("cpu"))
+    trained = []
+    for make in (loop.make_adam, lambda params, **kw: torch.optim.Adam(params, foreach=False, **kw)):
+        torch.manual_seed(0)
+        model = build_model(model_name, inputs, {"embedding_dim": 16})
+        aux_ids = {id(p) for p in model.auxiliary_parameters()}
+        params = [p for p in model.parameters() if id(p) not in aux_ids]
+        initial = [p.detach().clone() for p in params]
+        optimizer = make(params, lr=0.01, weight_decay=1e-4)
+        sampler = loop.NegativeSampler(data.train, np.random.default_rng(0))
+        for batch in sampler.epoch_batches(128, torch.device("cpu")):
+            loss = sum(model.loss_terms(batch).values())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        assert all(not torch.equal(p, start) for p, start in zip(params, initial, strict=True))  # all trained
+        trained.append(params)
+    assert len(trained[0]) > 2
+    for fast, reference in zip(*trained, strict=True):
+        assert torch.equal(fast, reference)
