@@ -39,6 +39,7 @@ from trainer.models.base import BPRBatch, ModelConfig, ModelInputError, ModelInp
 logger = logging.getLogger(__name__)
 
 FUSIONS = ("attention", "sum", "concat")
+LAYER_COMBINATIONS = ("sum", "mean")
 ITEM_GRAPH_WEIGHTS = ("similarity", "binary")
 
 
@@ -48,6 +49,9 @@ class LUDPConfig(ModelConfig):
 
     Attributes:
         n_layers: LightGCN layers on the user-item graph.
+        layer_combination: how E_u, E_i combine the LightGCN layers 0..n_layers: ``sum`` (the LUDP paper's
+            E_u = sum_l e_u^(l)) or ``mean`` (the LightGCN paper's 1 / (L + 1) weights, as the project's
+            ``lightgcn`` model does). With ``mean`` and both graphs off, LUDP is exactly ``lightgcn``.
         item_graph: use the item-item modal similarity graphs (H); False is the "no item graph" ablation.
         user_graph: use the user preference graph (P); False is the "no user graph" ablation.
         fusion: how per-modality representations are combined: attention | sum | concat (concat + linear).
@@ -61,6 +65,7 @@ class LUDPConfig(ModelConfig):
     embedding_dim: int = 64
     reg_weight: float = 1e-4
     n_layers: int = 2
+    layer_combination: str = "sum"
     item_graph: bool = True
     user_graph: bool = True
     fusion: str = "attention"
@@ -73,6 +78,10 @@ class LUDPConfig(ModelConfig):
     def __post_init__(self) -> None:
         if self.fusion not in FUSIONS:
             raise ModelInputError(f"LUDP fusion must be one of {FUSIONS}, got {self.fusion!r}")
+        if self.layer_combination not in LAYER_COMBINATIONS:
+            raise ModelInputError(
+                f"LUDP layer_combination must be one of {LAYER_COMBINATIONS}, got {self.layer_combination!r}"
+            )
         if self.item_graph_weights not in ITEM_GRAPH_WEIGHTS:
             raise ModelInputError(
                 f"LUDP item_graph_weights must be one of {ITEM_GRAPH_WEIGHTS}, got {self.item_graph_weights!r}"
@@ -300,9 +309,11 @@ class LUDP(Recommender):
     # ----- parts -----------------------------------------------------------------------------------------
 
     def collaborative(self) -> tuple[Tensor, Tensor]:
-        """(E_u [n_users, d], E_i [n_items, d]): LightGCN summed over layers 0..n_layers."""
+        """(E_u [n_users, d], E_i [n_items, d]): LightGCN layers 0..n_layers, summed or averaged."""
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight], dim=0)
         final = lightgcn_layer_sum(self.adjacency, ego, self.config.n_layers)
+        if self.config.layer_combination == "mean":
+            final = final / (self.config.n_layers + 1)
         return final[: self.n_users], final[self.n_users :]
 
     def item_modal_representations(self) -> Tensor:

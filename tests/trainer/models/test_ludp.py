@@ -226,6 +226,25 @@ def test_without_both_graphs_ludp_is_lightgcn_summed_over_layers():
             torch.testing.assert_close(ours, 3 * mean_form)  # LightGCN averages layers 0..2, LUDP sums them
 
 
+def test_layer_combination_mean_without_graphs_is_exactly_lightgcn():
+    inputs = tiny_inputs()
+    batch = BPRBatch(torch.tensor([0, 1, 2, 2]), torch.tensor([1, 2, 3, 1]), torch.tensor([2, 0, 0, 0]))
+    torch.manual_seed(0)
+    ludp = LUDP(inputs, LUDPConfig(embedding_dim=4, layer_combination="mean", item_graph=False, user_graph=False))
+    torch.manual_seed(0)
+    lightgcn = LightGCN(inputs, LightGCNConfig(embedding_dim=4, n_layers=2))  # same seed -> same initial tables
+    for ours, theirs in zip(ludp.representations(), lightgcn.representations(), strict=True):
+        assert torch.equal(ours, theirs)
+    ours_terms, their_terms = ludp.loss_terms(batch), lightgcn.loss_terms(batch)
+    assert ours_terms.keys() == their_terms.keys()
+    for name in ours_terms:
+        assert torch.equal(ours_terms[name], their_terms[name])
+    sum(ours_terms.values()).backward()
+    sum(their_terms.values()).backward()
+    assert torch.equal(ludp.user_embedding.weight.grad, lightgcn.user_embedding.weight.grad)
+    assert torch.equal(ludp.item_embedding.weight.grad, lightgcn.item_embedding.weight.grad)
+
+
 def test_ablation_switches_remove_parameters_and_loss_has_gradients():
     inputs = tiny_inputs()
     batch = BPRBatch(torch.tensor([0, 2, 2]), torch.tensor([1, 3, 1]), torch.tensor([2, 0, 0]))
@@ -281,6 +300,8 @@ def test_config_and_input_errors_are_clear():
         LUDPConfig(fusion="max")
     with pytest.raises(ValueError, match="knn_k"):
         LUDPConfig(knn_k=0)
+    with pytest.raises(ValueError, match="layer_combination"):
+        LUDPConfig(layer_combination="max")
     with pytest.raises(ModelInputError, match="audio"):
         LUDP(tiny_inputs(), LUDPConfig(modalities=["audio"]))
     with pytest.raises(ModelInputError, match="at least one"):
