@@ -1,4 +1,4 @@
-"""Command line: ``python -m trainer fit|evaluate|export|features|compare|demo|explain|retrain|models``."""
+"""Command line: ``python -m trainer fit|evaluate|export|features|compare|tune|demo|explain|retrain|coldstart|models``."""
 
 from __future__ import annotations
 
@@ -101,6 +101,20 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--redis-url", default=None, help="read events from this Redis (default: $MODALREC_REDIS_URL)")
     retrain.add_argument("--key-prefix", default="modalrec:")
     retrain.add_argument("--max-epochs", type=int, default=None)
+
+    cold = sub.add_parser(
+        "coldstart", help="hold out items, train on the rest, rank the held-out items by their encoded features"
+    )
+    cold.add_argument("--model", required=True, help="a model with a cold-start item encoder (sand, ludp, ...)")
+    cold.add_argument("--dataset", required=True, type=Path, help="dataset directory with item features")
+    cold.add_argument("--out", required=True, type=Path, help="directory for warm_run/ and coldstart.json")
+    cold.add_argument("--config", type=Path, default=None, help="YAML with model_params / train overrides")
+    cold.add_argument("--cold-fraction", type=float, default=0.2, help="share of items held out (default 0.2)")
+    cold.add_argument("--split-seed", type=int, default=0, help="seed of the held-out item draw")
+    cold.add_argument("--quiet", action="store_true", help="no progress bar")
+    cold.add_argument("--seeds", type=int, nargs="+", default=None,
+                      help="training seeds, one run each under OUT/seedN, then a mean ± std line (replaces --seed)")
+    _add_train_overrides(cold)
 
     sub.add_parser("models", help="list registered models")
     return parser
@@ -207,6 +221,45 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_coldstart(args: argparse.Namespace) -> int:
+    from trainer.coldstart import run_cold_start, summarize
+
+    if args.seeds:
+        if args.seed is not None:
+            raise ValueError("give --seed or --seeds, not both")
+        results = []
+        for seed in args.seeds:
+            overrides = {**_train_overrides(args), "seed": seed}
+            results.append(run_cold_start(
+                args.model, args.dataset, args.out / f"seed{seed}", args.cold_fraction, args.split_seed,
+                args.config, overrides, progress=not args.quiet,
+            ))
+        summary = summarize(results)
+        print(f"{summary['model']}: {summary['n_cold_items']} held-out items (split seed {args.split_seed}), "
+              f"training seeds {summary['train_seeds']}, mean ± std")
+        for key, label in (("encoder", "model (bundle's item encoder)"), ("content_profile", "content profile")):
+            (r_mean, r_std), (n_mean, n_std) = summary[f"{key}_recall@20"], summary[f"{key}_ndcg@20"]
+            print(f"{label:31s} recall@20 {r_mean:.4f} ± {r_std:.4f}  ndcg@20 {n_mean:.4f} ± {n_std:.4f}")
+        print(f"{'random (expected)':31s} recall@20 {summary['random_expected']:.4f}")
+        return 0
+    result = run_cold_start(
+        args.model, args.dataset, args.out, args.cold_fraction, args.split_seed, args.config,
+        _train_overrides(args), progress=not args.quiet,
+    )
+    print(
+        f"{result['model']} on {result['dataset']}: {result['n_cold_items']} held-out items, "
+        f"{result['n_users_evaluated']} users, {result['n_cold_interactions']} held-out interactions"
+    )
+    k = max(int(name.split("@")[1]) for name in result["random_expected"] if int(name.split("@")[1]) <= 20)
+    print(f"ranking the held-out items      recall@{k}  ndcg@{k}")
+    for label, key in (("model (bundle's item encoder)", "encoder"), ("content profile (no model)", "content_profile")):
+        print(f"{label:31s} {result[key][f'recall@{k}']:.4f}     {result[key][f'ndcg@{k}']:.4f}")
+    print(f"{'random (expected)':31s} {result['random_expected'][f'recall@{k}']:.4f}")
+    print(f"warm valid recall@20 {result['warm_valid']['recall@20']:.4f} (best epoch {result['best_epoch']}); "
+          f"written to {args.out / 'coldstart.json'}")
+    return 0
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
     from trainer.models.registry import MODELS
 
@@ -218,7 +271,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 COMMANDS = {
     "fit": _cmd_fit, "evaluate": _cmd_evaluate, "export": _cmd_export, "features": _cmd_features,
     "compare": _cmd_compare, "tune": _cmd_tune, "demo": _cmd_demo, "explain": _cmd_explain, "retrain": _cmd_retrain,
-    "models": _cmd_models,
+    "coldstart": _cmd_coldstart, "models": _cmd_models,
 }
 
 

@@ -56,7 +56,14 @@ def run_fit_config(
     dataset_path: Path,
     out_dir: Path,
     progress: bool = True,
+    derived_dataset: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """Train ``run_config`` on ``dataset``, write metrics.json, split.inter, the checkpoint and a bundle.
+
+    ``derived_dataset``: set when ``dataset`` is not the dataset at ``dataset_path`` but derived from it (e.g. the
+    cold-start evaluation's warm items); it is recorded in metrics.json, and the checkpoint then names no dataset,
+    so ``export``/``explain`` ask for one instead of rebuilding the model on the wrong item table.
+    """
     from trainer.models.registry import build_config
 
     build_config(run_config.model, run_config.model_params)  # fail on a bad config before writing anything
@@ -68,13 +75,14 @@ def run_fit_config(
         run_config,
         progress=progress,
         checkpoint_path=out_dir / CHECKPOINT,
-        checkpoint_extra={"dataset_path": str(Path(dataset_path).resolve())},
+        checkpoint_extra={} if derived_dataset else {"dataset_path": str(Path(dataset_path).resolve())},
     )
     metrics = {
         "model": run_config.model,
         "dataset": dataset.name,
         "dataset_path": str(Path(dataset_path).resolve()),
         "dataset_summary": dataset.summary(),
+        **({"derived_dataset": derived_dataset} if derived_dataset else {}),
         "seed": run_config.train.seed,
         "device": result.device,
         "best_epoch": result.best_epoch,
@@ -106,6 +114,11 @@ def export_checkpoint(run_dir: Path, dataset_path: Path | None = None) -> Path:
     from trainer.models.registry import build_model
 
     payload = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=False)
+    if dataset_path is None and payload.get("dataset_path") is None:
+        raise ValueError(
+            f"{run_dir / CHECKPOINT} names no dataset (it was trained on a derived dataset, see metrics.json); "
+            "pass the dataset it was trained on"
+        )
     dataset_path = Path(dataset_path or payload["dataset_path"])
     dataset = load_dataset_dir(dataset_path)
     inputs = ModelInputs.from_dataset(dataset, torch.device("cpu"))

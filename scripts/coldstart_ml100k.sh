@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Cold-start evaluation of every model with an item encoder on MovieLens-100K (text + kg), 2 CPU cores:
+# 20% of the items held out (split seed 0), training seeds 1 2 3, two runs at a time, presets of
+# trainer/configs/ml-100k-mm/. Results: runs/coldstart/<label>/seed<N>/coldstart.json and one summary per model
+# in runs/coldstart/<label>.log. Multi-KG4Rec is left out: on 2 cores its CPU schedule undertrains it (README).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-runs/coldstart}
+mkdir -p "$OUT"
+[ -d data/ml-100k-mm ] || .venv/bin/python -m trainer features --dataset ../shared/datasets/ml-100k --out data/ml-100k-mm
+run() {  # label model [config]
+  OMP_NUM_THREADS=1 .venv/bin/python -W ignore -m trainer coldstart --model "$2" --dataset data/ml-100k-mm \
+    --out "$OUT/$1" --seeds 1 2 3 --quiet ${3:+--config "$3"} > "$OUT/$1.log" 2>&1
+}
+run ludp ludp &
+run sand sand
+wait
+run sand_idgraph sand trainer/configs/ml-100k-mm/sand_idgraph.yaml &
+run lightgcn_sand lightgcn_sand
+wait
+for label in ludp sand sand_idgraph lightgcn_sand; do
+  echo "== $label"; grep -v " INFO \|^ModuleNotFound" "$OUT/$label.log" | tail -4
+done

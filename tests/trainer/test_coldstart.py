@@ -1,0 +1,150 @@
+"""Cold-start evaluation: the held-out item split, the content reference, and an end-to-end run on planted data."""
+
+import json
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from trainer.coldstart import (
+    COLD_START_FILE,
+    ColdStartError,
+    content_profile_scores,
+    run_cold_start,
+    split_cold_items,
+)
+from trainer.data.dataset import InteractionDataset, KnowledgeGraph
+from trainer.data.synthetic import planted_dataset
+
+
+def _csr(pairs, shape):
+    rows, cols = zip(*pairs, strict=True) if pairs else ((), ())
+    return sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=shape)
+
+
+def tiny_dataset() -> InteractionDataset:
+    """3 users x 5 items; item 4 has no interaction at all, so it can never be held out."""
+    features = {"text": np.arange(10, dtype=np.float32).reshape(5, 2) + 1}
+    kg = KnowledgeGraph(
+        triples=np.array([[0, 0, 1]], dtype=np.int64),
+        entity_ids=["e0", "e1"],
+        relation_ids=["r"],
+        item_entity=np.array([0, -1, 1, -1, -1], dtype=np.int64),
+    )
+    return InteractionDataset(
+        name="tiny",
+        user_ids=["a", "b", "c"],
+        item_ids=["i0", "i1", "i2", "i3", "i4"],
+        train=_csr([(0, 0), (0, 1), (1, 2), (2, 3)], (3, 5)),
+        valid=_csr([(1, 0)], (3, 5)),
+        test=_csr([(2, 1)], (3, 5)),
+        features=features,
+        kg=kg,
+    )
+
+
+def test_split_removes_every_interaction_of_the_held_out_items_and_keeps_the_rest():
+    data = tiny_dataset()
+    split = split_cold_items(data, fraction=0.5, seed=3)  # 4 items with interactions -> 2 held out
+    cold = split.cold_items.tolist()
+    assert len(cold) == 2 and 4 not in cold and cold == sorted(cold)
+    warm_items = [i for i in range(5) if i not in cold]
+    assert split.warm.item_ids == [data.item_ids[i] for i in warm_items]
+    assert split.cold_item_ids == [data.item_ids[i] for i in cold]
+    assert split.warm.user_ids == data.user_ids
+    for name in ("train", "valid", "test"):
+        np.testing.assert_array_equal(getattr(split.warm, name).toarray(), getattr(data, name).toarray()[:, warm_items])
+    np.testing.assert_array_equal(split.warm.features["text"], data.features["text"][warm_items])
+    np.testing.assert_array_equal(split.cold_features["text"], data.features["text"][cold])
+    np.testing.assert_array_equal(split.warm.kg.item_entity, data.kg.item_entity[warm_items])
+    everything = (data.train + data.valid + data.test).toarray()
+    np.testing.assert_array_equal(split.cold_truth.toarray(), everything[:, cold])
+    # nothing lost: warm + held-out interactions are all the interactions
+    warm_total = split.warm.train.nnz + split.warm.valid.nnz + split.warm.test.nnz
+    assert warm_total + split.cold_truth.nnz == int(everything.sum())
+    assert split_cold_items(data, 0.5, seed=3).cold_items.tolist() == cold  # seeded
+
+
+def test_split_rejects_what_it_cannot_evaluate():
+    data = tiny_dataset()
+    with pytest.raises(ColdStartError, match="in \\(0, 1\\)"):
+        split_cold_items(data, 1.0, 0)
+    with pytest.raises(ColdStartError, match="both need at least one"):
+        split_cold_items(data, 0.01, 0)
+    data.features = {}
+    with pytest.raises(ColdStartError, match="no item features"):
+        split_cold_items(data, 0.5, 0)
+
+
+def test_content_profile_is_the_summed_cosine_to_the_mean_unit_feature_of_the_users_items():
+    # user 0 trained on warm items 0 (1, 0) and 1 (0, 2): profile = unit((1, 0) + (0, 1)) = (1, 1) / sqrt 2
+    train = _csr([(0, 0), (0, 1)], (2, 2))  # user 1 has no training items: zero profile
+    warm = {"m": np.array([[1.0, 0.0], [0.0, 2.0]], dtype=np.float32)}
+    cold = {"m": np.array([[3.0, 0.0], [1.0, 1.0], [0.0, 0.0]], dtype=np.float32)}
+    users, items = content_profile_scores(train, warm, cold)
+    scores = users @ items.T
+    np.testing.assert_allclose(scores[0], [1 / np.sqrt(2), 1.0, 0.0], rtol=1e-6)
+    np.testing.assert_array_equal(scores[1], [0.0, 0.0, 0.0])
+
+
+def test_cold_start_run_on_planted_data_beats_random_and_writes_its_report(tmp_path):
+    data = planted_dataset(n_users=120, n_items=100, interactions_per_user=20, seed=4)
+    out = tmp_path / "cold"
+    result = run_cold_start(
+        "ludp", tmp_path / "planted", out, fraction=0.5, split_seed=1,
+        train_overrides={"max_epochs": 15, "lr": 0.01, "device": "cpu"}, dataset=data, progress=False,
+    )
+    assert result["n_cold_items"] == 50 and result["n_users_evaluated"] > 100
+    assert set(result["encoder"]) >= {"recall@10", "recall@20", "recall@50"}
+    assert result["random_expected"]["recall@20"] == pytest.approx(0.4)
+    # 5 planted clusters: a user's held-out items are mostly the 10 of its cluster; the encoder (kNN over the
+    # warm items' features) and the content profile both find them far more often than chance
+    assert result["encoder"]["recall@20"] > 0.4 + 0.3
+    assert result["content_profile"]["recall@20"] > 0.4 + 0.3
+    saved = json.loads((out / COLD_START_FILE).read_text())
+    assert saved["cold_item_ids"] == result["cold_item_ids"] and len(saved["cold_item_ids"]) == 50
+    metrics = json.loads((out / "warm_run" / "metrics.json").read_text())
+    assert metrics["derived_dataset"]["held_out_items"] == 50
+    assert metrics["dataset_summary"]["n_items"] == 50
+    from trainer.pipeline import export_checkpoint
+
+    with pytest.raises(ValueError, match="names no dataset"):
+        export_checkpoint(out / "warm_run")
+
+
+def test_a_model_without_an_item_encoder_is_refused_before_anything_is_written(tmp_path):
+    out = tmp_path / "cold"
+    with pytest.raises(ColdStartError, match="no cold-start item encoder"):
+        run_cold_start("lightgcn", tmp_path / "planted", out, dataset=planted_dataset(n_users=30, n_items=40))
+    assert not out.exists()
+
+
+def test_summary_is_mean_and_std_over_runs_of_one_held_out_split():
+    from trainer.coldstart import summarize
+
+    def result(seed, recall):
+        metrics = {"recall@20": recall, "ndcg@20": recall / 2}
+        return {"model": "ludp", "train_seed": seed, "n_cold_items": 30, "cold_item_ids": ["a", "b"],
+                "random_expected": {"recall@20": 20 / 30}, "encoder": metrics, "content_profile": metrics,
+                "warm_valid": {"recall@20": 0.3}}
+
+    summary = summarize([result(1, 0.2), result(2, 0.4)])
+    assert summary["train_seeds"] == [1, 2]
+    assert summary["encoder_recall@20"] == pytest.approx((0.3, np.sqrt(0.02)))
+    assert summary["encoder_ndcg@20"] == pytest.approx((0.15, np.sqrt(0.005)))
+    other = result(3, 0.1)
+    other["cold_item_ids"] = ["c"]
+    with pytest.raises(ColdStartError, match="different items"):
+        summarize([result(1, 0.2), other])
+
+
+def test_multikg4rec_with_its_knowledge_graph_runs_and_kgat_is_refused(tmp_path):
+    data = planted_dataset(n_users=60, n_items=120, interactions_per_user=15, seed=5)
+    with pytest.raises(ColdStartError, match="'kgat'"):
+        run_cold_start("kgat", tmp_path / "planted", tmp_path / "kgat", dataset=data, progress=False)
+    result = run_cold_start(
+        "multikg4rec", tmp_path / "planted", tmp_path / "mkg", fraction=0.5, split_seed=2,
+        train_overrides={"max_epochs": 2, "device": "cpu"}, dataset=data, progress=False,
+    )
+    assert result["n_cold_items"] == 60
+    assert 0.0 <= result["encoder"]["recall@20"] <= 1.0 and result["n_users_evaluated"] > 0
