@@ -19,5 +19,5 @@ run sand_idgraph sand trainer/configs/ml-100k-mm/sand_idgraph.yaml &
 run lightgcn_sand lightgcn_sand
 wait
 for label in ludp sand sand_idgraph lightgcn_sand; do
-  echo "== $label"; grep -v " INFO \|^ModuleNotFound" "$OUT/$label.log" | tail -4
+  echo "== $label"; grep -v " INFO \|^ModuleNotFound" "$OUT/$label.log" | tail -6
 done

@@ -109,7 +109,7 @@ async def recommend(request: Request) -> Response:
     except ValidationError as exc:
         raise RequestValidationError([_body_error(error) for error in exc.errors(include_url=False)]) from None
     runtime: Runtime = request.app.state.runtime
-    result, version = runtime.recommend(user_id, body.k, body.exclude_seen, body.exclude)
+    result, version = runtime.recommend(user_id, body.k, body.exclude_seen, body.exclude, body.new_items)
     payload = {
         "user_id": user_id,
         "items": [{"item_id": i, "score": s} for i, s in zip(result.item_ids, result.scores, strict=True)],

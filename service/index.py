@@ -297,6 +297,24 @@ class ItemIndex:
             rows, scores = self._exact(query[0], k, np.asarray(sorted(excluded), dtype=np.int64), delta)
         return rows, scores
 
+    def search_online(
+        self, query: np.ndarray, k: int, exclude: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` ONLINE items (rows >= n_main) by inner product with ``query``, skipping ``exclude``; exact.
+
+        Returns (rows int64 [k'], scores float32 [k']) best first, ties by lower row, ``k' <= k``.
+        """
+        delta = self._delta
+        if not len(delta.ids) or k <= 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        scores = delta.vectors @ np.asarray(query, dtype=np.float32).reshape(-1)
+        rows = delta.ids
+        if exclude is not None and len(exclude):
+            keep = ~np.isin(rows, exclude)
+            rows, scores = rows[keep], scores[keep]
+        top = np.lexsort((rows, -scores))[:k]
+        return rows[top], scores[top].astype(np.float32)
+
     def _search_main(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         k = min(k, self.n_main)
         if self.kind == "hnsw":

@@ -220,8 +220,9 @@ class Runtime:
 
     # -- operations -----------------------------------------------------------------------------
     def recommend(
-        self, user_id: str, k: int, exclude_seen: bool, exclude: Sequence[str]
+        self, user_id: str, k: int, exclude_seen: bool, exclude: Sequence[str], new_item_slots: int | None = None
     ) -> tuple[Recommendation, str]:
+        """``new_item_slots`` None: the ``new_item_slots`` setting (see :meth:`ServingState.recommend`)."""
         state = self.state
         known = user_id in state.user_rows
         online_seen: set[str] = set()
@@ -231,7 +232,8 @@ class Runtime:
             except StoreUnavailable:
                 self.metrics.store_errors.labels("get_seen").inc()
                 self.metrics.degraded.labels("recommend").inc()
-        result = state.recommend(user_id, k, exclude_seen, exclude, online_seen)
+        slots = self.settings.new_item_slots if new_item_slots is None else new_item_slots
+        result = state.recommend(user_id, k, exclude_seen, exclude, online_seen, slots)
         if result.fallback is not None:
             self.metrics.fallbacks.labels(result.fallback).inc()
         return result, state.version

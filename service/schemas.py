@@ -22,6 +22,13 @@ class RecommendRequest(BaseModel):
     exclude: list[str] = Field(
         default_factory=list, max_length=MAX_EXCLUDE, description="item ids never returned"
     )
+    new_items: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_K,
+        description="reserve up to this many of the k places for the user's best-scoring items added online "
+        "(POST /items), which otherwise rarely outrank trained items; null = the service's new_item_slots setting",
+    )
 
 
 class ScoredItem(BaseModel):

@@ -60,5 +60,13 @@ class Settings(BaseSettings):
         default=1, ge=1, description="FAISS OpenMP and onnxruntime threads per worker"
     )
 
+    new_item_slots: int = Field(
+        default=0,
+        ge=0,
+        le=1000,
+        description="places of each top-k reserved for the best-scoring items added online (POST /items); "
+        "a request's `new_items` overrides it; 0 = plain ranking",
+    )
+
     max_body_bytes: int = Field(default=1 << 20, ge=1024, description="requests with larger bodies get 413")
     max_events_per_request: int = Field(default=1000, ge=1)

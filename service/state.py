@@ -172,9 +172,21 @@ class ServingState:
         return [rows[i] for i in item_ids if i in rows]
 
     def recommend(
-        self, user_id: str, k: int, exclude_seen: bool, exclude: Sequence[str], online_seen: Iterable[str]
+        self,
+        user_id: str,
+        k: int,
+        exclude_seen: bool,
+        exclude: Sequence[str],
+        online_seen: Iterable[str],
+        new_item_slots: int = 0,
     ) -> Recommendation:
-        """Top-k items for ``user_id``; see the module docstring for unknown users."""
+        """Top-k items for ``user_id``; see the module docstring for unknown users.
+
+        ``new_item_slots``: up to this many of the k places go to the user's best-scoring ONLINE items (added with
+        ``POST /items``) when fewer of them made the plain top k. An encoded new item lacks the collaborative part
+        of a trained item's embedding and almost never outranks trained items (docs/results/coldstart.md), so
+        without reserved places new items are never shown. Not applied to the popularity fallback (no query).
+        """
         exclude_rows = self.rows_of(exclude)
         online_rows = self.rows_of(online_seen)
         user_row = self.user_rows.get(user_id)
@@ -194,8 +206,29 @@ class ServingState:
             return Recommendation([self.item_ids[r] for r in rows], scores, FALLBACK_POPULARITY)
         excluded = np.concatenate(parts) if len(parts) > 1 else parts[0]
         rows, scores_arr = self.index.search(query, k, excluded)
+        if new_item_slots > 0 and self.index.n_online:
+            rows, scores_arr = self._reserve_online(query, rows, scores_arr, k, min(new_item_slots, k), excluded)
         item_ids = self.item_ids
         return Recommendation([item_ids[r] for r in rows.tolist()], scores_arr.tolist(), fallback)
+
+    def _reserve_online(
+        self, query: np.ndarray, rows: np.ndarray, scores: np.ndarray, k: int, slots: int, excluded: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The top-k list with at least ``slots`` online items (as many as exist): the best remaining online items
+        replace the lowest-ranked bundle items. Online items that did not make the top k score no higher than
+        anything in it, so appending them keeps the list in descending score order."""
+        n_main = self.index.n_main
+        online_present = int((rows >= n_main).sum())
+        if online_present >= slots:
+            return rows, scores
+        extra_rows, extra_scores = self.index.search_online(
+            query, slots - online_present, np.concatenate([excluded, rows])
+        )
+        if not len(extra_rows):
+            return rows, scores
+        keep_bundle = min(k, len(rows) + len(extra_rows)) - online_present - len(extra_rows)
+        keep = np.flatnonzero((rows >= n_main) | (np.cumsum(rows < n_main) <= keep_bundle))
+        return np.concatenate([rows[keep], extra_rows]), np.concatenate([scores[keep], extra_scores])
 
     def popular(self, k: int, exclude_rows: Sequence[int]) -> tuple[list[int], list[float]]:
         """Most popular training items (then online items, popularity 0) not in ``exclude_rows``."""

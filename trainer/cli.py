@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     cold.add_argument("--cold-fraction", type=float, default=0.2, help="share of items held out (default 0.2)")
     cold.add_argument("--split-seed", type=int, default=0, help="seed of the held-out item draw")
     cold.add_argument("--quiet", action="store_true", help="no progress bar")
+    cold.add_argument("--evaluate-only", action="store_true",
+                      help="no training: evaluate OUT's existing warm run(s) again and rewrite coldstart.json")
     cold.add_argument("--seeds", type=int, nargs="+", default=None,
                       help="training seeds, one run each under OUT/seedN, then a mean ± std line (replaces --seed)")
     _add_train_overrides(cold)
@@ -222,18 +224,23 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
 
 
 def _cmd_coldstart(args: argparse.Namespace) -> int:
-    from trainer.coldstart import run_cold_start, summarize
+    from trainer.coldstart import reevaluate_cold_start, run_cold_start, summarize
+    from trainer.pipeline import load_dataset_dir
+
+    dataset = load_dataset_dir(args.dataset)
+
+    def one(out: Path, overrides: dict[str, Any]) -> dict[str, Any]:
+        if args.evaluate_only:
+            return reevaluate_cold_start(out, dataset, args.model)
+        return run_cold_start(
+            args.model, args.dataset, out, args.cold_fraction, args.split_seed, args.config, overrides,
+            dataset=dataset, progress=not args.quiet,
+        )
 
     if args.seeds:
         if args.seed is not None:
             raise ValueError("give --seed or --seeds, not both")
-        results = []
-        for seed in args.seeds:
-            overrides = {**_train_overrides(args), "seed": seed}
-            results.append(run_cold_start(
-                args.model, args.dataset, args.out / f"seed{seed}", args.cold_fraction, args.split_seed,
-                args.config, overrides, progress=not args.quiet,
-            ))
+        results = [one(args.out / f"seed{seed}", {**_train_overrides(args), "seed": seed}) for seed in args.seeds]
         summary = summarize(results)
         print(f"{summary['model']}: {summary['n_cold_items']} held-out items (split seed {args.split_seed}), "
               f"training seeds {summary['train_seeds']}, mean ± std")
@@ -241,11 +248,18 @@ def _cmd_coldstart(args: argparse.Namespace) -> int:
             (r_mean, r_std), (n_mean, n_std) = summary[f"{key}_recall@20"], summary[f"{key}_ndcg@20"]
             print(f"{label:31s} recall@20 {r_mean:.4f} ± {r_std:.4f}  ndcg@20 {n_mean:.4f} ± {n_std:.4f}")
         print(f"{'random (expected)':31s} recall@20 {summary['random_expected']:.4f}")
+        for name in ("new_item_slots=0", "new_item_slots=2"):
+            prefix = f"served[{name}]_"
+            if f"{prefix}recall@20" not in summary:
+                continue
+            (r, r_sd), (share, share_sd) = summary[f"{prefix}recall@20"], summary[f"{prefix}cold_share@20"]
+            (p, p_sd), (p_random, _) = summary[f"{prefix}new_item_precision"], summary[f"{prefix}new_item_precision_random"]
+            shown = summary[f"{prefix}n_users_shown_new_items"]
+            print(f"served among all items, {name}: recall@20 {r:.4f} ± {r_sd:.4f}, held-out share of the top 20 "
+                  f"{share:.3f} ± {share_sd:.3f}; users shown a held-out item {shown}, precision of those shown "
+                  f"{p:.3f} ± {p_sd:.3f} (random held-out items: {p_random:.3f})")
         return 0
-    result = run_cold_start(
-        args.model, args.dataset, args.out, args.cold_fraction, args.split_seed, args.config,
-        _train_overrides(args), progress=not args.quiet,
-    )
+    result = one(args.out, _train_overrides(args))
     print(
         f"{result['model']} on {result['dataset']}: {result['n_cold_items']} held-out items, "
         f"{result['n_users_evaluated']} users, {result['n_cold_interactions']} held-out interactions"
@@ -255,6 +269,11 @@ def _cmd_coldstart(args: argparse.Namespace) -> int:
     for label, key in (("model (bundle's item encoder)", "encoder"), ("content profile (no model)", "content_profile")):
         print(f"{label:31s} {result[key][f'recall@{k}']:.4f}     {result[key][f'ndcg@{k}']:.4f}")
     print(f"{'random (expected)':31s} {result['random_expected'][f'recall@{k}']:.4f}")
+    for name, served in result["served"].items():
+        print(f"served among all items, {name}: recall@{k} {served[f'recall@{k}']:.4f}, held-out share of the top "
+              f"{k} {served[f'cold_share@{k}']:.3f} (of the catalogue {served['cold_catalogue_share']:.3f}), "
+              f"users shown a held-out item {served['n_users_shown_new_items']}, precision of those shown "
+              f"{served['new_item_precision']:.3f} (random: {served['new_item_precision_random']:.3f})")
     print(f"warm valid recall@20 {result['warm_valid']['recall@20']:.4f} (best epoch {result['best_epoch']}); "
           f"written to {args.out / 'coldstart.json'}")
     return 0

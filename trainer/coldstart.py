@@ -12,6 +12,11 @@ Protocol (item cold start, as in the cold-start literature, e.g. CLCRec):
    Recall/NDCG/Precision/MAP@K are computed over those users with the project's full-ranking metrics; all of a
    user's held-out interactions are the ground truth, nothing is masked (the items were never seen).
 
+The held-out items are also served as the service serves new items (``served``): added online to a serving state
+of the bundle and recommended among ALL items, the user's training items excluded, with 0 and with 2 of the 20
+places reserved for new items (the service's ``new_items`` / ``new_item_slots``). This shows whether new items
+surface at all next to trained ones, and how well the reserved places are used.
+
 Two references are computed on the same held-out items and users: the expected Recall@K of a random ranking
 (K / n_cold for every user), and a content-only ranking that uses no model at all (per modality, the cosine
 of the item's features to the mean unit feature of the user's warm training items, summed over modalities).
@@ -22,7 +27,9 @@ that the raw features give by themselves.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,8 +132,50 @@ def _metrics(users: np.ndarray, items: np.ndarray, truth: sp.csr_matrix, ks: tup
     )
 
 
-def encode_with_bundle(bundle_path: Path, features: dict[str, np.ndarray]) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """(bundle user ids, user embeddings [n_users, d], encoded items [n, d]) via the service's ONNX encoder.
+def served_metrics(
+    bundle, encoded: np.ndarray, split: ColdStartSplit, slots: int, k: int = 20
+) -> dict[str, float]:
+    """The held-out items served as the service serves new items: added online to a
+    :class:`service.state.ServingState` of the bundle (``POST /items``'s path) and recommended among ALL items
+    by ``ServingState.recommend`` (training items excluded), with ``slots`` of the k places reserved for online items.
+
+    Returns, over the users with held-out interactions: ``recall@k`` of the held-out interactions,
+    ``cold_share@k`` (mean share of held-out items in the k; ``cold_catalogue_share`` is their share of the
+    catalogue), ``new_item_precision`` (of the held-out items a user is shown, the share the user interacted with;
+    over users shown at least one) and ``new_item_precision_random`` (the same for held-out items picked at random).
+    """
+    from service.settings import Settings
+    from service.state import ServingState
+
+    state = ServingState.build(bundle, Settings(bundle_root=bundle.path))
+    for row, item_id in enumerate(split.cold_item_ids):
+        state.upsert_online_item(item_id, {}, encoded[row])
+    truth = split.cold_truth
+    n_cold = truth.shape[1]
+    cold_ids = set(split.cold_item_ids)
+    recalls, shares, precisions, random_precisions = [], [], [], []
+    for user in np.flatnonzero(np.diff(truth.indptr) > 0):
+        relevant = {split.cold_item_ids[j] for j in truth.indices[truth.indptr[user] : truth.indptr[user + 1]]}
+        shown = state.recommend(split.warm.user_ids[user], k, True, [], [], slots).item_ids
+        shown_cold = [item for item in shown if item in cold_ids]
+        hits = sum(item in relevant for item in shown_cold)
+        recalls.append(hits / len(relevant))
+        shares.append(len(shown_cold) / k)
+        if shown_cold:
+            precisions.append(hits / len(shown_cold))
+            random_precisions.append(len(relevant) / n_cold)
+    return {
+        f"recall@{k}": float(np.mean(recalls)),
+        f"cold_share@{k}": float(np.mean(shares)),
+        "cold_catalogue_share": n_cold / (n_cold + split.warm.n_items),
+        "new_item_precision": float(np.mean(precisions)) if precisions else float("nan"),
+        "new_item_precision_random": float(np.mean(random_precisions)) if random_precisions else float("nan"),
+        "n_users_shown_new_items": len(precisions),
+    }
+
+
+def encode_with_bundle(bundle_path: Path, features: dict[str, np.ndarray]):
+    """(the loaded bundle, encoded items float32 [n, d]) via the bundle's ONNX encoder and the service's ItemEncoder.
 
     Raises ColdStartError when the bundle has no item encoder (collaborative-only models).
     """
@@ -144,7 +193,7 @@ def encode_with_bundle(bundle_path: Path, features: dict[str, np.ndarray]) -> tu
     encoded = np.stack(
         [encoder.encode({name: features[name][row].tolist() for name in bundle.modalities}) for row in range(n)]
     ) if n else np.zeros((0, bundle.dim), dtype=np.float32)
-    return bundle.user_ids, bundle.user_embeddings, encoded
+    return bundle, encoded
 
 
 def content_profile_scores(
@@ -168,12 +217,13 @@ def content_profile_scores(
 
 
 def evaluate_cold_start(
-    bundle_path: Path, split: ColdStartSplit, ks: tuple[int, ...] = (10, 20, 50)
+    bundle_path: Path, split: ColdStartSplit, ks: tuple[int, ...] = (10, 20, 50), served_slots: tuple[int, ...] = (0, 2)
 ) -> dict[str, Any]:
     """Metrics of the bundle's encoder on the held-out items, with the random and content references."""
-    user_ids, user_embeddings, encoded = encode_with_bundle(bundle_path, split.cold_features)
-    if list(user_ids) != list(split.warm.user_ids):
-        raise ColdStartError("the bundle's users are not the warm dataset's users (wrong bundle?)")
+    bundle, encoded = encode_with_bundle(bundle_path, split.cold_features)
+    if list(bundle.user_ids) != list(split.warm.user_ids) or list(bundle.item_ids) != list(split.warm.item_ids):
+        raise ColdStartError("the bundle's users or items are not the warm dataset's (wrong bundle?)")
+    user_embeddings = bundle.user_embeddings
     truth = split.cold_truth
     n_cold = truth.shape[1]
     ks = tuple(k for k in ks if k <= n_cold)
@@ -181,6 +231,10 @@ def evaluate_cold_start(
         raise ColdStartError(f"only {n_cold} held-out items: too few to rank at the requested cut-offs")
     n_users_evaluated = int((np.diff(truth.indptr) > 0).sum())
     model = _metrics(user_embeddings, encoded, truth, ks)  # the bundle's encoder
+    served = {
+        f"new_item_slots={slots}": served_metrics(bundle, encoded, split, slots, k=min(20, n_cold))
+        for slots in served_slots
+    }
     profile_users, profile_items = content_profile_scores(split.warm.train, split.warm.features, split.cold_features)
     content = _metrics(profile_users, profile_items, truth, ks)
     return {
@@ -189,6 +243,7 @@ def evaluate_cold_start(
         "n_users_evaluated": n_users_evaluated,
         "encoder": model,
         "content_profile": content,
+        "served": served,
         "random_expected": {f"recall@{k}": k / n_cold for k in ks},
         "protocol": (
             "held-out items removed from training entirely; encoded from their features by the bundle's "
@@ -293,4 +348,37 @@ def summarize(results: list[dict[str, Any]], k: int = 20) -> dict[str, Any]:
         for metric in (f"recall@{k}", f"ndcg@{k}"):
             summary[f"{key}_{metric}"] = mean_std([r[key][metric] for r in results])
     summary[f"warm_valid_recall@{k}"] = mean_std([r["warm_valid"][f"recall@{k}"] for r in results])
+    for setting in results[0].get("served", {}):
+        if all(setting in r.get("served", {}) for r in results):
+            for metric in (f"recall@{k}", f"cold_share@{k}", "new_item_precision", "new_item_precision_random"):
+                defined = [r["served"][setting][metric] for r in results if not math.isnan(r["served"][setting][metric])]
+                summary[f"served[{setting}]_{metric}"] = mean_std(defined)  # NaN where no run showed a new item
+            summary[f"served[{setting}]_n_users_shown_new_items"] = [
+                r["served"][setting]["n_users_shown_new_items"] for r in results
+            ]
     return summary
+
+
+def reevaluate_cold_start(
+    out_dir: Path, dataset: InteractionDataset | None = None, model: str | None = None
+) -> dict[str, Any]:
+    """Evaluate an existing ``coldstart`` directory again (no training): the same held-out items are drawn from
+    the dataset with the recorded fraction and seed, and the warm run's current bundle is encoded and ranked.
+    Rewrites ``coldstart.json`` with the new evaluation and returns it."""
+    from trainer.loop import write_json_atomic
+    from trainer.pipeline import load_dataset_dir
+
+    report_path = Path(out_dir) / COLD_START_FILE
+    if not report_path.is_file():
+        raise ColdStartError(f"{report_path} does not exist: run `trainer coldstart` without --evaluate-only first")
+    previous = json.loads(report_path.read_text())
+    if model is not None and model != previous["model"]:
+        raise ColdStartError(f"{report_path} is a {previous['model']!r} run, not {model!r}")
+    dataset = dataset if dataset is not None else load_dataset_dir(Path(previous["dataset_path"]))
+    split = split_cold_items(dataset, previous["cold_fraction"], previous["split_seed"])
+    if split.cold_item_ids != previous["cold_item_ids"]:
+        raise ColdStartError(f"the dataset now gives other held-out items than {report_path} records")
+    result = evaluate_cold_start(Path(out_dir) / "warm_run" / "bundles" / "current", split)
+    payload = {**previous, **result}
+    write_json_atomic(report_path, payload)
+    return payload

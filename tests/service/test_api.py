@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.app import create_app
 from service.bundle import load_bundle
+from service.store import MemoryStore
 from tests.service.conftest import ADMIN_TOKEN, MODALITIES, N_ITEMS, encoder_weights, make_settings
 
 
@@ -109,6 +110,40 @@ def test_new_item_is_encoded_indexed_and_persisted(client: TestClient, store, bu
     assert folded.json()["fallback"] == "folded_in" and ids(folded) == ids(similar)
     replaced = client.post("/items", json={"item_id": "fresh", "features": new_item_features(2.0)})
     assert replaced.json()["replaced"] is True and replaced.json()["index_size"] == N_ITEMS + 1
+
+
+def test_reserved_new_item_slots_bring_online_items_into_the_top_k(client: TestClient, store, bundle_root) -> None:
+    bundle = load_bundle(bundle_root)
+    weights = encoder_weights(0)
+    embeddings = {}
+    for name, scale in (("new-a", 0.01), ("new-b", 0.02)):  # tiny embeddings: never in the plain top k
+        features = new_item_features(scale)
+        assert client.post("/items", json={"item_id": name, "features": features}).status_code == 201
+        embeddings[name] = sum(np.asarray(features[m], dtype=np.float32) @ weights[m] for m in sorted(MODALITIES))
+    query = bundle.user_embeddings[2]
+    seen = set(bundle.seen_items(2).tolist())
+    plain = ids(client.post("/recommend/u2", json={"k": 6}))
+    assert plain == exact_ranking(query, bundle.item_embeddings, seen, 6)
+    by_score = sorted(embeddings, key=lambda name: -float(embeddings[name] @ query))
+    one = client.post("/recommend/u2", json={"k": 6, "new_items": 1}).json()["items"]
+    assert [item["item_id"] for item in one] == plain[:5] + by_score[:1]
+    two = client.post("/recommend/u2", json={"k": 6, "new_items": 5}).json()["items"]  # only 2 exist
+    assert [item["item_id"] for item in two] == plain[:4] + by_score
+    scores = [item["score"] for item in two]
+    assert scores == sorted(scores, reverse=True)
+    assert scores[-1] == pytest.approx(float(embeddings[by_score[-1]] @ query), rel=1e-4, abs=1e-6)
+    excluded = client.post("/recommend/u2", json={"k": 6, "new_items": 1, "exclude": [by_score[0]]}).json()
+    assert [item["item_id"] for item in excluded["items"]] == plain[:5] + by_score[1:]
+    assert client.post("/recommend/u2", json={"k": 6, "new_items": -1}).status_code == 422
+
+
+def test_new_item_slots_setting_is_the_default_and_a_request_overrides_it(bundle_root) -> None:
+    settings = make_settings(bundle_root, new_item_slots=1)
+    with TestClient(create_app(settings, store=MemoryStore(), registry=CollectorRegistry())) as client:
+        plain = ids(client.post("/recommend/u2", json={"k": 6}))  # no online item yet: nothing to reserve
+        assert client.post("/items", json={"item_id": "new", "features": new_item_features(0.01)}).status_code == 201
+        assert ids(client.post("/recommend/u2", json={"k": 6})) == plain[:5] + ["new"]
+        assert ids(client.post("/recommend/u2", json={"k": 6, "new_items": 0})) == plain
 
 
 @pytest.mark.parametrize(

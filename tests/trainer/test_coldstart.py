@@ -101,8 +101,20 @@ def test_cold_start_run_on_planted_data_beats_random_and_writes_its_report(tmp_p
     # warm items' features) and the content profile both find them far more often than chance
     assert result["encoder"]["recall@20"] > 0.4 + 0.3
     assert result["content_profile"]["recall@20"] > 0.4 + 0.3
+    reserved = result["served"]["new_item_slots=2"]
+    assert reserved["cold_catalogue_share"] == pytest.approx(0.5)
+    assert reserved["cold_share@20"] >= 2 / 20  # the reserved places are always filled (50 new items exist)
+    # the planted clusters make the reserved places far better used than random held-out items would
+    assert reserved["new_item_precision"] > reserved["new_item_precision_random"] + 0.3
+    assert result["served"]["new_item_slots=0"]["cold_share@20"] <= reserved["cold_share@20"]
     saved = json.loads((out / COLD_START_FILE).read_text())
     assert saved["cold_item_ids"] == result["cold_item_ids"] and len(saved["cold_item_ids"]) == 50
+    from trainer.coldstart import reevaluate_cold_start
+
+    again = reevaluate_cold_start(out, dataset=data)  # no training: the same items, the same bundle
+    assert again["encoder"] == result["encoder"] and again["cold_item_ids"] == result["cold_item_ids"]
+    with pytest.raises(ColdStartError, match="not 'sand'"):
+        reevaluate_cold_start(out, dataset=data, model="sand")
     metrics = json.loads((out / "warm_run" / "metrics.json").read_text())
     assert metrics["derived_dataset"]["held_out_items"] == 50
     assert metrics["dataset_summary"]["n_items"] == 50
