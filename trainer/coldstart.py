@@ -133,7 +133,7 @@ def _metrics(users: np.ndarray, items: np.ndarray, truth: sp.csr_matrix, ks: tup
 
 
 def served_metrics(
-    bundle, encoded: np.ndarray, split: ColdStartSplit, slots: int, k: int = 20
+    bundle: Any, encoded: np.ndarray, split: ColdStartSplit, slots: int, k: int = 20
 ) -> dict[str, float]:
     """The held-out items served as the service serves new items: added online to a
     :class:`service.state.ServingState` of the bundle (``POST /items``'s path) and recommended among ALL items
@@ -174,7 +174,7 @@ def served_metrics(
     }
 
 
-def encode_with_bundle(bundle_path: Path, features: dict[str, np.ndarray]):
+def encode_with_bundle(bundle_path: Path, features: dict[str, np.ndarray]) -> tuple[Any, np.ndarray]:
     """(the loaded bundle, encoded items float32 [n, d]) via the bundle's ONNX encoder and the service's ItemEncoder.
 
     Raises ColdStartError when the bundle has no item encoder (collaborative-only models).
