@@ -114,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     cold.add_argument("--quiet", action="store_true", help="no progress bar")
     cold.add_argument("--evaluate-only", action="store_true",
                       help="no training: evaluate OUT's existing warm run(s) again and rewrite coldstart.json")
+    cold.add_argument("--served-slots", type=int, nargs="+", default=[0, 2],
+                      help="reserved new-item places (of 20) the serving evaluation tries (default: 0 2)")
     cold.add_argument("--seeds", type=int, nargs="+", default=None,
                       help="training seeds, one run each under OUT/seedN, then a mean ± std line (replaces --seed)")
     _add_train_overrides(cold)
@@ -229,12 +231,16 @@ def _cmd_coldstart(args: argparse.Namespace) -> int:
 
     dataset = load_dataset_dir(args.dataset)
 
+    slots = tuple(args.served_slots)
+    if any(n < 0 for n in slots):
+        raise ValueError(f"--served-slots must be >= 0, got {list(slots)}")
+
     def one(out: Path, overrides: dict[str, Any]) -> dict[str, Any]:
         if args.evaluate_only:
-            return reevaluate_cold_start(out, dataset, args.model)
+            return reevaluate_cold_start(out, dataset, args.model, served_slots=slots)
         return run_cold_start(
             args.model, args.dataset, out, args.cold_fraction, args.split_seed, args.config, overrides,
-            dataset=dataset, progress=not args.quiet,
+            dataset=dataset, progress=not args.quiet, served_slots=slots,
         )
 
     if args.seeds:
@@ -248,7 +254,7 @@ def _cmd_coldstart(args: argparse.Namespace) -> int:
             (r_mean, r_std), (n_mean, n_std) = summary[f"{key}_recall@20"], summary[f"{key}_ndcg@20"]
             print(f"{label:31s} recall@20 {r_mean:.4f} ± {r_std:.4f}  ndcg@20 {n_mean:.4f} ± {n_std:.4f}")
         print(f"{'random (expected)':31s} recall@20 {summary['random_expected']:.4f}")
-        for name in ("new_item_slots=0", "new_item_slots=2"):
+        for name in (f"new_item_slots={n}" for n in slots):
             prefix = f"served[{name}]_"
             if f"{prefix}recall@20" not in summary:
                 continue

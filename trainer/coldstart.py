@@ -276,8 +276,10 @@ def run_cold_start(
     train_overrides: dict[str, Any] | None = None,
     dataset: InteractionDataset | None = None,
     progress: bool = True,
+    served_slots: tuple[int, ...] = (0, 2),
 ) -> dict[str, Any]:
-    """Hold out items, train ``model`` on the rest (presets of ``dataset_path``), export, evaluate the encoder.
+    """Hold out items, train ``model`` on the rest (presets of ``dataset_path``), export, evaluate the encoder
+    (``served_slots``: the reserved new-item places the serving evaluation tries).
 
     Writes the training run to ``out_dir/warm_run`` (metrics.json, split.inter, checkpoint, bundle) and the
     result to ``out_dir/coldstart.json``; returns that payload.
@@ -310,7 +312,7 @@ def run_cold_start(
     metrics = run_fit_config(
         run_config, split.warm, Path(dataset_path), out_dir / "warm_run", progress=progress, derived_dataset=derived
     )
-    result = evaluate_cold_start(Path(metrics["bundle"]), split)
+    result = evaluate_cold_start(Path(metrics["bundle"]), split, served_slots=served_slots)
     payload = {
         "model": model,
         "dataset": dataset.name,
@@ -360,7 +362,10 @@ def summarize(results: list[dict[str, Any]], k: int = 20) -> dict[str, Any]:
 
 
 def reevaluate_cold_start(
-    out_dir: Path, dataset: InteractionDataset | None = None, model: str | None = None
+    out_dir: Path,
+    dataset: InteractionDataset | None = None,
+    model: str | None = None,
+    served_slots: tuple[int, ...] = (0, 2),
 ) -> dict[str, Any]:
     """Evaluate an existing ``coldstart`` directory again (no training): the same held-out items are drawn from
     the dataset with the recorded fraction and seed, and the warm run's current bundle is encoded and ranked.
@@ -378,7 +383,7 @@ def reevaluate_cold_start(
     split = split_cold_items(dataset, previous["cold_fraction"], previous["split_seed"])
     if split.cold_item_ids != previous["cold_item_ids"]:
         raise ColdStartError(f"the dataset now gives other held-out items than {report_path} records")
-    result = evaluate_cold_start(Path(out_dir) / "warm_run" / "bundles" / "current", split)
+    result = evaluate_cold_start(Path(out_dir) / "warm_run" / "bundles" / "current", split, served_slots=served_slots)
     payload = {**previous, **result}
     write_json_atomic(report_path, payload)
     return payload
