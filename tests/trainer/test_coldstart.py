@@ -160,3 +160,34 @@ def test_multikg4rec_with_its_knowledge_graph_runs_and_kgat_is_refused(tmp_path)
     )
     assert result["n_cold_items"] == 60
     assert 0.0 <= result["encoder"]["recall@20"] <= 1.0 and result["n_users_evaluated"] > 0
+
+
+def test_cli_runs_seeds_prints_the_summary_and_evaluates_again_without_training(tmp_path, capsys):
+    from trainer.cli import main
+    from trainer.data.features import write_mmrec_inter
+    from trainer.data.parsing import sorted_ids
+
+    data = planted_dataset(n_users=80, n_items=100, interactions_per_user=15, with_kg=False, seed=6)
+    data_dir = tmp_path / "planted"
+    data_dir.mkdir()
+    write_mmrec_inter(data, data_dir / "planted.inter")
+    order = [data.item_ids.index(item) for item in sorted_ids(data.item_ids)]  # the reader's item order
+    for name, matrix in data.features.items():
+        np.save(data_dir / f"{name}_feat.npy", matrix[order])
+    out = tmp_path / "cold"
+    common = ["coldstart", "--model", "ludp", "--dataset", str(data_dir), "--out", str(out), "--quiet",
+              "--cold-fraction", "0.3", "--served-slots", "0", "3"]
+    assert main([*common, "--seeds", "1", "2", "--max-epochs", "3", "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "30 held-out items" in printed and "training seeds [1, 2]" in printed
+    assert "new_item_slots=3" in printed and "random (expected)" in printed
+    report = json.loads((out / "seed2" / COLD_START_FILE).read_text())
+    assert report["train_seed"] == 2 and set(report["served"]) == {"new_item_slots=0", "new_item_slots=3"}
+    assert main([*common, "--seeds", "1", "2", "--evaluate-only"]) == 0
+    assert json.loads((out / "seed2" / COLD_START_FILE).read_text())["encoder"] == report["encoder"]
+    capsys.readouterr()
+    single = [arg if arg != str(out) else str(out / "seed1") for arg in common]
+    assert main([*single, "--evaluate-only"]) == 0  # one run, its own report format
+    assert "held-out share of the top 20" in capsys.readouterr().out
+    assert main(["coldstart", "--model", "mf", "--dataset", str(data_dir), "--out", str(tmp_path / "mf")]) == 2
+    assert "no cold-start item encoder" in capsys.readouterr().err and not (tmp_path / "mf").exists()
