@@ -65,6 +65,11 @@ class ServiceMetrics:
         self.fallbacks = Counter(
             "modalrec_fallbacks", "Recommendations served by a fallback (unknown user)", ["kind"], registry=r
         )
+        self.reserved_new_items = Counter(
+            "modalrec_reserved_new_items",
+            "Online (POST /items) items placed in a recommendation by the reserved new-item places",
+            registry=r,
+        )
         self.store_errors = Counter(
             "modalrec_store_errors", "Store (Redis) operations that failed", ["operation"], registry=r
         )

@@ -236,6 +236,8 @@ class Runtime:
         result = state.recommend(user_id, k, exclude_seen, exclude, online_seen, slots)
         if result.fallback is not None:
             self.metrics.fallbacks.labels(result.fallback).inc()
+        if result.reserved_new_items:
+            self.metrics.reserved_new_items.inc(result.reserved_new_items)
         return result, state.version
 
     def record_events(self, user_id: str, item_ids: Sequence[str], event_type: str) -> int:

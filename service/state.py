@@ -38,6 +38,7 @@ class Recommendation:
     item_ids: list[str]
     scores: list[float]
     fallback: str | None
+    reserved_new_items: int = 0  # online items that entered the list through the reserved places
 
 
 @dataclass
@@ -206,29 +207,34 @@ class ServingState:
             return Recommendation([self.item_ids[r] for r in rows], scores, FALLBACK_POPULARITY)
         excluded = np.concatenate(parts) if len(parts) > 1 else parts[0]
         rows, scores_arr = self.index.search(query, k, excluded)
+        reserved = 0
         if new_item_slots > 0 and self.index.n_online:
-            rows, scores_arr = self._reserve_online(query, rows, scores_arr, k, min(new_item_slots, k), excluded)
+            rows, scores_arr, reserved = self._reserve_online(
+                query, rows, scores_arr, k, min(new_item_slots, k), excluded
+            )
         item_ids = self.item_ids
-        return Recommendation([item_ids[r] for r in rows.tolist()], scores_arr.tolist(), fallback)
+        return Recommendation([item_ids[r] for r in rows.tolist()], scores_arr.tolist(), fallback, reserved)
 
     def _reserve_online(
         self, query: np.ndarray, rows: np.ndarray, scores: np.ndarray, k: int, slots: int, excluded: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, np.ndarray, int]:
         """The top-k list with at least ``slots`` online items (as many as exist): the best remaining online items
         replace the lowest-ranked bundle items. Online items that did not make the top k score no higher than
-        anything in it, so appending them keeps the list in descending score order."""
+        anything in it, so appending them keeps the list in descending score order. Also returns how many
+        online items were added."""
         n_main = self.index.n_main
         online_present = int((rows >= n_main).sum())
         if online_present >= slots:
-            return rows, scores
+            return rows, scores, 0
         extra_rows, extra_scores = self.index.search_online(
             query, slots - online_present, np.concatenate([excluded, rows])
         )
         if not len(extra_rows):
-            return rows, scores
+            return rows, scores, 0
         keep_bundle = min(k, len(rows) + len(extra_rows)) - online_present - len(extra_rows)
         keep = np.flatnonzero((rows >= n_main) | (np.cumsum(rows < n_main) <= keep_bundle))
-        return np.concatenate([rows[keep], extra_rows]), np.concatenate([scores[keep], extra_scores])
+        rows, scores = np.concatenate([rows[keep], extra_rows]), np.concatenate([scores[keep], extra_scores])
+        return rows, scores, len(extra_rows)
 
     def popular(self, k: int, exclude_rows: Sequence[int]) -> tuple[list[int], list[float]]:
         """Most popular training items (then online items, popularity 0) not in ``exclude_rows``."""

@@ -139,11 +139,14 @@ def test_reserved_new_item_slots_bring_online_items_into_the_top_k(client: TestC
 
 def test_new_item_slots_setting_is_the_default_and_a_request_overrides_it(bundle_root) -> None:
     settings = make_settings(bundle_root, new_item_slots=1)
-    with TestClient(create_app(settings, store=MemoryStore(), registry=CollectorRegistry())) as client:
+    registry = CollectorRegistry()
+    with TestClient(create_app(settings, store=MemoryStore(), registry=registry)) as client:
         plain = ids(client.post("/recommend/u2", json={"k": 6}))  # no online item yet: nothing to reserve
         assert client.post("/items", json={"item_id": "new", "features": new_item_features(0.01)}).status_code == 201
         assert ids(client.post("/recommend/u2", json={"k": 6})) == plain[:5] + ["new"]
         assert ids(client.post("/recommend/u2", json={"k": 6, "new_items": 0})) == plain
+        assert ids(client.post("/recommend/u3", json={"k": 6, "new_items": 3})).count("new") == 1  # only one exists
+    assert registry.get_sample_value("modalrec_reserved_new_items_total") == 2.0
 
 
 @pytest.mark.parametrize(
