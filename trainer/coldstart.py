@@ -226,13 +226,13 @@ def evaluate_cold_start(
     user_embeddings = bundle.user_embeddings
     truth = split.cold_truth
     n_cold = truth.shape[1]
+    if n_cold < 20:
+        raise ColdStartError(f"only {n_cold} held-out items: at least 20 are needed (raise --cold-fraction)")
     ks = tuple(k for k in ks if k <= n_cold)
-    if not ks:
-        raise ColdStartError(f"only {n_cold} held-out items: too few to rank at the requested cut-offs")
     n_users_evaluated = int((np.diff(truth.indptr) > 0).sum())
     model = _metrics(user_embeddings, encoded, truth, ks)  # the bundle's encoder
     served = {
-        f"new_item_slots={slots}": served_metrics(bundle, encoded, split, slots, k=min(20, n_cold))
+        f"new_item_slots={slots}": served_metrics(bundle, encoded, split, slots, k=20)
         for slots in served_slots
     }
     profile_users, profile_items = content_profile_scores(split.warm.train, split.warm.features, split.cold_features)
@@ -296,6 +296,10 @@ def run_cold_start(
     build_config(run_config.model, run_config.model_params)  # a bad config fails before any work
     dataset = dataset if dataset is not None else load_dataset_dir(dataset_path)
     split = split_cold_items(dataset, fraction, split_seed)
+    if len(split.cold_items) < 20:
+        raise ColdStartError(
+            f"only {len(split.cold_items)} held-out items: at least 20 are needed (raise --cold-fraction)"
+        )
     _require_item_encoder(run_config, split.warm)
     logger.info(
         "cold start: %d of %d items held out (%d interactions), %d warm items",

@@ -124,10 +124,12 @@ def test_cold_start_run_on_planted_data_beats_random_and_writes_its_report(tmp_p
         export_checkpoint(out / "warm_run")
 
 
-def test_a_model_without_an_item_encoder_is_refused_before_anything_is_written(tmp_path):
+def test_a_model_without_an_item_encoder_or_too_few_held_out_items_is_refused_before_anything_is_written(tmp_path):
     out = tmp_path / "cold"
     with pytest.raises(ColdStartError, match="no cold-start item encoder"):
-        run_cold_start("lightgcn", tmp_path / "planted", out, dataset=planted_dataset(n_users=30, n_items=40))
+        run_cold_start("lightgcn", tmp_path / "planted", out, dataset=planted_dataset(n_users=30, n_items=200))
+    with pytest.raises(ColdStartError, match="only 8 held-out items"):
+        run_cold_start("ludp", tmp_path / "planted", out, dataset=planted_dataset(n_users=30, n_items=40))
     assert not out.exists()
 
 
