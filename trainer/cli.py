@@ -118,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="reserved new-item places (of 20) the serving evaluation tries (default: 0 2)")
     cold.add_argument("--seeds", type=int, nargs="+", default=None,
                       help="training seeds, one run each under OUT/seedN, then a mean ± std line (replaces --seed)")
+    cold.add_argument("--jobs", type=int, default=1,
+                      help="with --seeds: runs trained at once, one process each (set OMP_NUM_THREADS=1 on a CPU)")
     _add_train_overrides(cold)
 
     sub.add_parser("models", help="list registered models")
@@ -225,9 +227,14 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _call(function, *arguments):
+    """``function(*arguments)``: a picklable job runner for :func:`trainer.pipeline._in_parallel`."""
+    return function(*arguments)
+
+
 def _cmd_coldstart(args: argparse.Namespace) -> int:
     from trainer.coldstart import reevaluate_cold_start, run_cold_start, summarize
-    from trainer.pipeline import load_dataset_dir
+    from trainer.pipeline import _in_parallel, load_dataset_dir
 
     dataset = load_dataset_dir(args.dataset)
 
@@ -235,18 +242,23 @@ def _cmd_coldstart(args: argparse.Namespace) -> int:
     if any(n < 0 for n in slots):
         raise ValueError(f"--served-slots must be >= 0, got {list(slots)}")
 
-    def one(out: Path, overrides: dict[str, Any]) -> dict[str, Any]:
+    def job(out: Path, overrides: dict[str, Any]) -> tuple[Any, ...]:
         if args.evaluate_only:
-            return reevaluate_cold_start(out, dataset, args.model, served_slots=slots)
-        return run_cold_start(
-            args.model, args.dataset, out, args.cold_fraction, args.split_seed, args.config, overrides,
-            dataset=dataset, progress=not args.quiet, served_slots=slots,
-        )
+            return (reevaluate_cold_start, out, dataset, args.model, slots)
+        return (run_cold_start, args.model, args.dataset, out, args.cold_fraction, args.split_seed, args.config,
+                overrides, dataset, not args.quiet, slots)
 
+    def one(out: Path, overrides: dict[str, Any]) -> dict[str, Any]:
+        function, *arguments = job(out, overrides)
+        return function(*arguments)
+
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
     if args.seeds:
         if args.seed is not None:
             raise ValueError("give --seed or --seeds, not both")
-        results = [one(args.out / f"seed{seed}", {**_train_overrides(args), "seed": seed}) for seed in args.seeds]
+        jobs = [job(args.out / f"seed{seed}", {**_train_overrides(args), "seed": seed}) for seed in args.seeds]
+        results = _in_parallel(_call, jobs, args.jobs, lambda done: None)
         summary = summarize(results)
         print(f"{summary['model']}: {summary['n_cold_items']} held-out items (split seed {args.split_seed}), "
               f"training seeds {summary['train_seeds']}, mean ± std")

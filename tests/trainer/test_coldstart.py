@@ -179,7 +179,7 @@ def test_cli_runs_seeds_prints_the_summary_and_evaluates_again_without_training(
     out = tmp_path / "cold"
     common = ["coldstart", "--model", "ludp", "--dataset", str(data_dir), "--out", str(out), "--quiet",
               "--cold-fraction", "0.3", "--served-slots", "0", "3"]
-    assert main([*common, "--seeds", "1", "2", "--max-epochs", "3", "--device", "cpu"]) == 0
+    assert main([*common, "--seeds", "1", "2", "--jobs", "2", "--max-epochs", "3", "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
     assert "30 held-out items" in printed and "training seeds [1, 2]" in printed
     assert "new_item_slots=3" in printed and "random (expected)" in printed
