@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Cold-start evaluation of every model with an item encoder on MovieLens-100K (text + kg), 2 CPU cores:
+# Cold-start evaluation of every model with an item encoder on MovieLens-100K (text + kg), 2 CPU cores
+# (LUDP with both of its encoders):
 # 20% of the items held out (split seed 0), training seeds 1 2 3, two runs at a time, presets of
 # trainer/configs/ml-100k-mm/. Results: runs/coldstart/<label>/seed<N>/coldstart.json and one summary per model
 # in runs/coldstart/<label>.log. Multi-KG4Rec is left out: on 2 cores its CPU schedule undertrains it (README).
@@ -18,6 +19,7 @@ wait
 run sand_idgraph sand trainer/configs/ml-100k-mm/sand_idgraph.yaml &
 run lightgcn_sand lightgcn_sand
 wait
-for label in ludp sand sand_idgraph lightgcn_sand; do
+run ludp_neighbour_mean ludp trainer/configs/ml-100k-mm/ludp_cold_neighbour_mean.yaml  # LUDP's former encoder
+for label in ludp ludp_neighbour_mean sand sand_idgraph lightgcn_sand; do
   echo "== $label"; grep -v " INFO \|^ModuleNotFound" "$OUT/$label.log" | tail -6
 done

@@ -313,7 +313,8 @@ def test_config_and_input_errors_are_clear():
 
 def test_cold_start_encoder_is_the_similarity_weighted_mean_of_neighbour_embeddings():
     torch.manual_seed(0)
-    model = LUDP(tiny_inputs({"text": FEATURES}), LUDPConfig(embedding_dim=4, knn_k=2)).eval()
+    config = LUDPConfig(embedding_dim=4, knn_k=2, cold_start_encoder="neighbour_mean")
+    model = LUDP(tiny_inputs({"text": FEATURES}), config).eval()
     encoder = model.item_encoder()
     with torch.no_grad():
         items = model.representations()[1]
@@ -326,6 +327,40 @@ def test_cold_start_encoder_is_the_similarity_weighted_mean_of_neighbour_embeddi
         # an existing item's own features with k = 1 give back its final embedding
         model.config.knn_k = 1
         torch.testing.assert_close(model.item_encoder()(FEATURES), items)
+
+
+@pytest.mark.parametrize("fusion", ["attention", "sum", "concat"])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_item_graph_cold_start_encoder_is_the_models_item_graph_part_for_a_node_without_interactions(fusion, layers):
+    torch.manual_seed(0)
+    config = LUDPConfig(embedding_dim=4, knn_k=2, fusion=fusion, item_graph_layers=layers, cold_start_encoder="item_graph")
+    model = LUDP(tiny_inputs(), config).eval()
+    with torch.no_grad():
+        for param in model.parameters():  # non-trivial fusion parameters (bias starts at zero)
+            param.add_(0.1 * torch.randn_like(param))
+        encoder = model.item_encoder()
+        new = {"image": torch.tensor([[0.2, 0.9, 1.1]]), "text": torch.tensor([[1.0, 0.3, 0.0]])}
+        if layers == 1:
+            tables = [model.item_embedding.weight] * 2
+        else:
+            tables = [graph @ model.item_embedding.weight for graph in model.item_graphs]  # layer 1, per modality
+        per_modality = []
+        for m, name in enumerate(model.modalities):  # sorted: image, text
+            unit = model.unit_features[m]
+            x = new[name] / new[name].norm()
+            values, neighbours = torch.topk((x @ unit.T)[0], 2)
+            per_modality.append(((values / math.sqrt(2))[:, None] * tables[m][neighbours]).sum(0))
+        expected = model.item_fusion(torch.stack(per_modality)[:, None, :])[0]  # the model's own fusion
+        torch.testing.assert_close(encoder(new["image"], new["text"])[0], expected)
+
+
+def test_item_graph_cold_start_encoder_needs_the_item_graph():
+    with pytest.raises(ValueError, match="needs item_graph"):
+        LUDPConfig(item_graph=False, cold_start_encoder="item_graph")
+    with pytest.raises(ValueError, match="cold_start_encoder"):
+        LUDPConfig(cold_start_encoder="nearest")
+    assert LUDPConfig().cold_start_encoder == "item_graph"  # the default follows the item graph switch
+    assert LUDPConfig(item_graph=False).cold_start_encoder == "neighbour_mean"
 
 
 def test_cold_start_encoder_exports_to_onnx(tmp_path):
@@ -342,10 +377,12 @@ def test_cold_start_encoder_exports_to_onnx(tmp_path):
         test=sp.csr_matrix((3, 4), dtype=np.float32),
         features=features,
     )
-    model = LUDP(ModelInputs.from_dataset(dataset, torch.device("cpu")), LUDPConfig(embedding_dim=4, knn_k=2))
-    info = export_item_encoder(model.eval(), dataset, tmp_path / "item_encoder.onnx")
-    assert info is not None and info["inputs"] == {"image": 3, "text": 3}
-    assert info["max_abs_error_vs_torch"] < 1e-5
+    for encoder_kind in ("neighbour_mean", "item_graph"):
+        config = LUDPConfig(embedding_dim=4, knn_k=2, cold_start_encoder=encoder_kind)
+        model = LUDP(ModelInputs.from_dataset(dataset, torch.device("cpu")), config)
+        info = export_item_encoder(model.eval(), dataset, tmp_path / f"{encoder_kind}.onnx")
+        assert info is not None and info["inputs"] == {"image": 3, "text": 3}
+        assert info["max_abs_error_vs_torch"] < 1e-5
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
