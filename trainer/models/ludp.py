@@ -454,7 +454,33 @@ class LUDP(Recommender):
         )
 
 
-class LUDPItemGraphEncoder(nn.Module):
+class _FeatureNeighbourEncoder(nn.Module):
+    """What both LUDP cold-start encoders share: the new item's top-k existing items per used modality by cosine
+    similarity of the features (MatMul against the stored L2-normalised feature tables, then TopK)."""
+
+    def __init__(self, unit_features: list[Tensor], used_positions: list[int], n_inputs: int, k: int) -> None:
+        super().__init__()
+        self.used_positions = list(used_positions)
+        self.n_inputs = n_inputs
+        self.k = min(k, unit_features[0].shape[0])
+        for index, table in enumerate(unit_features):
+            self.register_buffer(f"unit_features_{index}", table.detach().clone())
+
+    def _neighbours(self, features: tuple[Tensor, ...]) -> list[tuple[Tensor, Tensor]]:
+        """Per used modality (values float [B, k], neighbours int64 [B, k]) of the top-k cosine similarities."""
+        if len(features) != self.n_inputs:
+            raise ValueError(
+                f"expected {self.n_inputs} modality tensors (sorted by name), got {len(features)}"
+            )
+        found = []
+        for index, position in enumerate(self.used_positions):
+            x = features[position].float()
+            x = x / torch.sqrt((x * x).sum(dim=1, keepdim=True)).clamp_min(1e-12)
+            found.append(torch.topk(x @ getattr(self, f"unit_features_{index}").T, self.k, dim=1))
+        return found
+
+
+class LUDPItemGraphEncoder(_FeatureNeighbourEncoder):
     """Cold-start encoder ``cold_start_encoder: item_graph``: what LUDP computes for an item node that has no
     interactions. Its collaborative part E is zero (no trained ID row), and H is the model's item-graph part:
     per modality m, the top-k existing items by cosine similarity of the features (MatMul, TopK), edge weights
@@ -478,15 +504,10 @@ class LUDPItemGraphEncoder(nn.Module):
         attention: tuple[Tensor, Tensor, Tensor] | None = None,
         linear: tuple[Tensor, Tensor] | None = None,
     ) -> None:
-        super().__init__()
-        self.used_positions = list(used_positions)
-        self.n_inputs = n_inputs
-        self.k = min(k, neighbour_tables.shape[1])
+        super().__init__(unit_features, used_positions, n_inputs, k)
         self.scale = self.k**-0.5
         self.binary = binary
         self.fusion = fusion
-        for index, table in enumerate(unit_features):
-            self.register_buffer(f"unit_features_{index}", table.detach().clone())
         self.register_buffer("neighbour_tables", neighbour_tables)  # [M, n_items, d]
         if fusion == "attention":
             weight, bias, query = attention
@@ -499,15 +520,8 @@ class LUDPItemGraphEncoder(nn.Module):
             self.register_buffer("linear_bias", bias.detach().clone())
 
     def forward(self, *features: Tensor) -> Tensor:
-        if len(features) != self.n_inputs:
-            raise ValueError(
-                f"expected {self.n_inputs} modality tensors (sorted by name), got {len(features)}"
-            )
         per_modality = []
-        for index, position in enumerate(self.used_positions):
-            x = features[position].float()
-            x = x / torch.sqrt((x * x).sum(dim=1, keepdim=True)).clamp_min(1e-12)
-            values, neighbours = torch.topk(x @ getattr(self, f"unit_features_{index}").T, self.k, dim=1)
+        for index, (values, neighbours) in enumerate(self._neighbours(features)):
             weights = torch.full_like(values, self.scale) if self.binary else values * self.scale
             per_modality.append((weights.unsqueeze(-1) * self.neighbour_tables[index][neighbours]).sum(dim=1))
         if self.fusion == "sum":
@@ -522,7 +536,7 @@ class LUDPItemGraphEncoder(nn.Module):
         return (alpha.unsqueeze(-1) * torch.stack(per_modality, dim=0)).sum(dim=0)
 
 
-class LUDPColdStartEncoder(nn.Module):
+class LUDPColdStartEncoder(_FeatureNeighbourEncoder):
     """Cold-start item encoder: a new item's embedding from its feature neighbours among existing items.
 
     Features enter LUDP only through the item kNN graphs, so a new item is placed where its neighbours
@@ -544,25 +558,12 @@ class LUDPColdStartEncoder(nn.Module):
         n_inputs: int,
         k: int,
     ) -> None:
-        super().__init__()
-        self.used_positions = list(used_positions)
-        self.n_inputs = n_inputs
-        self.k = min(k, item_embeddings.shape[0])
-        for index, table in enumerate(unit_features):
-            self.register_buffer(f"unit_features_{index}", table.detach().clone())
+        super().__init__(unit_features, used_positions, n_inputs, k)
         self.register_buffer("item_embeddings", item_embeddings)
 
     def forward(self, *features: Tensor) -> Tensor:
-        if len(features) != self.n_inputs:
-            raise ValueError(
-                f"expected {self.n_inputs} modality tensors (sorted by name), got {len(features)}"
-            )
         per_modality = []
-        for index, position in enumerate(self.used_positions):
-            x = features[position].float()
-            x = x / torch.sqrt((x * x).sum(dim=1, keepdim=True)).clamp_min(1e-12)
-            similarities = x @ getattr(self, f"unit_features_{index}").T
-            values, neighbours = torch.topk(similarities, self.k, dim=1)
+        for values, neighbours in self._neighbours(features):
             weights = torch.relu(values) + 1e-8
             weights = weights / weights.sum(dim=1, keepdim=True)
             per_modality.append((weights.unsqueeze(-1) * self.item_embeddings[neighbours]).sum(dim=1))
