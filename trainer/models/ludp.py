@@ -433,10 +433,12 @@ class LUDP(Recommender):
 
     def _item_graph_encoder(self) -> nn.Module:
         """LUDPItemGraphEncoder over this model's tables (called under no_grad, in eval mode)."""
-        tables = self.item_embedding.weight.unsqueeze(0).expand(len(self.modalities), -1, -1)
-        if self.config.item_graph_layers > 1:  # the new node's last layer sums its neighbours' layer L-1
-            tables = self.item_embedding.weight
-            h = sparse_matmul(self.item_graph_stacked, tables, self.item_graph_stacked_t)
+        # the new node's layer L sums its neighbours' layer L-1 rows: the ID embeddings for L = 1
+        embeddings = self.item_embedding.weight
+        if self.config.item_graph_layers == 1:
+            tables = embeddings.unsqueeze(0).expand(len(self.modalities), -1, -1)
+        else:
+            h = sparse_matmul(self.item_graph_stacked, embeddings, self.item_graph_stacked_t)
             for _ in range(self.config.item_graph_layers - 2):
                 h = sparse_matmul(self.item_graph_block, h, self.item_graph_block_t)
             tables = h.view(len(self.modalities), self.n_items, -1)
