@@ -15,6 +15,7 @@ Final representations e_u* = E_u + P_u, e_i* = E_i + H_i; score = e_u*^T e_i*; l
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
 
@@ -332,10 +333,15 @@ class LUDP(Recommender):
             final = final / (self.config.n_layers + 1)
         return final[: self.n_users], final[self.n_users :]
 
-    def item_modal_representations(self) -> Tensor:
-        """h^m: item ID embeddings propagated on each modality's kNN graph; [M, n_items, d]."""
-        h = sparse_matmul(self.item_graph_stacked, self.item_embedding.weight, self.item_graph_stacked_t)
-        for _ in range(self.config.item_graph_layers - 1):
+    def item_modal_representations(self, layers: int | None = None) -> Tensor:
+        """h^m: item ID embeddings propagated ``layers`` times (default ``item_graph_layers``; 0 gives the ID
+        embeddings themselves) on each modality's kNN graph; [M, n_items, d]."""
+        layers = self.config.item_graph_layers if layers is None else layers
+        embeddings = self.item_embedding.weight
+        if layers == 0:
+            return embeddings.unsqueeze(0).expand(len(self.modalities), -1, -1)
+        h = sparse_matmul(self.item_graph_stacked, embeddings, self.item_graph_stacked_t)
+        for _ in range(layers - 1):
             h = sparse_matmul(self.item_graph_block, h, self.item_graph_block_t)
         return h.view(len(self.modalities), self.n_items, -1)
 
@@ -433,16 +439,8 @@ class LUDP(Recommender):
 
     def _item_graph_encoder(self) -> nn.Module:
         """LUDPItemGraphEncoder over this model's tables (called under no_grad, in eval mode)."""
-        # the new node's layer L sums its neighbours' layer L-1 rows: the ID embeddings for L = 1
-        embeddings = self.item_embedding.weight
-        if self.config.item_graph_layers == 1:
-            tables = embeddings.unsqueeze(0).expand(len(self.modalities), -1, -1)
-        else:
-            h = sparse_matmul(self.item_graph_stacked, embeddings, self.item_graph_stacked_t)
-            for _ in range(self.config.item_graph_layers - 2):
-                h = sparse_matmul(self.item_graph_block, h, self.item_graph_block_t)
-            tables = h.view(len(self.modalities), self.n_items, -1)
-        fusion = self.item_fusion
+        # the new node's layer L sums its neighbours' layer L-1 rows (the ID embeddings for L = 1)
+        tables = self.item_modal_representations(self.config.item_graph_layers - 1)
         return LUDPItemGraphEncoder(
             unit_features=self.unit_features,
             neighbour_tables=tables.detach().clone(),
@@ -450,9 +448,7 @@ class LUDP(Recommender):
             n_inputs=len(self.all_modalities),
             k=self.config.knn_k,
             binary=self.config.item_graph_weights == "binary",
-            fusion=fusion.fusion,
-            attention=(fusion._stacked_weight(), fusion.bias, fusion.query) if fusion.fusion == "attention" else None,
-            linear=(fusion.linear.weight, fusion.linear.bias) if fusion.fusion == "concat" else None,
+            fusion=self.item_fusion,
         )
 
 
@@ -485,10 +481,10 @@ class _FeatureNeighbourEncoder(nn.Module):
 class LUDPItemGraphEncoder(_FeatureNeighbourEncoder):
     """Cold-start encoder ``cold_start_encoder: item_graph``: what LUDP computes for an item node that has no
     interactions. Its collaborative part E is zero (no trained ID row), and H is the model's item-graph part:
-    per modality m, the top-k existing items by cosine similarity of the features (MatMul, TopK), edge weights
-    a_j = s_j / sqrt(k) (or 1 / sqrt(k) with binary weights) as in training, h^m = sum_j a_j T_m[j] with T_m the
-    items' layer L-1 item-graph representations (the ID embeddings for L = 1), and the model's fusion over
-    modalities (attention written with plain MatMul/Tanh/Softmax, or sum, or concat + linear).
+    per modality m, the top-k existing items by cosine similarity of the features (MatMul, TopK), the training
+    edge weights (``ludp_item_graph_weights``), h^m = sum_j a_j T_m[j] with T_m the items' layer L-1 item-graph
+    representations (the ID embeddings for L = 1), and a frozen copy of the model's fusion over modalities (for
+    attention its ``weights``, so that no custom autograd function enters the ONNX graph).
 
     Forward takes one float [B, dim_m] tensor per dataset modality in sorted order (unused ones ignored) and
     returns [B, d].
@@ -502,40 +498,24 @@ class LUDPItemGraphEncoder(_FeatureNeighbourEncoder):
         n_inputs: int,
         k: int,
         binary: bool,
-        fusion: str,
-        attention: tuple[Tensor, Tensor, Tensor] | None = None,
-        linear: tuple[Tensor, Tensor] | None = None,
+        fusion: ModalityFusion,
     ) -> None:
         super().__init__(unit_features, used_positions, n_inputs, k)
-        self.scale = self.k**-0.5
         self.binary = binary
-        self.fusion = fusion
         self.register_buffer("neighbour_tables", neighbour_tables)  # [M, n_items, d]
-        if fusion == "attention":
-            weight, bias, query = attention
-            self.register_buffer("attention_weight_t", weight.detach().transpose(1, 2).clone())  # [M, d, d]
-            self.register_buffer("attention_bias", bias.detach().clone())
-            self.register_buffer("attention_query", query.detach().clone())
-        elif fusion == "concat":
-            weight, bias = linear
-            self.register_buffer("linear_weight_t", weight.detach().t().clone())
-            self.register_buffer("linear_bias", bias.detach().clone())
+        self.fusion = copy.deepcopy(fusion).requires_grad_(False)
 
     def forward(self, *features: Tensor) -> Tensor:
-        per_modality = []
-        for index, (values, neighbours) in enumerate(self._neighbours(features)):
-            weights = torch.full_like(values, self.scale) if self.binary else values * self.scale
-            per_modality.append((weights.unsqueeze(-1) * self.neighbour_tables[index][neighbours]).sum(dim=1))
-        if self.fusion == "sum":
-            return torch.stack(per_modality, dim=0).sum(dim=0)
-        if self.fusion == "concat":
-            return torch.cat(per_modality, dim=1) @ self.linear_weight_t + self.linear_bias
-        logits = [
-            torch.tanh(h @ self.attention_weight_t[m] + self.attention_bias) @ self.attention_query
-            for m, h in enumerate(per_modality)
-        ]
-        alpha = torch.softmax(torch.stack(logits, dim=0), dim=0)  # [M, B]
-        return (alpha.unsqueeze(-1) * torch.stack(per_modality, dim=0)).sum(dim=0)
+        stacked = torch.stack(
+            [
+                (ludp_item_graph_weights(values, self.binary).unsqueeze(-1) * self.neighbour_tables[m][neighbours]).sum(1)
+                for m, (values, neighbours) in enumerate(self._neighbours(features))
+            ],
+            dim=0,
+        )  # [M, B, d]
+        if self.fusion.fusion != "attention":
+            return self.fusion(stacked)
+        return (self.fusion.weights(stacked).t().unsqueeze(-1) * stacked).sum(dim=0)
 
 
 class LUDPColdStartEncoder(_FeatureNeighbourEncoder):
