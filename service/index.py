@@ -305,15 +305,8 @@ class ItemIndex:
         Returns (rows int64 [k'], scores float32 [k']) best first, ties by lower row, ``k' <= k``.
         """
         delta = self._delta
-        if not len(delta.ids) or k <= 0:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
         scores = delta.vectors @ np.asarray(query, dtype=np.float32).reshape(-1)
-        rows = delta.ids
-        if exclude is not None and len(exclude):
-            keep = ~np.isin(rows, exclude)
-            rows, scores = rows[keep], scores[keep]
-        top = np.lexsort((rows, -scores))[:k]
-        return rows[top], scores[top].astype(np.float32)
+        return _exact_top_k(delta.ids, scores, k, exclude)  # delta ids ascend, so stable order = lower row first
 
     def _search_main(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         k = min(k, self.n_main)
@@ -337,8 +330,15 @@ class ItemIndex:
     ) -> tuple[np.ndarray, np.ndarray]:
         scores = np.concatenate([self.main_embeddings @ query, delta.vectors @ query])
         rows = np.concatenate([np.arange(self.n_main, dtype=np.int64), delta.ids])
-        if exclude is not None:
-            keep = ~np.isin(rows, exclude)
-            rows, scores = rows[keep], scores[keep]
-        top = np.argsort(-scores, kind="stable")[:k]
-        return rows[top], scores[top].astype(np.float32)
+        return _exact_top_k(rows, scores, k, exclude)
+
+
+def _exact_top_k(
+    rows: np.ndarray, scores: np.ndarray, k: int, exclude: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best (rows int64, scores float32) by score, ties in the given row order, ``exclude`` skipped."""
+    if exclude is not None and len(exclude):
+        keep = ~np.isin(rows, exclude)
+        rows, scores = rows[keep], scores[keep]
+    top = np.argsort(-scores, kind="stable")[: max(k, 0)]
+    return rows[top], scores[top].astype(np.float32)
