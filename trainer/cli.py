@@ -248,10 +248,6 @@ def _cmd_coldstart(args: argparse.Namespace) -> int:
         return (run_cold_start, args.model, args.dataset, out, args.cold_fraction, args.split_seed, args.config,
                 overrides, dataset, not args.quiet, slots)
 
-    def one(out: Path, overrides: dict[str, Any]) -> dict[str, Any]:
-        function, *arguments = job(out, overrides)
-        return function(*arguments)
-
     if args.jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
     if args.seeds:
@@ -259,41 +255,27 @@ def _cmd_coldstart(args: argparse.Namespace) -> int:
             raise ValueError("give --seed or --seeds, not both")
         jobs = [job(args.out / f"seed{seed}", {**_train_overrides(args), "seed": seed}) for seed in args.seeds]
         results = _in_parallel(_call, jobs, args.jobs, lambda done: None)
-        summary = summarize(results)
-        print(f"{summary['model']}: {summary['n_cold_items']} held-out items (split seed {args.split_seed}), "
-              f"training seeds {summary['train_seeds']}, mean ± std")
-        for key, label in (("encoder", "model (bundle's item encoder)"), ("content_profile", "content profile")):
-            (r_mean, r_std), (n_mean, n_std) = summary[f"{key}_recall@20"], summary[f"{key}_ndcg@20"]
-            print(f"{label:31s} recall@20 {r_mean:.4f} ± {r_std:.4f}  ndcg@20 {n_mean:.4f} ± {n_std:.4f}")
-        print(f"{'random (expected)':31s} recall@20 {summary['random_expected']:.4f}")
-        for name in (f"new_item_slots={n}" for n in slots):
-            prefix = f"served[{name}]_"
-            if f"{prefix}recall@20" not in summary:
-                continue
-            (r, r_sd), (share, share_sd) = summary[f"{prefix}recall@20"], summary[f"{prefix}cold_share@20"]
-            (p, p_sd), (p_random, _) = summary[f"{prefix}new_item_precision"], summary[f"{prefix}new_item_precision_random"]
-            shown = summary[f"{prefix}n_users_shown_new_items"]
-            print(f"served among all items, {name}: recall@20 {r:.4f} ± {r_sd:.4f}, held-out share of the top 20 "
-                  f"{share:.3f} ± {share_sd:.3f}; users shown a held-out item {shown}, precision of those shown "
-                  f"{p:.3f} ± {p_sd:.3f} (random held-out items: {p_random:.3f})")
-        return 0
-    result = one(args.out, _train_overrides(args))
-    print(
-        f"{result['model']} on {result['dataset']}: {result['n_cold_items']} held-out items, "
-        f"{result['n_users_evaluated']} users, {result['n_cold_interactions']} held-out interactions"
-    )
-    k = 20  # evaluate_cold_start requires at least 20 held-out items
-    print(f"ranking the held-out items      recall@{k}  ndcg@{k}")
-    for label, key in (("model (bundle's item encoder)", "encoder"), ("content profile (no model)", "content_profile")):
-        print(f"{label:31s} {result[key][f'recall@{k}']:.4f}     {result[key][f'ndcg@{k}']:.4f}")
-    print(f"{'random (expected)':31s} {result['random_expected'][f'recall@{k}']:.4f}")
-    for name, served in result["served"].items():
-        print(f"served among all items, {name}: recall@{k} {served[f'recall@{k}']:.4f}, held-out share of the top "
-              f"{k} {served[f'cold_share@{k}']:.3f} (of the catalogue {served['cold_catalogue_share']:.3f}), "
-              f"users shown a held-out item {served['n_users_shown_new_items']}, precision of those shown "
-              f"{served['new_item_precision']:.3f} (random: {served['new_item_precision_random']:.3f})")
-    print(f"warm valid recall@20 {result['warm_valid']['recall@20']:.4f} (best epoch {result['best_epoch']}); "
-          f"written to {args.out / 'coldstart.json'}")
+    else:
+        results = [_call(*job(args.out, _train_overrides(args)))]
+    summary = summarize(results)
+    print(f"{summary['model']}: {summary['n_cold_items']} held-out items (split seed {results[0]['split_seed']}), "
+          f"training seeds {summary['train_seeds']}, mean ± std")
+    for key, label in (("encoder", "model (bundle's item encoder)"), ("content_profile", "content profile")):
+        (r_mean, r_std), (n_mean, n_std) = summary[f"{key}_recall@20"], summary[f"{key}_ndcg@20"]
+        print(f"{label:31s} recall@20 {r_mean:.4f} ± {r_std:.4f}  ndcg@20 {n_mean:.4f} ± {n_std:.4f}")
+    print(f"{'random (expected)':31s} recall@20 {summary['random_expected']:.4f}")
+    for name in (f"new_item_slots={n}" for n in slots):
+        prefix = f"served[{name}]_"
+        if f"{prefix}recall@20" not in summary:
+            continue
+        (r, r_sd), (share, share_sd) = summary[f"{prefix}recall@20"], summary[f"{prefix}cold_share@20"]
+        (p, p_sd), (p_random, _) = summary[f"{prefix}new_item_precision"], summary[f"{prefix}new_item_precision_random"]
+        shown = summary[f"{prefix}n_users_shown_new_items"]
+        print(f"served among all items, {name}: recall@20 {r:.4f} ± {r_sd:.4f}, held-out share of the top 20 "
+              f"{share:.3f} ± {share_sd:.3f}; users shown a held-out item {shown}, precision of those shown "
+              f"{p:.3f} ± {p_sd:.3f} (random held-out items: {p_random:.3f})")
+    (v_mean, v_std) = summary["warm_valid_recall@20"]
+    print(f"warm valid recall@20 {v_mean:.4f} ± {v_std:.4f}; reports: coldstart.json under {args.out}")
     return 0
 
 
