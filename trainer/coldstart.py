@@ -132,24 +132,28 @@ def _metrics(users: np.ndarray, items: np.ndarray, truth: sp.csr_matrix, ks: tup
     )
 
 
-def served_metrics(
-    bundle: Any, encoded: np.ndarray, split: ColdStartSplit, slots: int, k: int = 20
-) -> dict[str, float]:
-    """The held-out items served as the service serves new items: added online to a
-    :class:`service.state.ServingState` of the bundle (``POST /items``'s path) and recommended among ALL items
-    by ``ServingState.recommend`` (training items excluded), with ``slots`` of the k places reserved for online items.
+def serving_state_with_new_items(bundle: Any, encoded: np.ndarray, item_ids: list[str]) -> Any:
+    """A :class:`service.state.ServingState` of the bundle with ``item_ids`` (encoded float32 [n, d]) added online,
+    as ``POST /items`` adds them."""
+    from service.settings import Settings
+    from service.state import ServingState
+
+    state = ServingState.build(bundle, Settings(bundle_root=bundle.path))
+    for row, item_id in enumerate(item_ids):
+        state.upsert_online_item(item_id, {}, encoded[row])
+    return state
+
+
+def served_metrics(state: Any, split: ColdStartSplit, slots: int, k: int = 20) -> dict[str, float]:
+    """The held-out items served as the service serves new items: recommended among ALL items of ``state`` (from
+    :func:`serving_state_with_new_items`) by ``ServingState.recommend`` (training items excluded), with ``slots``
+    of the k places reserved for online items.
 
     Returns, over the users with held-out interactions: ``recall@k`` of the held-out interactions,
     ``cold_share@k`` (mean share of held-out items in the k; ``cold_catalogue_share`` is their share of the
     catalogue), ``new_item_precision`` (of the held-out items a user is shown, the share the user interacted with;
     over users shown at least one) and ``new_item_precision_random`` (the same for held-out items picked at random).
     """
-    from service.settings import Settings
-    from service.state import ServingState
-
-    state = ServingState.build(bundle, Settings(bundle_root=bundle.path))
-    for row, item_id in enumerate(split.cold_item_ids):
-        state.upsert_online_item(item_id, {}, encoded[row])
     truth = split.cold_truth
     n_cold = truth.shape[1]
     cold_ids = set(split.cold_item_ids)
@@ -231,10 +235,8 @@ def evaluate_cold_start(
     ks = tuple(k for k in ks if k <= n_cold)
     n_users_evaluated = int((np.diff(truth.indptr) > 0).sum())
     model = _metrics(user_embeddings, encoded, truth, ks)  # the bundle's encoder
-    served = {
-        f"new_item_slots={slots}": served_metrics(bundle, encoded, split, slots, k=20)
-        for slots in served_slots
-    }
+    state = serving_state_with_new_items(bundle, encoded, split.cold_item_ids)
+    served = {f"new_item_slots={slots}": served_metrics(state, split, slots, k=20) for slots in served_slots}
     profile_users, profile_items = content_profile_scores(split.warm.train, split.warm.features, split.cold_features)
     content = _metrics(profile_users, profile_items, truth, ks)
     return {
