@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import statistics
 import time
 from pathlib import Path
@@ -149,6 +150,27 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def welch_interval(a: list[float], b: list[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """(mean(a) - mean(b), low, high): Welch's t interval for the difference of two means.
+
+    The seeds of two variants are independent samples (different models draw different initialisations), so
+    the interval does not pair them. Degrees of freedom by Welch-Satterthwaite. With fewer than two values on
+    a side the interval is (nan, nan); with no spread on either side it is the difference itself.
+    """
+    from scipy import stats
+
+    difference = statistics.fmean(a) - statistics.fmean(b)
+    if len(a) < 2 or len(b) < 2:
+        return difference, float("nan"), float("nan")
+    share_a, share_b = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    standard_error = math.sqrt(share_a + share_b)
+    if standard_error == 0.0:
+        return difference, difference, difference
+    dof = (share_a + share_b) ** 2 / (share_a**2 / (len(a) - 1) + share_b**2 / (len(b) - 1))
+    half_width = float(stats.t.ppf(0.5 + confidence / 2, dof)) * standard_error
+    return difference, difference - half_width, difference + half_width
+
+
 def _configure_worker_logging(level: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(process)d %(levelname)s %(name)s %(message)s")
 
@@ -206,14 +228,22 @@ def compare(
     train_overrides: dict[str, Any] | None = None,
     progress: bool = False,
     jobs: int = 1,
+    baseline: str | None = None,
 ) -> tuple[list[dict[str, Any]], str]:
-    """Train every variant × seed; recompute test metrics from each bundle; return rows and a markdown table.
+    """Train every variant × seed; recompute test metrics from each bundle; return rows and markdown: the
+    mean ± std table and, with two or more variants, the differences to ``baseline`` (default: the first
+    variant) with Welch intervals over seeds (:func:`difference_table`).
 
     ``jobs`` > 1 trains that many runs at once in separate processes (useful on a GPU, where one small
     run leaves the device mostly idle); every run is still one process with its own seed.
     """
-    dataset = load_dataset_dir(dataset_path)
     parsed = [parse_variant(variant) for variant in variants]
+    labels = [label for label, _, _ in parsed]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"variant labels must be distinct, got {labels}")
+    if baseline is not None and baseline not in labels:
+        raise ValueError(f"baseline {baseline!r} is not one of the variant labels {labels}")
+    dataset = load_dataset_dir(dataset_path)
     work = [
         (dataset, dataset_path, label, model, config_path, seed, dict(train_overrides or {}), out_dir / label / f"seed{seed}",
          progress and jobs <= 1)
@@ -222,7 +252,10 @@ def compare(
     ]
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = _in_parallel(_compare_one, work, jobs, lambda done: write_json_atomic(out_dir / "compare.json", done))
-    return rows, markdown_table(rows)
+    table = markdown_table(rows)
+    if len(labels) > 1:
+        table += "\n\n" + difference_table(rows, baseline)
+    return rows, table
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
@@ -243,6 +276,42 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             f"{cell('valid_recall@20')} | {cell('test_recall@20')} | {cell('test_ndcg@20')} | "
             f"{cell('best_epoch', 0)} | {cell('seconds_per_epoch', 2)} |"
         )
+    return "\n".join(lines)
+
+
+def difference_table(rows: list[dict[str, Any]], baseline: str | None = None, confidence: float = 0.95) -> str:
+    """Markdown table of every variant's mean valid and test R@20 minus the ``baseline`` variant's (default:
+    the first), each with its Welch interval over seeds (:func:`welch_interval`). "CI excludes 0" says whether
+    the test difference is separable from seed noise at that level; no correction for comparing several
+    variants is applied."""
+    labels = list(dict.fromkeys(row["label"] for row in rows))
+    baseline = labels[0] if baseline is None else baseline
+    if baseline not in labels:
+        raise ValueError(f"baseline {baseline!r} is not one of the variants {labels}")
+
+    def values(label: str, key: str) -> list[float]:
+        return [float(row[key]) for row in rows if row["label"] == label]
+
+    def cell(label: str, key: str) -> tuple[str, float, float]:
+        difference, low, high = welch_interval(values(label, key), values(baseline, key), confidence)
+        return f"{difference:+.4f} [{low:+.4f}, {high:+.4f}]", low, high
+
+    percent = f"{100 * confidence:g}%"
+    lines = [
+        f"| variant | valid R@20 − {baseline} ({percent} CI) | test R@20 − {baseline} ({percent} CI) | "
+        "test CI excludes 0 |",
+        "|---|---|---|---|",
+    ]
+    for label in labels:
+        if label == baseline:
+            continue
+        valid, _, _ = cell(label, "valid_recall@20")
+        test, low, high = cell(label, "test_recall@20")
+        if math.isnan(low):
+            verdict = "n/a (one seed)"
+        else:
+            verdict = "higher" if low > 0 else "lower" if high < 0 else "no"
+        lines.append(f"| {label} | {valid} | {test} | {verdict} |")
     return "\n".join(lines)
 
 

@@ -118,3 +118,33 @@ def test_tune_checks_every_grid_config_before_training_and_writes_nothing(tmp_pa
     assert main(["tune", "--model", "lightgcn", "--dataset", str(data_dir), "--out", str(out), "--grid", grid]) != 0
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_compare_prints_differences_to_the_baseline(tmp_path, capsys):
+    data_dir = _planted_dir(tmp_path)
+    out = tmp_path / "cmp"
+    assert main(["compare", "--dataset", str(data_dir), "--out", str(out), "--variant", "one=mf",
+                 "--variant", "two=mf", "--seeds", "1", "2", "--max-epochs", "2", "--device", "cpu",
+                 "--baseline", "two"]) == 0
+    written = (out / "compare.md").read_text()
+    assert written.strip() == capsys.readouterr().out.strip()
+    assert "| variant | model | seeds |" in written
+    assert "test R@20 − two (95% CI)" in written
+    assert "\n| one | " in written.split("test CI excludes 0")[1]
+
+
+@pytest.mark.parametrize(
+    ("variants", "extra", "message"),
+    [
+        (["a=mf", "b=mf"], ["--baseline", "c"], "baseline 'c' is not one of the variant labels ['a', 'b']"),
+        (["a=mf", "a=mf"], [], "variant labels must be distinct, got ['a', 'a']"),
+    ],
+)
+def test_compare_refuses_bad_variant_labels_before_training(tmp_path, capsys, variants, extra, message):
+    out = tmp_path / "cmp"
+    args = ["compare", "--dataset", str(tmp_path / "no-such-dataset"), "--out", str(out), *extra]
+    for variant in variants:
+        args += ["--variant", variant]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()

@@ -1,0 +1,64 @@
+"""Welch intervals and the difference table of ``trainer compare`` on hand-checked numbers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from scipy import stats
+
+from trainer.pipeline import difference_table, welch_interval
+
+
+def test_welch_interval_hand_checked():
+    # a = [1, 2, 3]: mean 2, variance 1; b = [0, 0, 0]: no spread. se = sqrt(1/3); Welch dof = 2;
+    # t(0.975, 2) = 4.302653; half-width 4.302653 * 0.577350 = 2.484138.
+    difference, low, high = welch_interval([1.0, 2.0, 3.0], [0.0, 0.0, 0.0])
+    assert difference == pytest.approx(2.0)
+    assert low == pytest.approx(2.0 - 2.484138, abs=1e-6)
+    assert high == pytest.approx(2.0 + 2.484138, abs=1e-6)
+
+
+def test_welch_interval_matches_scipys_welch_test():
+    a, b = [0.381, 0.386, 0.379, 0.390], [0.3867, 0.3841, 0.3892]
+    difference, low, high = welch_interval(a, b, confidence=0.9)
+    reference = stats.ttest_ind(a, b, equal_var=False).confidence_interval(confidence_level=0.9)
+    assert difference == pytest.approx(sum(a) / 4 - sum(b) / 3)
+    assert (low, high) == pytest.approx((reference.low, reference.high), rel=1e-9)
+
+
+def test_welch_interval_edge_cases():
+    difference, low, high = welch_interval([0.5], [0.25, 0.35])
+    assert difference == pytest.approx(0.2) and math.isnan(low) and math.isnan(high)
+    assert welch_interval([0.3, 0.3], [0.1, 0.1]) == pytest.approx((0.2, 0.2, 0.2))
+
+
+def _rows(label: str, valid: list[float], test: list[float]) -> list[dict]:
+    return [
+        {"label": label, "seed": seed, "valid_recall@20": v, "test_recall@20": t}
+        for seed, (v, t) in enumerate(zip(valid, test, strict=True), start=1)
+    ]
+
+
+def test_difference_table_says_which_differences_exclude_zero():
+    rows = (
+        _rows("base", [0.30, 0.31, 0.32], [0.40, 0.41, 0.42])
+        + _rows("better", [0.40, 0.41, 0.42], [0.50, 0.51, 0.52])
+        + _rows("same", [0.30, 0.32, 0.31], [0.39, 0.42, 0.42])
+        + _rows("worse", [0.20, 0.21, 0.22], [0.30, 0.31, 0.32])
+    )
+    lines = difference_table(rows).splitlines()
+    assert "− base (95% CI)" in lines[0]
+    body = {line.split(" | ")[0].strip("| "): line for line in lines[2:]}
+    assert set(body) == {"better", "same", "worse"}  # the baseline has no row of its own
+    assert body["better"].endswith("| higher |") and "+0.1000 [" in body["better"]
+    assert body["same"].endswith("| no |")
+    assert body["worse"].endswith("| lower |") and "-0.1000 [" in body["worse"]
+
+
+def test_difference_table_other_baseline_and_errors():
+    rows = _rows("a", [0.3, 0.31], [0.4, 0.41]) + _rows("b", [0.2], [0.3])
+    lines = difference_table(rows, baseline="b").splitlines()
+    assert "− b (95% CI)" in lines[0] and lines[2].startswith("| a |") and lines[2].endswith("| n/a (one seed) |")
+    with pytest.raises(ValueError, match="baseline 'c' is not one of the variants"):
+        difference_table(rows, baseline="c")
