@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--device", default=None)
     cmp.add_argument("--max-seconds", type=float, default=None, help="training time budget per run")
     cmp.add_argument("--jobs", type=int, default=1, help="runs trained at once, one process each (e.g. on a GPU)")
+    cmp.add_argument("--resume", action="store_true",
+                     help="reuse runs that already finished under OUT with identical settings (their bundles are evaluated again)")
     cmp.add_argument("--baseline", default=None,
                      help="variant label the others are compared with (Welch 95%% intervals over seeds; default: the first)")
 
@@ -185,7 +187,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     overrides = {"max_epochs": args.max_epochs, "patience": args.patience, "device": args.device,
                  "max_seconds": args.max_seconds}
     _, table = compare(args.dataset, args.out, args.variant, args.seeds,
-                       {k: v for k, v in overrides.items() if v is not None}, jobs=args.jobs, baseline=args.baseline)
+                       {k: v for k, v in overrides.items() if v is not None}, jobs=args.jobs, baseline=args.baseline,
+                       resume=args.resume)
     (args.out / "compare.md").write_text(table + "\n", encoding="utf-8")
     print(table)
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import statistics
@@ -199,11 +200,68 @@ def _in_parallel(function, jobs: list[tuple], workers: int, on_result) -> list[A
     return results
 
 
+def _comparable_config(config: dict[str, Any]) -> dict[str, Any]:
+    """What must agree for a finished run to stand in for a new one: model, model and training parameters (not
+    the config files' paths), as JSON would store them."""
+    return json.loads(json.dumps({key: config[key] for key in ("model", "model_params", "train")}))
+
+
+def finished_run(run_dir: Path, run_config: RunConfig, dataset_path: Path) -> dict[str, Any] | None:
+    """The metrics.json payload of a run that finished in ``run_dir`` with the same config on the same dataset;
+    None when nothing finished there (no metrics.json: never started, or stopped before exporting).
+
+    Raises:
+        ValueError: ``run_dir`` holds a finished run of another config or dataset (it is left as it is).
+    """
+    from trainer.models.registry import build_config
+
+    path = run_dir / METRICS
+    if not path.is_file():
+        return None
+    metrics = json.loads(path.read_text(encoding="utf-8"))
+    wanted = _comparable_config(
+        {**run_config.to_dict(), "model_params": dataclasses.asdict(build_config(run_config.model, run_config.model_params))}
+    )
+    found = _comparable_config(metrics["config"])
+    if found != wanted or metrics["dataset_path"] != str(Path(dataset_path).resolve()):
+        differences = sorted(
+            f"{section}.{key}"
+            for section in ("model_params", "train")
+            for key in set(wanted[section]) | set(found[section])
+            if wanted[section].get(key) != found[section].get(key)
+        )
+        if found["model"] != wanted["model"]:
+            differences.insert(0, "model")
+        if metrics["dataset_path"] != str(Path(dataset_path).resolve()):
+            differences.insert(0, "dataset")
+        raise ValueError(
+            f"{run_dir} holds a finished run with another setting ({', '.join(differences)}); "
+            "resume only reuses identical runs: use another --out"
+        )
+    return metrics
+
+
+def _seed_run_config(model: str, dataset_path: Path, config_path: Path | None, overrides: dict[str, Any],
+                     seed: int) -> RunConfig:
+    """The config ``run_fit`` resolves for one variant × seed of a comparison."""
+    return resolve_run_config(model, dataset_preset_name(dataset_path), config_path,
+                              train_overrides={**overrides, "seed": seed})
+
+
 def _compare_one(dataset: InteractionDataset, dataset_path: Path, label: str, model: str, config_path: Path | None,
-                 seed: int, overrides: dict[str, Any], run_dir: Path, progress: bool) -> dict[str, Any]:
-    metrics = run_fit(model, dataset_path, run_dir, config_path, {**overrides, "seed": seed}, dataset=dataset,
-                      progress=progress)
-    recomputed = evaluate_bundle_on_split(Path(metrics["bundle"]), run_dir / SPLIT_FILE, label=2)
+                 seed: int, overrides: dict[str, Any], run_dir: Path, progress: bool,
+                 resume: bool = False) -> dict[str, Any]:
+    metrics = None
+    if resume:
+        metrics = finished_run(run_dir, _seed_run_config(model, dataset_path, config_path, overrides, seed), dataset_path)
+        if metrics is not None:
+            logger.info("compare %s seed %d: reusing the finished run in %s", label, seed, run_dir)
+    if metrics is None:
+        metrics = run_fit(model, dataset_path, run_dir, config_path, {**overrides, "seed": seed}, dataset=dataset,
+                          progress=progress)
+    # the bundle by name under this run directory (metrics.json stores the path as given when it was written)
+    bundle = run_dir / "bundles" / Path(metrics["bundle"]).name
+    recomputed = evaluate_bundle_on_split(bundle, run_dir / SPLIT_FILE, label=2)
     row = {
         "label": label,
         "model": model,
@@ -229,6 +287,7 @@ def compare(
     progress: bool = False,
     jobs: int = 1,
     baseline: str | None = None,
+    resume: bool = False,
 ) -> tuple[list[dict[str, Any]], str]:
     """Train every variant × seed; recompute test metrics from each bundle; return rows and markdown: the
     mean ± std table and, with two or more variants, the differences to ``baseline`` (default: the first
@@ -236,6 +295,10 @@ def compare(
 
     ``jobs`` > 1 trains that many runs at once in separate processes (useful on a GPU, where one small
     run leaves the device mostly idle); every run is still one process with its own seed.
+
+    ``resume``: a variant × seed whose run directory already holds a finished run with the same model, model
+    parameters, training settings and dataset is not trained again; its bundle is evaluated again. A finished run
+    with other settings is an error (:func:`finished_run`), checked for every run before any training starts.
     """
     parsed = [parse_variant(variant) for variant in variants]
     labels = [label for label, _, _ in parsed]
@@ -246,10 +309,13 @@ def compare(
     dataset = load_dataset_dir(dataset_path)
     work = [
         (dataset, dataset_path, label, model, config_path, seed, dict(train_overrides or {}), out_dir / label / f"seed{seed}",
-         progress and jobs <= 1)
+         progress and jobs <= 1, resume)
         for label, model, config_path in parsed
         for seed in seeds
     ]
+    if resume:  # refuse a mismatching finished run before anything trains
+        for _, _, _, model, config_path, seed, overrides, run_dir, _, _ in work:
+            finished_run(run_dir, _seed_run_config(model, dataset_path, config_path, overrides, seed), dataset_path)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = _in_parallel(_compare_one, work, jobs, lambda done: write_json_atomic(out_dir / "compare.json", done))
     table = markdown_table(rows)

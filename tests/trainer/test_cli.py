@@ -148,3 +148,29 @@ def test_compare_refuses_bad_variant_labels_before_training(tmp_path, capsys, va
     assert main(args) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_compare_resume_reuses_finished_runs_and_refuses_other_settings(tmp_path, capsys):
+    import json
+
+    data_dir = _planted_dir(tmp_path)
+    out = tmp_path / "cmp"
+    common = ["compare", "--dataset", str(data_dir), "--out", str(out), "--seeds", "1", "2", "--device", "cpu"]
+    assert main([*common, "--variant", "a=mf", "--max-epochs", "2"]) == 0
+    first = json.loads((out / "compare.json").read_text())
+    checkpoint = out / "a" / "seed1" / "checkpoint.pt"
+    trained_at = checkpoint.stat().st_mtime_ns
+    # a second variant is added: "a" is reused (not trained again), "b" is trained
+    assert main([*common, "--variant", "a=mf", "--variant", "b=mf", "--max-epochs", "2", "--resume"]) == 0
+    assert checkpoint.stat().st_mtime_ns == trained_at
+    rows = json.loads((out / "compare.json").read_text())
+    assert [(r["label"], r["seed"]) for r in rows] == [("a", 1), ("a", 2), ("b", 1), ("b", 2)]
+    assert [r["test_recall@20"] for r in rows[:2]] == [r["test_recall@20"] for r in first]
+    assert (out / "b" / "seed2" / "metrics.json").is_file()
+    capsys.readouterr()
+    # other settings for a finished run: refused before anything trains, nothing overwritten
+    assert main([*common, "--variant", "a=mf", "--variant", "c=mf", "--max-epochs", "3", "--resume"]) == 2
+    assert "holds a finished run with another setting (train.max_epochs)" in capsys.readouterr().err
+    assert checkpoint.stat().st_mtime_ns == trained_at
+    assert not (out / "c").exists()
+    assert json.loads((out / "compare.json").read_text()) == rows
