@@ -141,6 +141,9 @@ def parse_variant(text: str) -> tuple[str, str, Path | None]:
     if "=" not in text:
         raise ValueError(f"variant {text!r} must look like LABEL=MODEL or LABEL=MODEL:CONFIG.yaml")
     label, spec = text.split("=", 1)
+    if not label or label in (".", "..") or "/" in label or "\\" in label:
+        raise ValueError(f"variant label {label!r} must be a non-empty name without '/' or '\\' (it names the "
+                         "variant's run directory)")
     model, _, config = spec.partition(":")
     return label, model, Path(config) if config else None
 

@@ -138,6 +138,8 @@ def test_compare_prints_differences_to_the_baseline(tmp_path, capsys):
     [
         (["a=mf", "b=mf"], ["--baseline", "c"], "baseline 'c' is not one of the variant labels ['a', 'b']"),
         (["a=mf", "a=mf"], [], "variant labels must be distinct, got ['a', 'a']"),
+        (["w/o x=mf"], [], "variant label 'w/o x' must be a non-empty name without '/'"),
+        (["..=mf"], [], "variant label '..' must be a non-empty name"),
     ],
 )
 def test_compare_refuses_bad_variant_labels_before_training(tmp_path, capsys, variants, extra, message):
