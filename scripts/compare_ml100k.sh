@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Every model on MovieLens-100K (text + kg) in one comparison, then each multimodal model's variants and ablations
+# against the full model, 5 seeds, the presets of trainer/configs/ml-100k-mm/, two runs at a time (2 CPU cores:
+# about 36 min for the main comparison, 75 min for the families). Results: OUT/main/compare.md and
+# OUT/{sand,ludp,mkg}/compare.md (mean ± std, and differences with 95% Welch intervals over seeds).
+# The families reuse the full models' runs of the main comparison (linked, then `compare --resume`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-runs/compare_ml100k}
+C=trainer/configs/ml-100k-mm
+[ -d data/ml-100k-mm ] || .venv/bin/python -m trainer features --dataset ../shared/datasets/ml-100k --out data/ml-100k-mm
+compare() {  # out-subdir, then variants
+  local out=$OUT/$1; shift
+  OMP_NUM_THREADS=1 .venv/bin/python -W ignore -m trainer compare --dataset data/ml-100k-mm --out "$out" \
+    --seeds 1 2 3 4 5 --jobs 2 --max-epochs 200 --resume "$@" > "$out.log" 2>&1
+  cat "$out/compare.md"
+}
+reuse() {  # family-subdir, label: link the main comparison's runs of that label
+  mkdir -p "$OUT/$1"
+  ln -sfn "../main/$2" "$OUT/$1/$2"
+}
+mkdir -p "$OUT"
+compare main --variant LightGCN=lightgcn --variant LUDP=ludp --variant SAND=sand \
+  --variant "SAND+ID=sand:$C/sand_idgraph.yaml" --variant KGAT=kgat --variant Multi-KG4Rec=multikg4rec
+reuse sand SAND
+compare sand --variant SAND=sand \
+  --variant "InfoNCE+MI=sand:$C/sand_infonce_mi.yaml" --variant "SoloSim+l2=sand:$C/sand_solosim_l2.yaml" \
+  --variant "InfoNCE+l2=sand:$C/sand_infonce_l2.yaml" --variant "wo-align=sand:$C/sand_wo_align.yaml" \
+  --variant "wo-distance=sand:$C/sand_wo_distance.yaml" --variant "wo-both=sand:$C/sand_wo_both.yaml"
+reuse ludp LUDP
+compare ludp --variant LUDP=ludp \
+  --variant "no-item-graph=ludp:$C/ludp_no_item_graph.yaml" --variant "no-user-graph=ludp:$C/ludp_no_user_graph.yaml" \
+  --variant "fusion-sum=ludp:$C/ludp_fusion_sum.yaml" --variant "fusion-concat=ludp:$C/ludp_fusion_concat.yaml"
+reuse mkg Multi-KG4Rec
+reuse mkg KGAT
+compare mkg --variant Multi-KG4Rec=multikg4rec \
+  --variant "text->kg=multikg4rec:$C/multikg4rec_text_to_kg.yaml" \
+  --variant "kg->text=multikg4rec:$C/multikg4rec_kg_to_text.yaml" --variant KGAT=kgat
