@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every model on MovieLens-100K (text + kg) in one comparison, then each multimodal model's variants and ablations
 # against the full model, 5 seeds, the presets of trainer/configs/ml-100k-mm/, two runs at a time (2 CPU cores:
-# about 36 min for the main comparison, 75 min for the families). Results: OUT/main/compare.md and
+# about 36 min for the main comparison, 58 min for the families). Results: OUT/main/compare.md and
 # OUT/{sand,ludp,mkg}/compare.md (mean ± std, and differences with 95% Welch intervals over seeds).
 # The families reuse the full models' runs of the main comparison (linked, then `compare --resume`).
 set -euo pipefail
