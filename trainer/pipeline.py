@@ -253,13 +253,12 @@ def _seed_run_config(model: str, dataset_path: Path, config_path: Path | None, o
 
 def _compare_one(dataset: InteractionDataset, dataset_path: Path, label: str, model: str, config_path: Path | None,
                  seed: int, overrides: dict[str, Any], run_dir: Path, progress: bool,
-                 resume: bool = False) -> dict[str, Any]:
-    metrics = None
-    if resume:
-        metrics = finished_run(run_dir, _seed_run_config(model, dataset_path, config_path, overrides, seed), dataset_path)
-        if metrics is not None:
-            logger.info("compare %s seed %d: reusing the finished run in %s", label, seed, run_dir)
-    if metrics is None:
+                 finished: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One variant × seed of :func:`compare`: trained, or ``finished`` (a run to reuse, see :func:`finished_run`)."""
+    if finished is not None:
+        logger.info("compare %s seed %d: reusing the finished run in %s", label, seed, run_dir)
+        metrics = finished
+    else:
         metrics = run_fit(model, dataset_path, run_dir, config_path, {**overrides, "seed": seed}, dataset=dataset,
                           progress=progress)
     # the bundle by name under this run directory (metrics.json stores the path as given when it was written)
@@ -310,15 +309,19 @@ def compare(
     if baseline is not None and baseline not in labels:
         raise ValueError(f"baseline {baseline!r} is not one of the variant labels {labels}")
     dataset = load_dataset_dir(dataset_path)
-    work = [
-        (dataset, dataset_path, label, model, config_path, seed, dict(train_overrides or {}), out_dir / label / f"seed{seed}",
-         progress and jobs <= 1, resume)
-        for label, model, config_path in parsed
-        for seed in seeds
+    overrides = dict(train_overrides or {})
+    runs = [(label, model, config_path, seed, out_dir / label / f"seed{seed}")
+            for label, model, config_path in parsed for seed in seeds]
+    # every finished run to reuse is looked up (and a mismatching one refused) before anything trains
+    finished = [
+        finished_run(run_dir, _seed_run_config(model, dataset_path, config_path, overrides, seed), dataset_path)
+        if resume else None
+        for _, model, config_path, seed, run_dir in runs
     ]
-    if resume:  # refuse a mismatching finished run before anything trains
-        for _, _, _, model, config_path, seed, overrides, run_dir, _, _ in work:
-            finished_run(run_dir, _seed_run_config(model, dataset_path, config_path, overrides, seed), dataset_path)
+    work = [
+        (dataset, dataset_path, label, model, config_path, seed, overrides, run_dir, progress and jobs <= 1, reuse)
+        for (label, model, config_path, seed, run_dir), reuse in zip(runs, finished, strict=True)
+    ]
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = _in_parallel(_compare_one, work, jobs, lambda done: write_json_atomic(out_dir / "compare.json", done))
     table = markdown_table(rows)
