@@ -226,7 +226,8 @@ def finished_run(run_dir: Path, run_config: RunConfig, dataset_path: Path) -> di
         {**run_config.to_dict(), "model_params": dataclasses.asdict(build_config(run_config.model, run_config.model_params))}
     )
     found = _comparable_config(metrics["config"])
-    if found != wanted or metrics["dataset_path"] != str(Path(dataset_path).resolve()):
+    same_dataset = metrics["dataset_path"] == str(Path(dataset_path).resolve())
+    if found != wanted or not same_dataset:
         differences = sorted(
             f"{section}.{key}"
             for section in ("model_params", "train")
@@ -235,7 +236,7 @@ def finished_run(run_dir: Path, run_config: RunConfig, dataset_path: Path) -> di
         )
         if found["model"] != wanted["model"]:
             differences.insert(0, "model")
-        if metrics["dataset_path"] != str(Path(dataset_path).resolve()):
+        if not same_dataset:
             differences.insert(0, "dataset")
         raise ValueError(
             f"{run_dir} holds a finished run with another setting ({', '.join(differences)}); "
