@@ -428,27 +428,26 @@ class LUDP(Recommender):
             _, items = self.representations()
         finally:
             self.train(was_training)
-        return LUDPColdStartEncoder(
-            unit_features=self.unit_features,
-            item_embeddings=items.detach().clone(),
-            used_positions=[self.all_modalities.index(name) for name in self.modalities],
-            n_inputs=len(self.all_modalities),
-            k=self.config.knn_k,
-        )
+        return LUDPColdStartEncoder(item_embeddings=items.detach().clone(), **self._feature_neighbour_arguments())
 
+    def _feature_neighbour_arguments(self) -> dict:
+        """What both cold-start encoders' neighbour search (``_FeatureNeighbourEncoder``) takes from this model."""
+        return {
+            "unit_features": self.unit_features,
+            "used_positions": [self.all_modalities.index(name) for name in self.modalities],
+            "n_inputs": len(self.all_modalities),
+            "k": self.config.knn_k,
+        }
 
     def _item_graph_encoder(self) -> nn.Module:
         """LUDPItemGraphEncoder over this model's tables (called under no_grad, in eval mode)."""
         # the new node's layer L sums its neighbours' layer L-1 rows (the ID embeddings for L = 1)
         tables = self.item_modal_representations(self.config.item_graph_layers - 1)
         return LUDPItemGraphEncoder(
-            unit_features=self.unit_features,
             neighbour_tables=tables.detach().clone(),
-            used_positions=[self.all_modalities.index(name) for name in self.modalities],
-            n_inputs=len(self.all_modalities),
-            k=self.config.knn_k,
             binary=self.config.item_graph_weights == "binary",
             fusion=self.item_fusion,
+            **self._feature_neighbour_arguments(),
         )
 
 
