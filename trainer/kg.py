@@ -118,8 +118,15 @@ def build_collaborative_kg(
     if (links[linked] >= n_entities).any():
         raise KGBuildError(f"item_entity references an entity outside [0, {n_entities})")
     linked_entities = links[linked]
-    if len(np.unique(linked_entities)) != len(linked_entities):
-        raise KGBuildError("two items are linked to the same entity; each item needs its own entity")
+    entities, counts = np.unique(linked_entities, return_counts=True)
+    if (counts > 1).any():
+        shared = entities[counts > 1]
+        items = np.flatnonzero(links == shared[0])
+        raise KGBuildError(
+            f"items {items[:5].tolist()} (internal indices, row i = dataset.item_ids[i]) are linked to the same "
+            f"entity {int(shared[0])} ({len(shared)} entities shared by several items); each item needs its own "
+            f"entity in the item -> entity links (.link)"
+        )
 
     n_unlinked = int((~linked).sum())
     item_node = links.copy()

@@ -320,6 +320,9 @@ def compare(
         raise ValueError(f"variant labels must be distinct, got {labels}")
     if baseline is not None and baseline not in labels:
         raise ValueError(f"baseline {baseline!r} is not one of the variant labels {labels}")
+    if len(set(seeds)) != len(seeds):
+        # a repeated seed would train twice into one run directory and count as two samples in mean ± std
+        raise ValueError(f"seeds must be distinct, got {seeds}")
     dataset = load_dataset_dir(dataset_path)
     overrides = dict(train_overrides or {})
     runs = [(label, model, config_path, seed, out_dir / label / f"seed{seed}")

@@ -62,3 +62,12 @@ def test_difference_table_other_baseline_and_errors():
     assert "− b (95% CI)" in lines[0] and lines[2].startswith("| a |") and lines[2].endswith("| n/a (one seed) |")
     with pytest.raises(ValueError, match="baseline 'c' is not one of the variants"):
         difference_table(rows, baseline="c")
+
+
+def test_compare_refuses_repeated_seeds(tmp_path):
+    # a repeated seed would train twice into one run directory and count twice in mean ± std
+    from trainer.pipeline import compare
+
+    with pytest.raises(ValueError, match=r"seeds must be distinct, got \[1, 2, 1\]"):
+        compare(tmp_path / "no-dataset", tmp_path / "out", ["a=mf"], [1, 2, 1])
+    assert not (tmp_path / "out").exists()

@@ -33,9 +33,12 @@ def require_file(path: Path, what: str) -> Path:
 
 
 def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """Yield (1-based line number, line without the newline) for every non-blank line."""
+    """Yield (1-based line number, line without the newline) for every non-blank line.
+
+    A UTF-8 byte-order mark at the start of the file (as Windows tools write) is not part of the first line.
+    """
     try:
-        with path.open(encoding="utf-8") as handle:
+        with path.open(encoding="utf-8-sig") as handle:
             for line_no, raw in enumerate(handle, start=1):
                 line = raw.rstrip("\r\n")
                 if line.strip():
@@ -87,10 +90,13 @@ def parse_int(path: Path, line_no: int, text: str, what: str, *, minimum: int | 
 
 
 def sorted_ids(ids: set[str] | Sequence[str]) -> list[str]:
-    """External ids in a stable order: numerically when all are integers, else lexicographically."""
+    """External ids in a stable order: numerically when all are integers, else lexicographically.
+
+    Ids of equal value (``"7"``, ``"07"``) are ordered by their text, so the order never depends on set order.
+    """
     unique = set(ids)
     if all(_INT_RE.fullmatch(i) for i in unique):
-        return sorted(unique, key=int)
+        return sorted(unique, key=lambda i: (int(i), i))
     return sorted(unique)
 
 
@@ -138,7 +144,8 @@ def load_feature(path: Path, modality: str) -> np.ndarray:
     """Load one feature matrix as finite float32 [n_rows, dim].
 
     Raises:
-        DatasetError: not a .npy array, not 2-d, not floating point, or NaN/inf (names the first bad row).
+        DatasetError: not a .npy array, not 2-d, no columns, not floating point, or NaN/inf (names the first
+            bad row).
     """
     try:
         array = np.load(path, allow_pickle=False)
@@ -147,6 +154,11 @@ def load_feature(path: Path, modality: str) -> np.ndarray:
     if array.ndim != 2:
         raise DatasetError(
             f"{path}: feature '{modality}' must be 2-d [n_items, dim], got shape {array.shape}"
+        )
+    if array.shape[1] == 0:
+        raise DatasetError(
+            f"{path}: feature '{modality}' has no columns (shape {array.shape}); expected dim >= 1, "
+            f"or remove the file if the modality is absent"
         )
     if not np.issubdtype(array.dtype, np.floating):
         raise DatasetError(f"{path}: feature '{modality}' must be floating point, got dtype {array.dtype}")
