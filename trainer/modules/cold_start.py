@@ -17,6 +17,18 @@ from torch import Tensor, nn
 DEFAULT_NEIGHBOURS = 10
 
 
+def top_k_lower_index_first(similarities: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """(values, indices) of the k largest entries per row of float [B, n], ties to the lower index.
+
+    That is ONNX TopK's rule. ``torch.topk`` breaks ties in no promised order (on the CPU it can pick a higher index),
+    so in eager mode a stable descending sort gives the same picks as the exported graph, which keeps TopK.
+    """
+    if torch.onnx.is_in_onnx_export():
+        return torch.topk(similarities, k, dim=1)
+    values, indices = torch.sort(similarities, dim=1, descending=True, stable=True)
+    return values[:, :k], indices[:, :k]
+
+
 def unit_rows(features: Tensor) -> Tensor:
     """Rows scaled to unit L2 norm (all-zero rows stay zero); float [n, d] -> float [n, d]."""
     features = features.float()
@@ -48,15 +60,21 @@ class FeatureNeighbourSearch(nn.Module):
         found = []
         for index, position in enumerate(self.used_positions):
             x = unit_rows(features[position])
-            found.append(torch.topk(x @ getattr(self, f"unit_features_{index}").T, self.k, dim=1))
+            found.append(top_k_lower_index_first(x @ getattr(self, f"unit_features_{index}").T, self.k))
         return found
+
+    def present(self, features: tuple[Tensor, ...]) -> list[Tensor]:
+        """Per used modality, float [B, 1]: 1 where the item's feature row has a nonzero entry, else 0 (an all-zero
+        row has cosine 0 to every item, so its top-k is only tie order)."""
+        return [(features[position].abs().amax(dim=1, keepdim=True) > 0).float() for position in self.used_positions]
 
 
 class NeighbourMeanEncoder(FeatureNeighbourSearch):
     """A new item's embedding: per used modality, the weighted mean of its top-k feature neighbours' final
     embeddings (weights max(cosine, 0), normalised to sum to one; uniform if all are <= 0), then the mean over
-    modalities. An existing item's own features give (close to) the mean of itself and its nearest items, not
-    exactly its trained embedding.
+    the modalities whose feature row is not all zero (a missing modality says nothing about the item); an item
+    with every row all zero gets the mean item embedding. An existing item's own features give (close to) the
+    mean of itself and its nearest items, not exactly its trained embedding.
 
     ``item_embeddings``: the model's final item embeddings float [n_items, d]. Forward takes one float [B, dim_m]
     tensor per input modality in sorted order and returns [B, d].
@@ -72,6 +90,7 @@ class NeighbourMeanEncoder(FeatureNeighbourSearch):
     ) -> None:
         super().__init__(unit_features, used_positions, n_inputs, k)
         self.register_buffer("item_embeddings", item_embeddings.detach().clone())
+        self.register_buffer("mean_item_embedding", item_embeddings.detach().float().mean(dim=0, keepdim=True))
 
     def forward(self, *features: Tensor) -> Tensor:
         per_modality = []
@@ -79,7 +98,10 @@ class NeighbourMeanEncoder(FeatureNeighbourSearch):
             weights = torch.relu(values) + 1e-8
             weights = weights / weights.sum(dim=1, keepdim=True)
             per_modality.append((weights.unsqueeze(-1) * self.item_embeddings[neighbours]).sum(dim=1))
-        return torch.stack(per_modality, dim=0).mean(dim=0)
+        present = torch.stack(self.present(features), dim=0)  # [M, B, 1]
+        n_present = present.sum(dim=0)
+        mean = (present * torch.stack(per_modality, dim=0)).sum(dim=0) / n_present.clamp_min(1.0)
+        return torch.where(n_present > 0, mean, self.mean_item_embedding)
 
 
 def neighbour_mean_encoder(
