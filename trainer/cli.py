@@ -120,6 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
                       help="no training: evaluate OUT's existing warm run(s) again and rewrite coldstart.json")
     cold.add_argument("--served-slots", type=int, nargs="+", default=[0, 2],
                       help="reserved new-item places (of 20) the serving evaluation tries (default: 0 2)")
+    cold.add_argument("--validation", action="store_true",
+                      help="evaluate on a validation split: the split's held-out items are removed and never read, "
+                           "and a second share of the rest is held out and evaluated (for choosing encoder settings)")
+    cold.add_argument("--neighbour-k", type=int, nargs="+", default=[],
+                      help="also evaluate the feature-neighbour-mean encoder with these neighbour counts "
+                           "(the export's encoder for models without one of their own uses k = "
+                           "trainer.modules.cold_start.DEFAULT_NEIGHBOURS)")
     cold.add_argument("--seeds", type=int, nargs="+", default=None,
                       help="training seeds, one run each under OUT/seedN, then a mean ± std line (replaces --seed)")
     cold.add_argument("--jobs", type=int, default=1,
@@ -247,11 +254,17 @@ def _cmd_coldstart(args: argparse.Namespace) -> int:
     if any(n < 0 for n in slots):
         raise ValueError(f"--served-slots must be >= 0, got {list(slots)}")
 
+    neighbour_ks = tuple(args.neighbour_k)
+    if any(k < 1 for k in neighbour_ks):
+        raise ValueError(f"--neighbour-k must be >= 1, got {list(neighbour_ks)}")
+    if args.evaluate_only and args.validation:
+        raise ValueError("--validation is read from OUT's coldstart.json with --evaluate-only; leave it out")
+
     def job(out: Path, overrides: dict[str, Any]) -> tuple[Any, ...]:
         if args.evaluate_only:
-            return (reevaluate_cold_start, out, dataset, args.model, slots)
+            return (reevaluate_cold_start, out, dataset, args.model, slots, neighbour_ks)
         return (run_cold_start, args.model, args.dataset, out, args.cold_fraction, args.split_seed, args.config,
-                overrides, dataset, not args.quiet, slots)
+                overrides, dataset, not args.quiet, slots, args.validation, neighbour_ks)
 
     if args.jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
@@ -263,9 +276,13 @@ def _cmd_coldstart(args: argparse.Namespace) -> int:
     else:
         results = [_call(*job(args.out, _train_overrides(args)))]
     summary = summarize(results)
-    print(f"{summary['model']}: {summary['n_cold_items']} held-out items (split seed {results[0]['split_seed']}), "
+    which = "VALIDATION held-out items" if summary["validation"] else "held-out items"
+    print(f"{summary['model']}: {summary['n_cold_items']} {which} (split seed {results[0]['split_seed']}), "
           f"training seeds {summary['train_seeds']}, mean ± std")
-    for key, label in (("encoder", "model (bundle's item encoder)"), ("content_profile", "content profile")):
+    rows = [("encoder", "model (bundle's item encoder)"), ("content_profile", "content profile")]
+    rows += [(key[: -len("_recall@20")], f"neighbour mean, {key[len('neighbour_mean['):key.index(']')]}")
+             for key in summary if key.startswith("neighbour_mean[") and key.endswith("_recall@20")]
+    for key, label in rows:
         (r_mean, r_std), (n_mean, n_std) = summary[f"{key}_recall@20"], summary[f"{key}_ndcg@20"]
         print(f"{label:31s} recall@20 {r_mean:.4f} ± {r_std:.4f}  ndcg@20 {n_mean:.4f} ± {n_std:.4f}")
     print(f"{'random (expected)':31s} recall@20 {summary['random_expected']:.4f}")

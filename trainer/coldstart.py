@@ -17,6 +17,12 @@ of the bundle and recommended among ALL items, the user's training items exclude
 places reserved for new items (the service's ``new_items`` / ``new_item_slots``). This shows whether new items
 surface at all next to trained ones, and how well the reserved places are used.
 
+Encoder settings are chosen on a *validation* split (``validation=True``, CLI ``--validation``): the split's
+held-out items are removed from everything and never read, and a second share of the remaining items is held out
+the same way and evaluated instead. ``neighbour_ks`` also evaluates the feature-neighbour-mean encoder (the one the
+export gives a model without an encoder of its own) with other neighbour counts on the same trained embeddings, so
+its k can be chosen on validation and then confirmed once on the split's own held-out items.
+
 Two references are computed on the same held-out items and users: the expected Recall@K of a random ranking
 (K / n_cold for every user), and a content-only ranking that uses no model at all (per modality, the cosine
 of the item's features to the mean unit feature of the user's warm training items, summed over modalities).
@@ -126,6 +132,14 @@ def split_cold_items(dataset: InteractionDataset, fraction: float, seed: int) ->
     )
 
 
+def held_out_split(dataset: InteractionDataset, fraction: float, seed: int, validation: bool = False) -> ColdStartSplit:
+    """``split_cold_items(dataset, fraction, seed)``, or with ``validation`` its validation split: the same draw
+    removed entirely, then ``fraction`` of the remaining items held out (same seed, drawn among those items). In
+    the validation split ``cold_items`` index the items left after the first removal."""
+    split = split_cold_items(dataset, fraction, seed)
+    return split_cold_items(split.warm, fraction, seed) if validation else split
+
+
 def _metrics(users: np.ndarray, items: np.ndarray, truth: sp.csr_matrix, ks: tuple[int, ...]) -> dict[str, float]:
     """Full-ranking metrics of scores users @ items.T over the cold items, nothing masked."""
     empty = sp.csr_matrix(truth.shape, dtype=np.float32)
@@ -227,10 +241,38 @@ def content_profile_scores(
     return np.concatenate(user_parts, axis=1), np.concatenate(item_parts, axis=1)
 
 
+def neighbour_mean_encodings(
+    item_embeddings: np.ndarray, warm_features: dict[str, np.ndarray], cold_features: dict[str, np.ndarray], k: int
+) -> np.ndarray:
+    """The held-out items as the export's feature-neighbour-mean encoder with ``k`` neighbours places them
+    (``trainer.modules.cold_start.neighbour_mean_encoder`` over every modality, in torch): float32 [n_cold, d] from
+    the trained ``item_embeddings`` float32 [n_warm, d] and the features {name: [n_warm | n_cold, d_m]}."""
+    from trainer.modules.cold_start import neighbour_mean_encoder
+
+    names = sorted(warm_features)
+    encoder = neighbour_mean_encoder(
+        torch.from_numpy(np.ascontiguousarray(item_embeddings, dtype=np.float32)),
+        {name: torch.from_numpy(np.ascontiguousarray(warm_features[name], dtype=np.float32)) for name in names},
+        k=k,
+    )
+    with torch.no_grad():
+        encoded = encoder(*(torch.from_numpy(np.ascontiguousarray(cold_features[name], dtype=np.float32))
+                            for name in names))
+    return encoded.numpy()
+
+
 def evaluate_cold_start(
-    bundle_path: Path, split: ColdStartSplit, ks: tuple[int, ...] = (10, 20, 50), served_slots: tuple[int, ...] = (0, 2)
+    bundle_path: Path,
+    split: ColdStartSplit,
+    ks: tuple[int, ...] = (10, 20, 50),
+    served_slots: tuple[int, ...] = (0, 2),
+    neighbour_ks: tuple[int, ...] = (),
 ) -> dict[str, Any]:
-    """Metrics of the bundle's encoder on the held-out items, with the random and content references."""
+    """Metrics of the bundle's encoder on the held-out items, with the random and content references, and (for
+    each k of ``neighbour_ks``) of the feature-neighbour-mean encoder with k neighbours over the bundle's item
+    embeddings (``neighbour_mean_by_k``; the same for every model, whatever encoder its bundle carries)."""
+    if any(k < 1 for k in neighbour_ks):
+        raise ColdStartError(f"neighbour counts must be >= 1, got {list(neighbour_ks)}")
     bundle, encoded = encode_with_bundle(bundle_path, split.cold_features)
     if list(bundle.user_ids) != list(split.warm.user_ids) or list(bundle.item_ids) != list(split.warm.item_ids):
         raise ColdStartError("the bundle's users or items are not the warm dataset's (wrong bundle?)")
@@ -246,6 +288,15 @@ def evaluate_cold_start(
     served = {f"new_item_slots={slots}": served_metrics(state, split, slots, k=20) for slots in served_slots}
     profile_users, profile_items = content_profile_scores(split.warm.train, split.warm.features, split.cold_features)
     content = _metrics(profile_users, profile_items, truth, ks)
+    by_k = {
+        str(k): _metrics(
+            user_embeddings,
+            neighbour_mean_encodings(bundle.item_embeddings, split.warm.features, split.cold_features, k),
+            truth,
+            ks,
+        )
+        for k in neighbour_ks
+    }
     return {
         "n_cold_items": n_cold,
         "n_cold_interactions": int(truth.nnz),
@@ -254,6 +305,7 @@ def evaluate_cold_start(
         "encoder": model,
         "content_profile": content,
         "served": served,
+        **({"neighbour_mean_by_k": by_k} if by_k else {}),
         "random_expected": {f"recall@{k}": k / n_cold for k in ks},
         "protocol": (
             "held-out items removed from training entirely; encoded from their features by the bundle's "
@@ -274,9 +326,12 @@ def run_cold_start(
     dataset: InteractionDataset | None = None,
     progress: bool = True,
     served_slots: tuple[int, ...] = (0, 2),
+    validation: bool = False,
+    neighbour_ks: tuple[int, ...] = (),
 ) -> dict[str, Any]:
     """Hold out items, train ``model`` on the rest (presets of ``dataset_path``), export, evaluate the encoder
-    (``served_slots``: the reserved new-item places the serving evaluation tries).
+    (``served_slots``: the reserved new-item places the serving evaluation tries; ``validation``: evaluate on the
+    validation split of :func:`held_out_split` instead; ``neighbour_ks``: see :func:`evaluate_cold_start`).
 
     Writes the training run to ``out_dir/warm_run`` (metrics.json, split.inter, checkpoint, bundle) and the
     result to ``out_dir/coldstart.json``; returns that payload.
@@ -292,7 +347,9 @@ def run_cold_start(
     )
     build_config(run_config.model, run_config.model_params)  # a bad config fails before any work
     dataset = dataset if dataset is not None else load_dataset_dir(dataset_path)
-    split = split_cold_items(dataset, fraction, split_seed)
+    if any(k < 1 for k in neighbour_ks):
+        raise ColdStartError(f"neighbour counts must be >= 1, got {list(neighbour_ks)}")
+    split = held_out_split(dataset, fraction, split_seed, validation)
     if len(split.cold_items) < 20:
         raise ColdStartError(
             f"only {len(split.cold_items)} held-out items: at least 20 are needed (raise --cold-fraction)"
@@ -307,20 +364,24 @@ def run_cold_start(
         "held_out_items": len(split.cold_items),
         "cold_fraction": fraction,
         "split_seed": split_seed,
-        "note": f"the dataset at dataset_path minus the held-out items listed in {COLD_START_FILE}",
+        "validation": validation,
+        "note": f"the dataset at dataset_path minus the held-out items listed in {COLD_START_FILE}"
+        + (" (cold_item_ids and removed_item_ids)" if validation else ""),
     }
     metrics = run_fit_config(
         run_config, split.warm, Path(dataset_path), out_dir / "warm_run", progress=progress, derived_dataset=derived
     )
-    result = evaluate_cold_start(Path(metrics["bundle"]), split, served_slots=served_slots)
+    result = evaluate_cold_start(Path(metrics["bundle"]), split, served_slots=served_slots, neighbour_ks=neighbour_ks)
     payload = {
         "model": model,
         "dataset": dataset.name,
         "dataset_path": str(Path(dataset_path).resolve()),
         "cold_fraction": fraction,
         "split_seed": split_seed,
+        "validation": validation,
         "train_seed": run_config.train.seed,
         "cold_item_ids": split.cold_item_ids,
+        **({"removed_item_ids": split_cold_items(dataset, fraction, split_seed).cold_item_ids} if validation else {}),
         "warm_valid": metrics["valid"],
         "warm_test": metrics["test"],
         "best_epoch": metrics["best_epoch"],
@@ -344,12 +405,19 @@ def summarize(results: list[dict[str, Any]], k: int = 20) -> dict[str, Any]:
         "model": results[0]["model"],
         "train_seeds": [r["train_seed"] for r in results],
         "n_cold_items": results[0]["n_cold_items"],
+        "validation": results[0].get("validation", False),
         "random_expected": results[0]["random_expected"].get(f"recall@{k}"),
     }
     for key in ("encoder", "content_profile"):
         for metric in (f"recall@{k}", f"ndcg@{k}"):
             summary[f"{key}_{metric}"] = mean_std([r[key][metric] for r in results])
     summary[f"warm_valid_recall@{k}"] = mean_std([r["warm_valid"][f"recall@{k}"] for r in results])
+    shared_ks = set.intersection(*(set(r.get("neighbour_mean_by_k", {})) for r in results))
+    for neighbours in sorted(shared_ks, key=int):
+        for metric in (f"recall@{k}", f"ndcg@{k}"):
+            summary[f"neighbour_mean[k={neighbours}]_{metric}"] = mean_std(
+                [r["neighbour_mean_by_k"][neighbours][metric] for r in results]
+            )
     for setting in results[0].get("served", {}):
         if all(setting in r.get("served", {}) for r in results):
             for metric in (f"recall@{k}", f"cold_share@{k}", "new_item_precision", "new_item_precision_random"):
@@ -366,10 +434,11 @@ def reevaluate_cold_start(
     dataset: InteractionDataset | None = None,
     model: str | None = None,
     served_slots: tuple[int, ...] = (0, 2),
+    neighbour_ks: tuple[int, ...] = (),
 ) -> dict[str, Any]:
     """Evaluate an existing ``coldstart`` directory again (no training): the same held-out items are drawn from
-    the dataset with the recorded fraction and seed, and the warm run's current bundle is encoded and ranked.
-    Rewrites ``coldstart.json`` with the new evaluation and returns it."""
+    the dataset with the recorded fraction, seed and validation flag, and the warm run's current bundle is encoded
+    and ranked. Rewrites ``coldstart.json`` with the new evaluation and returns it."""
     from trainer.loop import write_json_atomic
     from trainer.pipeline import load_dataset_dir
 
@@ -380,10 +449,13 @@ def reevaluate_cold_start(
     if model is not None and model != previous["model"]:
         raise ColdStartError(f"{report_path} is a {previous['model']!r} run, not {model!r}")
     dataset = dataset if dataset is not None else load_dataset_dir(Path(previous["dataset_path"]))
-    split = split_cold_items(dataset, previous["cold_fraction"], previous["split_seed"])
+    split = held_out_split(dataset, previous["cold_fraction"], previous["split_seed"], previous.get("validation", False))
     if split.cold_item_ids != previous["cold_item_ids"]:
         raise ColdStartError(f"the dataset now gives other held-out items than {report_path} records")
-    result = evaluate_cold_start(Path(out_dir) / "warm_run" / "bundles" / "current", split, served_slots=served_slots)
-    payload = {**previous, **result}
+    result = evaluate_cold_start(
+        Path(out_dir) / "warm_run" / "bundles" / "current", split, served_slots=served_slots, neighbour_ks=neighbour_ks
+    )
+    payload = {key: value for key, value in previous.items() if key != "neighbour_mean_by_k"}
+    payload.update(result)
     write_json_atomic(report_path, payload)
     return payload

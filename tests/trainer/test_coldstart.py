@@ -108,8 +108,13 @@ def test_cold_start_run_on_planted_data_beats_random_and_writes_its_report(tmp_p
     result = run_cold_start(
         model, tmp_path / "planted", out, fraction=0.5, split_seed=1,
         train_overrides={"max_epochs": 15, "lr": 0.01, "device": "cpu"}, dataset=data, progress=False,
+        neighbour_ks=(1, 10),
     )
     assert result["encoder_source"] == source  # LightGCN has no encoder of its own: the export's neighbour mean
+    assert set(result["neighbour_mean_by_k"]) == {"1", "10"}
+    if source == "feature_neighbour_mean":  # k = 10 in torch is the exported ONNX encoder, ranked alike
+        for metric, value in result["encoder"].items():
+            assert result["neighbour_mean_by_k"]["10"][metric] == pytest.approx(value, abs=1e-6), metric
     assert result["n_cold_items"] == 50 and result["n_users_evaluated"] > 100
     assert set(result["encoder"]) >= {"recall@10", "recall@20", "recall@50"}
     assert result["random_expected"]["recall@20"] == pytest.approx(0.4)
@@ -129,6 +134,7 @@ def test_cold_start_run_on_planted_data_beats_random_and_writes_its_report(tmp_p
 
     again = reevaluate_cold_start(out, dataset=data)  # no training: the same items, the same bundle
     assert again["encoder"] == result["encoder"] and again["cold_item_ids"] == result["cold_item_ids"]
+    assert "neighbour_mean_by_k" not in again  # not asked for this time: no stale figures kept
     other = "sand" if model != "sand" else "ludp"
     with pytest.raises(ColdStartError, match=f"not '{other}'"):
         reevaluate_cold_start(out, dataset=data, model=other)
@@ -139,6 +145,24 @@ def test_cold_start_run_on_planted_data_beats_random_and_writes_its_report(tmp_p
 
     with pytest.raises(ValueError, match="names no dataset"):
         export_checkpoint(out / "warm_run")
+
+
+def test_validation_split_never_contains_the_held_out_items_it_removes():
+    from trainer.coldstart import held_out_split
+
+    data = planted_dataset(n_users=120, n_items=100, interactions_per_user=20, seed=4)
+    held_out = held_out_split(data, 0.2, seed=3)
+    validation = held_out_split(data, 0.2, seed=3, validation=True)
+    removed = set(held_out.cold_item_ids)
+    assert len(removed) == 20 and len(validation.cold_item_ids) == 16  # 20% of the 80 items left
+    assert removed.isdisjoint(validation.cold_item_ids)
+    assert removed.isdisjoint(validation.warm.item_ids)  # trained on neither set
+    assert set(validation.warm.item_ids) | set(validation.cold_item_ids) == set(held_out.warm.item_ids)
+    assert validation.cold_truth.shape == (data.n_users, 16)
+    for name, matrix in validation.cold_features.items():  # the right rows of the original features
+        rows = [data.item_ids.index(item) for item in validation.cold_item_ids]
+        np.testing.assert_array_equal(matrix, data.features[name][rows])
+    assert held_out_split(data, 0.2, seed=3).cold_item_ids == held_out.cold_item_ids  # seeded
 
 
 def test_too_few_held_out_items_are_refused_before_anything_is_written(tmp_path):
@@ -215,6 +239,20 @@ def test_cli_runs_seeds_prints_the_summary_and_evaluates_again_without_training(
     single = [arg if arg != str(out) else str(out / "seed1") for arg in common]
     assert main([*single, "--evaluate-only"]) == 0  # one run, its own report format
     assert "held-out share of the top 20" in capsys.readouterr().out
+    validation = ["coldstart", "--model", "lightgcn", "--dataset", str(data_dir), "--out", str(tmp_path / "valid"),
+                  "--quiet", "--cold-fraction", "0.3", "--validation", "--neighbour-k", "3", "10",
+                  "--max-epochs", "2", "--device", "cpu"]
+    assert main(validation) == 0
+    printed = capsys.readouterr().out
+    assert "21 VALIDATION held-out items" in printed  # 30% of the 70 items the split leaves
+    assert "neighbour mean, k=3" in printed and "neighbour mean, k=10" in printed
+    report = json.loads((tmp_path / "valid" / COLD_START_FILE).read_text())
+    assert report["validation"] and set(report["removed_item_ids"]).isdisjoint(report["cold_item_ids"])
+    assert main(["coldstart", "--model", "lightgcn", "--dataset", str(data_dir), "--out", str(tmp_path / "valid"),
+                 "--evaluate-only"]) == 0  # the validation flag is read from the report
+    assert "21 VALIDATION held-out items" in capsys.readouterr().out
+    assert main([*validation, "--neighbour-k", "0"]) == 2
+    assert "--neighbour-k must be >= 1" in capsys.readouterr().err
     refused = ["coldstart", "--model", "mf", "--dataset", str(data_dir), "--out", str(tmp_path / "mf")]
     assert main([*refused, "--cold-fraction", "1.5"]) == 2
     assert "cold fraction must be in (0, 1)" in capsys.readouterr().err and not (tmp_path / "mf").exists()
