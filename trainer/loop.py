@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from trainer.config import RunConfig
-from trainer.data.dataset import InteractionDataset
+from trainer.data.dataset import DatasetError, InteractionDataset
 from trainer.evaluate import evaluate_full_ranking
 from trainer.models.base import BPRBatch, ModelInputs, Recommender
 from trainer.models.registry import build_model
@@ -137,6 +137,13 @@ def fit(
     best-valid state restored; ``evaluate_test=False`` (hyperparameter search) never reads it.
     """
     cfg = run_config.train
+    empty = [name for name, split in (("valid", dataset.valid), ("test", dataset.test)) if split.nnz == 0]
+    if "valid" in empty or (evaluate_test and empty):
+        raise DatasetError(
+            f"dataset {dataset.name!r} has an empty {' and '.join(empty)} split: early stopping and every choice are "
+            "made on VALID and the result is read on TEST, so both need interactions (a ratio split gives valid and "
+            "test rows only to users with enough interactions)"
+        )
     seed_everything(cfg.seed)
     device = select_device(cfg.device)
     inputs = ModelInputs.from_dataset(dataset, device)

@@ -1,7 +1,10 @@
 """Training loop: negatives, early stopping on valid, the test split read exactly once."""
 
+import dataclasses
+
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 
 import trainer.loop as loop
@@ -118,3 +121,20 @@ def test_trainer_adam_matches_the_single_tensor_adam_bit_for_bit(model_name):
     assert len(trained[0]) > 2
     for fast, reference in zip(*trained, strict=True):
         assert torch.equal(fast, reference)
+
+
+@pytest.mark.parametrize(("emptied", "evaluate_test"), [("valid", True), ("valid", False), ("test", True)])
+def test_fit_refuses_an_empty_valid_or_test_split(emptied, evaluate_test):
+    data = planted_dataset(n_users=20, n_items=30, seed=1)
+    data = dataclasses.replace(data, **{emptied: sp.csr_matrix(getattr(data, emptied).shape, dtype=np.float32)})
+    run = RunConfig(model="mf", train=TrainConfig(max_epochs=1, device="cpu"))
+    with pytest.raises(loop.DatasetError, match=f"empty {emptied} split"):
+        loop.fit(data, run, progress=False, evaluate_test=evaluate_test)
+
+
+def test_hyperparameter_search_needs_no_test_split():
+    data = planted_dataset(n_users=20, n_items=30, seed=1)
+    data = dataclasses.replace(data, test=sp.csr_matrix(data.test.shape, dtype=np.float32))
+    result = loop.fit(data, RunConfig(model="mf", train=TrainConfig(max_epochs=1, device="cpu")), progress=False,
+                 evaluate_test=False)
+    assert result.best_epoch == 1
