@@ -2,7 +2,8 @@
 
 Command-line flags override ``MODALREC_*`` environment variables. With several workers,
 ``PROMETHEUS_MULTIPROC_DIR`` is set (to a fresh temporary directory unless already given) so that
-/metrics aggregates every worker, and each worker gets ``threads_per_worker`` FAISS/ONNX threads.
+/metrics aggregates every worker, and each worker gets ``threads_per_worker`` FAISS/ONNX threads. A given
+directory is created if missing and emptied of a previous run's metric files before the workers start.
 """
 
 from __future__ import annotations
@@ -11,6 +12,21 @@ import argparse
 import os
 import sys
 import tempfile
+from pathlib import Path
+
+# the file names prometheus_client's multiprocess mode writes: <type>_[<mode>_]<pid>.db
+_METRIC_FILE_PREFIXES = ("counter_", "gauge_", "histogram_", "summary_")
+
+
+def prepare_multiproc_dir(path: str) -> None:
+    """Make ``PROMETHEUS_MULTIPROC_DIR`` usable: create it (prometheus_client does not, and every worker then fails
+    at start-up), and delete metric files a previous run left (they would be added to this run's counters, and a
+    killed worker's gauges would stay live), as prometheus_client asks for before start-up."""
+    directory = Path(path)
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        if stale.name.startswith(_METRIC_FILE_PREFIXES):
+            stale.unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,15 +55,16 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", threads)
     os.environ.setdefault("OPENBLAS_NUM_THREADS", threads)
     os.environ.setdefault("MKL_NUM_THREADS", threads)
-    if settings.workers > 1:
-        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="modalrec-prom-")
-        if not settings.redis_url:
-            print(
-                "warning: several workers with the in-process MemoryStore: each worker has its own online state;"
-                " set MODALREC_REDIS_URL",
-                file=sys.stderr,
-            )
+    if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="modalrec-prom-")
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # the metrics use it whenever it is set, one worker or more
+        prepare_multiproc_dir(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    if settings.workers > 1 and not settings.redis_url:
+        print(
+            "warning: several workers with the in-process MemoryStore: each worker has its own online state;"
+            " set MODALREC_REDIS_URL",
+            file=sys.stderr,
+        )
 
     import uvicorn
 

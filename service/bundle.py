@@ -281,6 +281,32 @@ def _check_arrays(
         raise BundleError(f"popularity shape {popularity.shape} != ({n_items},)")
 
 
+def _check_manifest(manifest: Any) -> None:
+    """The manifest keys the service reads, with their types: the manifest is not covered by the checksums, and a
+    bundle accepted without them broke every request after the swap (``version``) or failed outside the refusal
+    path (``dim``, ``modalities``)."""
+    if not isinstance(manifest, dict):
+        raise BundleError(f"manifest must be a JSON object, got {type(manifest).__name__}")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise BundleError(
+            f"unsupported bundle format_version {manifest.get('format_version')!r}; expected {FORMAT_VERSION}"
+        )
+    if not isinstance(manifest.get("files"), dict):
+        raise BundleError("manifest has no 'files' table")
+    version = manifest.get("version")
+    if not isinstance(version, str) or not version:
+        raise BundleError(f"manifest 'version' must be a non-empty string, got {version!r}")
+    for key in ("dim", "n_users", "n_items"):
+        value = manifest.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise BundleError(f"manifest {key!r} must be a non-negative integer, got {value!r}")
+    modalities = manifest.get("modalities", {})
+    if not isinstance(modalities, dict) or not all(
+        isinstance(dim, int) and not isinstance(dim, bool) and dim > 0 for dim in modalities.values()
+    ):
+        raise BundleError(f"manifest 'modalities' must map names to positive dimensions, got {modalities!r}")
+
+
 def load_bundle(path: str | os.PathLike[str], verify: bool = True) -> Bundle:
     """Load a bundle directory (or a root with ``current``), verifying checksums and shapes.
 
@@ -292,13 +318,8 @@ def load_bundle(path: str | os.PathLike[str], verify: bool = True) -> Bundle:
         manifest = json.loads((bundle_dir / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise BundleError(f"unreadable manifest in {bundle_dir}: {exc}") from exc
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise BundleError(
-            f"unsupported bundle format_version {manifest.get('format_version')!r}; expected {FORMAT_VERSION}"
-        )
-    files = manifest.get("files")
-    if not isinstance(files, dict):
-        raise BundleError("manifest has no 'files' table")
+    _check_manifest(manifest)
+    files = manifest["files"]
     for name in REQUIRED_FILES:
         if name not in files:
             raise BundleError(f"manifest does not list required file {name}")
@@ -324,9 +345,9 @@ def load_bundle(path: str | os.PathLike[str], verify: bool = True) -> Bundle:
     user_ids = [str(x) for x in user_ids]
     item_ids = [str(x) for x in item_ids]
     _check_arrays(user_ids, item_ids, user_embeddings, item_embeddings, seen_indptr, seen_indices, popularity)
-    if int(manifest.get("dim", -1)) != item_embeddings.shape[1]:
-        raise BundleError(f"manifest dim {manifest.get('dim')} != embedding dim {item_embeddings.shape[1]}")
-    if int(manifest.get("n_users", -1)) != len(user_ids) or int(manifest.get("n_items", -1)) != len(item_ids):
+    if manifest["dim"] != item_embeddings.shape[1]:
+        raise BundleError(f"manifest dim {manifest['dim']} != embedding dim {item_embeddings.shape[1]}")
+    if manifest["n_users"] != len(user_ids) or manifest["n_items"] != len(item_ids):
         raise BundleError("manifest n_users/n_items do not match the id files")
     return Bundle(
         path=bundle_dir,

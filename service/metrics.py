@@ -38,6 +38,13 @@ LATENCY_BUCKETS = (
 )
 
 
+# label values known in advance: their series are exported at 0 from the start, so that the first increment is a
+# visible change (Prometheus' increase()/rate() cannot see the first value of a series that appears at 1, and the
+# ModalrecReloadFailed alert missed every process's first refused bundle)
+RELOAD_TRIGGERS = ("startup", "poll", "pubsub", "admin")
+FALLBACK_KINDS = ("popularity", "folded_in")
+
+
 def multiprocess_enabled() -> bool:
     return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
@@ -106,6 +113,11 @@ class ServiceMetrics:
             registry=r,
             multiprocess_mode="livemin",
         )
+        for trigger in RELOAD_TRIGGERS:
+            self.reloads.labels(trigger)
+            self.reload_failures.labels(trigger)
+        for kind in FALLBACK_KINDS:
+            self.fallbacks.labels(kind)
         self._model_labels: tuple[str, str, str] | None = None
 
     def set_model(self, version: str, model: str, dataset: str) -> None:

@@ -128,12 +128,16 @@ class Runtime:
                 )
                 raise ReloadRefused(f"bundle {target.name} refused: {exc}") from exc
             writes_before = self._item_writes
-            stored = self._stored_items()
+            revision, stored = self._stored_items()
             new_state.apply_online_items(self._merged_items(stored, writes_before))  # encoding, outside the lock
             with self._mutation_lock:  # items added meanwhile; unchanged ones are skipped
                 items = self._merged_items(stored, writes_before)
                 new_state.apply_online_items(items)
                 self._online_items = dict(items)
+                if revision is not None:
+                    # the new state holds the snapshot, not what a sync applied to the old state since: the next sync
+                    # must read every item written after the snapshot (keeping a newer revision lost those writes)
+                    self._items_revision = revision
                 self._state = new_state
                 self._update_index_gauges(new_state)
             self._last_refused = None
@@ -154,15 +158,15 @@ class Runtime:
         newer = {i: f for i, f in self._online_items.items() if self._written_at.get(i, 0) > writes_before}
         return {**self._online_items, **stored, **newer}
 
-    def _stored_items(self) -> dict[str, Mapping[str, Sequence[float]]]:
+    def _stored_items(self) -> tuple[int | None, dict[str, Mapping[str, Sequence[float]]]]:
+        """(revision, items) of the store's online items; (None, {}) when the store is unavailable."""
         try:
             revision, items = self.store.get_items()
         except StoreUnavailable as exc:
             self.metrics.store_errors.labels("get_items").inc()
             logger.warning("store unavailable while loading online items: %s", exc)
-            return {}
-        self._items_revision = revision
-        return dict(items)
+            return None, {}
+        return revision, dict(items)
 
     def _current_target_changed(self) -> bool:
         root = Path(self.settings.bundle_root)

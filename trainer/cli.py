@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--out", required=True, type=Path, help="run directory whose bundles/ the service watches")
     retrain.add_argument("--model", default="lightgcn")
     retrain.add_argument("--redis-url", default=None, help="read events from this Redis (default: $MODALREC_REDIS_URL)")
-    retrain.add_argument("--key-prefix", default="modalrec:")
+    retrain.add_argument("--key-prefix", default=None,
+                         help="prefix of the service's Redis keys (default: $MODALREC_REDIS_PREFIX, else modalrec:)")
     retrain.add_argument("--max-epochs", type=int, default=None)
 
     cold = sub.add_parser(

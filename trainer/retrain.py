@@ -6,12 +6,18 @@ The service appends one entry per (user, item) event to the Redis stream ``<pref
 adds the events to the TRAIN split (valid and test stay as they are, so early stopping and the reported
 test metrics keep their meaning), trains, exports a new bundle under ``<out>/bundles`` (atomically
 swapping ``current``) and publishes the new version on ``<prefix>reload`` so replicas reload it.
+
+The stream is capped (``MAXLEN ~ redis_stream_maxlen``) and the dataset on disk never changes, so every event read
+is also kept in ``<out>/online_events.jsonl`` (one JSON ``[stream id, user_id, item_id]`` a line, rewritten
+atomically before training): later runs train on that log plus the stream, and events the cap has since trimmed
+from the stream are not lost.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +29,8 @@ import scipy.sparse as sp
 from trainer.data.dataset import DatasetError, InteractionDataset
 
 logger = logging.getLogger(__name__)
+
+EVENTS_LOG = "online_events.jsonl"
 
 
 @dataclass
@@ -116,10 +124,18 @@ def read_store_events(redis_url: str, prefix: str = "modalrec:", batch: int = 10
     list[tuple[str, str]], dict[str, dict[str, list[float]]], str | None
 ]:
     """All (user_id, item_id) events of ``<prefix>events``, the online items, and the last stream id read."""
+    entries, online_items, last_id = read_store_entries(redis_url, prefix, batch)
+    return [(user_id, item_id) for _, user_id, item_id in entries], online_items, last_id
+
+
+def read_store_entries(redis_url: str, prefix: str = "modalrec:", batch: int = 10_000) -> tuple[
+    list[tuple[str, str, str]], dict[str, dict[str, list[float]]], str | None
+]:
+    """Like :func:`read_store_events`, with each event's stream id: (entry_id, user_id, item_id)."""
     import redis
 
     client = redis.Redis.from_url(redis_url, decode_responses=True)
-    events: list[tuple[str, str]] = []
+    events: list[tuple[str, str, str]] = []
     last_id: str | None = None
     start = "-"
     while True:
@@ -129,7 +145,7 @@ def read_store_events(redis_url: str, prefix: str = "modalrec:", batch: int = 10
         for entry_id, fields in chunk:
             if "user_id" not in fields or "item_id" not in fields:
                 raise DatasetError(f"stream entry {entry_id} lacks user_id/item_id: {fields}")
-            events.append((fields["user_id"], fields["item_id"]))
+            events.append((entry_id, fields["user_id"], fields["item_id"]))
             last_id = entry_id
         start = "(" + chunk[-1][0]
         if len(chunk) < batch:
@@ -140,26 +156,70 @@ def read_store_events(redis_url: str, prefix: str = "modalrec:", batch: int = 10
     return events, online_items, last_id
 
 
+def _stream_id_key(entry_id: str) -> tuple[int, int]:
+    milliseconds, _, sequence = entry_id.partition("-")
+    return int(milliseconds), int(sequence or 0)
+
+
+def keep_events(log_path: Path, entries: Iterable[tuple[str, str, str]]) -> list[tuple[str, str]]:
+    """Add stream ``entries`` (entry_id, user_id, item_id) to the events log at ``log_path``; return every logged
+    (user_id, item_id) event in stream order.
+
+    The log holds each stream entry once (by id), so reading the same entries again adds nothing. It is rewritten
+    through a temporary file and an atomic rename: a crash leaves the previous log whole.
+    """
+    logged: dict[str, tuple[str, str]] = {}
+    if log_path.exists():
+        with open(log_path, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    entry_id, user_id, item_id = json.loads(line)
+                except (ValueError, TypeError) as exc:
+                    raise DatasetError(f"{log_path}:{number}: not an [id, user_id, item_id] entry: {exc}") from exc
+                logged[str(entry_id)] = (str(user_id), str(item_id))
+    added = 0
+    for entry_id, user_id, item_id in entries:
+        if entry_id not in logged:
+            logged[entry_id] = (user_id, item_id)
+            added += 1
+    order = sorted(logged, key=_stream_id_key)
+    if added:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = log_path.with_name(f"{log_path.name}.{os.getpid()}.tmp")
+        with open(tmp, "w", encoding="utf-8") as handle:
+            for entry_id in order:
+                handle.write(json.dumps([entry_id, *logged[entry_id]]) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, log_path)
+    logger.info("events log %s: %d events, %d new", log_path, len(order), added)
+    return [logged[entry_id] for entry_id in order]
+
+
 def retrain(
     dataset_path: Path,
     out_dir: Path,
     model: str = "lightgcn",
     redis_url: str | None = None,
-    prefix: str = "modalrec:",
+    prefix: str | None = None,
     max_epochs: int | None = None,
 ) -> dict[str, Any]:
-    """Merge the store's events into the dataset, train ``model``, export and signal a reload."""
-    import os
-
+    """Merge the store's events (and those of earlier runs, ``<out_dir>/online_events.jsonl``) into the dataset,
+    train ``model``, export and signal a reload."""
     from trainer.config import resolve_run_config
     from trainer.pipeline import dataset_preset_name, load_dataset_dir, run_fit_config
 
     redis_url = redis_url or os.environ.get("MODALREC_REDIS_URL")
+    prefix = prefix or os.environ.get("MODALREC_REDIS_PREFIX") or "modalrec:"  # the service's own default
     dataset = load_dataset_dir(Path(dataset_path))
     last_id = None
     report = MergeReport(0, 0, 0, 0, 0, 0)
     if redis_url:
-        events, online_items, last_id = read_store_events(redis_url, prefix)
+        entries, online_items, last_id = read_store_entries(redis_url, prefix)
+        # kept before training: the stream's cap may trim these entries before the next run reads it
+        events = keep_events(Path(out_dir) / EVENTS_LOG, entries)
         dataset, report = merge_events(dataset, events, online_items)
     else:
         logger.warning("no Redis URL given (MODALREC_REDIS_URL): retraining on the dataset alone")

@@ -78,3 +78,55 @@ def test_prometheus_config_and_rules() -> None:
             ["promtool", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
         )
         assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _run_service_main(monkeypatch: pytest.MonkeyPatch, multiproc_dir: Path, bundle_root: Path) -> str:
+    """``python -m service --workers 2`` up to uvicorn, which is replaced by what a worker does first: build the
+    metrics (in multiprocess mode) and count something. Returns the aggregated /metrics text."""
+    import os
+
+    import uvicorn
+
+    from service.__main__ import main
+    from service.metrics import ServiceMetrics
+
+    for name in [n for n in os.environ if n.startswith("MODALREC_")]:
+        monkeypatch.delenv(name)
+    for name in ("MODALREC_BUNDLE_ROOT", "MODALREC_WORKERS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                 "MKL_NUM_THREADS"):
+        monkeypatch.setenv(name, "1")  # main() sets them: restored afterwards
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(multiproc_dir))
+    rendered: list[str] = []
+
+    def fake_worker(*_args: object, **_kwargs: object) -> None:
+        from prometheus_client import values
+
+        # a worker imports prometheus_client with the variable set: file-backed values (chosen at import time)
+        monkeypatch.setattr(values, "ValueClass", values.get_value_class())
+        metrics = ServiceMetrics()
+        metrics.reloads.labels("startup").inc()
+        rendered.append(metrics.render()[0].decode())
+
+    monkeypatch.setattr(uvicorn, "run", fake_worker)
+    assert main(["--bundle-root", str(bundle_root), "--workers", "2"]) == 0
+    return rendered[0]
+
+
+def test_a_given_multiproc_dir_that_does_not_exist_yet_is_created(monkeypatch, tmp_path) -> None:
+    # docker-compose.yml gives /tmp/prometheus on an empty tmpfs: every worker failed to build its metrics
+    text = _run_service_main(monkeypatch, tmp_path / "tmpfs" / "prometheus", tmp_path)
+    assert 'modalrec_reloads_total{trigger="startup"} 1.0' in text
+
+
+def test_metric_files_of_a_previous_run_are_removed_at_start(monkeypatch, tmp_path) -> None:
+    import os
+
+    multiproc_dir = tmp_path / "prometheus"
+    multiproc_dir.mkdir()
+    _run_service_main(monkeypatch, multiproc_dir, tmp_path)
+    for stale in multiproc_dir.glob("*.db"):  # what a killed run leaves behind, under another pid
+        stale.rename(stale.with_name(stale.name.replace(str(os.getpid()), "999999")))
+    (multiproc_dir / "notes.txt").write_text("not a metric file")
+    text = _run_service_main(monkeypatch, multiproc_dir, tmp_path)
+    assert 'modalrec_reloads_total{trigger="startup"} 1.0' in text  # not 2.0: the old run's count is gone
+    assert (multiproc_dir / "notes.txt").exists()

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
+import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
 from service.app import create_app
-from service.bundle import ITEM_EMBEDDINGS, load_bundle, publish_current
+from service.bundle import ITEM_EMBEDDINGS, MANIFEST, load_bundle, publish_current
 from tests.service.conftest import ADMIN_TOKEN, build_tiny_bundle, make_settings
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -89,3 +91,38 @@ def test_startup_without_bundle_is_not_ready_then_recovers(tmp_path, store) -> N
         build_tiny_bundle(root)
         assert wait_for(lambda: client.get("/readyz").status_code == 200)
         assert load_bundle(root).version == client.get("/model").json()["version"]
+
+
+def test_reload_failure_counters_exist_at_zero_before_the_first_refusal(client: TestClient) -> None:
+    """deploy/alerts.yml fires on increase(modalrec_reload_failures_total[15m]) > 0: a series that appears only with
+    the first refusal (at 1) has no increase for Prometheus, so every process's first refused bundle went unnoticed."""
+    metrics = client.get("/metrics").text
+    for trigger in ("startup", "poll", "pubsub", "admin"):
+        assert f'modalrec_reload_failures_total{{trigger="{trigger}"}} 0.0' in metrics
+    for kind in ("popularity", "folded_in"):
+        assert f'modalrec_fallbacks_total{{kind="{kind}"}} 0.0' in metrics
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda m: m.pop("version"),
+        lambda m: m.update(version=None),
+        lambda m: m.update(dim=None),
+        lambda m: m.update(modalities=None),
+    ],
+    ids=["no-version", "null-version", "null-dim", "null-modalities"],
+)
+def test_a_bundle_with_a_malformed_manifest_is_refused(client: TestClient, bundle_root, edit) -> None:
+    """The manifest is not covered by the checksums: a bad one must be refused like a corrupt file, not swapped in
+    (without a version every request then failed with 500) nor crash the reload (500, no refusal metric)."""
+    old_version = client.get("/model").json()["version"]
+    bad_dir = build_tiny_bundle(bundle_root, seed=5)
+    manifest = json.loads((bad_dir / MANIFEST).read_text())
+    edit(manifest)
+    (bad_dir / MANIFEST).write_text(json.dumps(manifest))
+    response = client.post("/admin/reload", headers=AUTH)
+    assert response.status_code == 409 and "manifest" in response.json()["detail"]
+    assert client.post("/recommend/u0", json={"k": 3}).json()["model_version"] == old_version
+    assert client.get("/model").json()["version"] == old_version
+    assert client.get("/readyz").status_code == 200

@@ -65,6 +65,31 @@ def test_a_reload_serves_the_stores_version_of_an_item_another_replica_replaced(
     np.testing.assert_allclose(_served_vector(b, "x"), b.state.encode(F2))
 
 
+def test_a_sync_during_a_reload_does_not_hide_a_replacement_from_the_new_state(tmp_path, prefix):
+    """A request-triggered sync (unknown item id) can run on the old state while a reload encodes the online items:
+    the replacement it applied there must still reach the new state, which was built from the older snapshot."""
+    root = tmp_path / "bundles"
+    build_tiny_bundle(root)
+    a, b = _runtime(root, prefix), _runtime(root, prefix)
+    a.add_item("x", F1)
+    b.sync_online_items()
+    build_tiny_bundle(root, seed=1)
+    snapshot = b._stored_items
+
+    def snapshot_then_concurrent_replacement_and_sync():
+        taken = snapshot()  # b's reload has read x = F1
+        a.add_item("x", F2)  # replica a replaces x
+        b.sync_online_items()  # a request on b syncs, on the old state
+        return taken
+
+    b._stored_items = snapshot_then_concurrent_replacement_and_sync
+    b.reload("poll")
+    b._stored_items = snapshot
+    b.sync_online_items()
+    assert b.state.online_features["x"] == F2
+    np.testing.assert_allclose(_served_vector(b, "x"), b.state.encode(F2))
+
+
 def test_an_item_added_through_one_replica_is_known_to_another_at_once(tmp_path, prefix):
     root = tmp_path / "bundles"
     build_tiny_bundle(root)

@@ -63,3 +63,54 @@ def test_read_store_events_from_real_redis():
         assert last_id == client.xrevrange(f"{prefix}events", count=1)[0][0]
     finally:
         client.delete(f"{prefix}events", f"{prefix}items")
+
+
+@pytest.mark.redis
+def test_events_trimmed_from_the_stream_still_reach_later_retrains(tmp_path, monkeypatch):
+    """The stream is capped (MAXLEN) and the dataset on disk never changes: an event a run has read must stay in
+    the training data of every later run, after the cap has trimmed it from the stream."""
+    redis = pytest.importorskip("redis")
+    import trainer.pipeline as pipeline
+    from trainer.data.features import write_mmrec_inter
+    from trainer.retrain import retrain
+
+    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        pytest.fail(f"Redis is not reachable at {REDIS_URL}: start it (see README)")
+    data = planted_dataset(n_users=20, n_items=30, interactions_per_user=8, with_kg=False, seed=0)
+    dataset_dir = tmp_path / "planted"
+    dataset_dir.mkdir()
+    write_mmrec_inter(data, dataset_dir / "planted.inter")
+    for name, matrix in data.features.items():
+        np.save(dataset_dir / f"{name}_feat.npy", matrix)
+    trained = []
+
+    def fake_fit(run_config, dataset, dataset_path, out_dir, progress=True, derived_dataset=None):
+        trained.append(dataset)
+        return {"bundle": str(out_dir / "bundles" / f"v{len(trained)}"), "valid": {}, "test": {}}
+
+    monkeypatch.setattr(pipeline, "run_fit_config", fake_fit)
+    prefix = f"test-retrain-{uuid.uuid4().hex[:8]}:"
+    stream = f"{prefix}events"
+    try:
+        client.xadd(stream, {"user_id": "early", "item_id": "i1", "type": "click", "ts": "1.0"})
+        first = retrain(dataset_dir, tmp_path / "run", redis_url=REDIS_URL, prefix=prefix)
+        assert first["merge"]["new_users"] == 1
+        for n in range(3):  # later traffic; the cap trims the oldest entry
+            client.xadd(stream, {"user_id": f"late{n}", "item_id": "i2", "type": "click", "ts": "2.0"},
+                        maxlen=3, approximate=False)
+        assert "early" not in {fields["user_id"] for _, fields in client.xrange(stream)}
+        second = retrain(dataset_dir, tmp_path / "run", redis_url=REDIS_URL, prefix=prefix)
+        assert second["merge"]["events_added"] == 4 and second["merge"]["new_users"] == 4
+        merged = trained[-1]
+        assert merged.train[merged.user_ids.index("early"), merged.item_ids.index("i1")] == 1
+        third = retrain(dataset_dir, tmp_path / "run", redis_url=REDIS_URL, prefix=prefix)  # nothing new
+        assert third["merge"] == second["merge"]
+        assert len((tmp_path / "run" / "online_events.jsonl").read_text().splitlines()) == 4
+        monkeypatch.setenv("MODALREC_REDIS_PREFIX", prefix)  # no --key-prefix: the service's setting, not modalrec:
+        from_env = retrain(dataset_dir, tmp_path / "run_env", redis_url=REDIS_URL)
+        assert from_env["merge"]["new_users"] == 3  # the three entries still in the stream
+    finally:
+        client.delete(stream, f"{prefix}items")
