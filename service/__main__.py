@@ -48,9 +48,18 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None:
             os.environ[env] = str(value)
 
+    from pydantic import ValidationError
+
     from service.settings import Settings
 
-    settings = Settings()  # type: ignore[call-arg]  # validates before forking workers
+    try:
+        settings = Settings()  # type: ignore[call-arg]  # validates before forking workers
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"MODALREC_{'_'.join(str(part) for part in error['loc']).upper()}: {error['msg']}" for error in exc.errors()
+        )
+        print(f"error: invalid settings: {problems}", file=sys.stderr)
+        return 2
     threads = str(settings.threads_per_worker)
     os.environ.setdefault("OMP_NUM_THREADS", threads)
     os.environ.setdefault("OPENBLAS_NUM_THREADS", threads)

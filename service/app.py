@@ -199,7 +199,6 @@ def create_app(
 def create_app_from_env() -> FastAPI:
     """uvicorn factory (``service.app:create_app_from_env``): settings from ``MODALREC_*`` variables."""
     settings = Settings()  # type: ignore[call-arg]
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    level = 5 if settings.log_level == "trace" else settings.log_level.upper()  # uvicorn's TRACE is 5
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     return create_app(settings)

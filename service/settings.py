@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -22,7 +22,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
-    log_level: str = "info"
+    log_level: str = Field(default="info", description="critical, error, warning (or warn), info, debug or trace")
 
     redis_url: str | None = Field(
         default=None, description="e.g. redis://127.0.0.1:6379/0; unset = MemoryStore"
@@ -72,3 +72,12 @@ class Settings(BaseSettings):
     max_events_per_request: int = Field(
         default=1000, ge=1, le=1000, description="item ids one POST /users/{id}/events may carry (at most 1000)"
     )
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_log_level(cls, value: str) -> str:
+        """Lower case, ``warn`` as ``warning``; anything else is refused here (uvicorn failed with a bare KeyError)."""
+        level = {"warn": "warning"}.get(value.strip().lower(), value.strip().lower())
+        if level not in ("critical", "error", "warning", "info", "debug", "trace"):
+            raise ValueError(f"unknown log level {value!r}: use critical, error, warning, info, debug or trace")
+        return level

@@ -130,3 +130,21 @@ def test_metric_files_of_a_previous_run_are_removed_at_start(monkeypatch, tmp_pa
     text = _run_service_main(monkeypatch, multiproc_dir, tmp_path)
     assert 'modalrec_reloads_total{trigger="startup"} 1.0' in text  # not 2.0: the old run's count is gone
     assert (multiproc_dir / "notes.txt").exists()
+
+
+def test_log_levels_are_normalised_and_a_bad_setting_is_a_clear_cli_error(monkeypatch, tmp_path, capsys) -> None:
+    from pydantic import ValidationError
+
+    from service.__main__ import main
+    from service.settings import Settings
+
+    assert Settings(bundle_root=tmp_path, log_level="WARN").log_level == "warning"  # uvicorn knows no "warn"
+    assert Settings(bundle_root=tmp_path, log_level=" Trace ").log_level == "trace"
+    with pytest.raises(ValidationError, match="unknown log level 'verbose'"):
+        Settings(bundle_root=tmp_path, log_level="verbose")
+    monkeypatch.setenv("MODALREC_BUNDLE_ROOT", str(tmp_path))  # main() writes its flags there: restored afterwards
+    monkeypatch.setenv("MODALREC_LOG_LEVEL", "verbose")
+    monkeypatch.setenv("MODALREC_PORT", "70000")
+    assert main(["--bundle-root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "MODALREC_LOG_LEVEL: Value error, unknown log level 'verbose'" in err and "MODALREC_PORT:" in err
