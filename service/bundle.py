@@ -238,6 +238,42 @@ def publish_current(root: str | os.PathLike[str], version: str) -> None:
     _fsync_dir(root_path)
 
 
+def prune_bundles(root: str | os.PathLike[str], keep: int) -> list[str]:
+    """Delete all but the ``keep`` newest bundle versions under ``root`` (by the manifest's ``created_at``, then
+    name); the one ``current`` points at is never deleted. Returns the deleted version names.
+
+    A version is first renamed to a hidden ``.<version>.deleting`` and then removed, so an interrupted prune
+    never leaves a half-deleted directory that still looks like a bundle.
+    """
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1, got {keep}")
+    root_path = Path(root)
+    link = root_path / CURRENT_LINK
+    current = link.resolve().name if link.is_symlink() else None
+    versions: list[tuple[str, str]] = []
+    for child in root_path.iterdir():
+        if child.name.startswith(".") or child.is_symlink() or not (child / MANIFEST).is_file():
+            continue
+        try:
+            created = str(json.loads((child / MANIFEST).read_text(encoding="utf-8")).get("created_at", ""))
+        except (OSError, ValueError, AttributeError):
+            created = ""  # unreadable: oldest
+        versions.append((created, child.name))
+    versions.sort(reverse=True)
+    deleted = []
+    for _, name in versions[keep:]:
+        if name == current:
+            continue
+        doomed = root_path / f".{name}.deleting"
+        os.rename(root_path / name, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+        deleted.append(name)
+    if deleted:
+        _fsync_dir(root_path)
+        logger.info("pruned bundles", extra={"root": str(root_path), "deleted": deleted})
+    return deleted
+
+
 def resolve_bundle_dir(path: str | os.PathLike[str]) -> Path:
     """Accept a bundle directory, or a root holding ``current``; return the resolved bundle dir."""
     candidate = Path(path)

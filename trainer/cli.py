@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--key-prefix", default=None,
                          help="prefix of the service's Redis keys (default: $MODALREC_REDIS_PREFIX, else modalrec:)")
     retrain.add_argument("--max-epochs", type=int, default=None)
+    retrain.add_argument("--keep-bundles", type=int, default=5,
+                         help="bundles kept under OUT/bundles after publishing, newest first (default 5; 0 = all)")
 
     cold = sub.add_parser(
         "coldstart", help="hold out items, train on the rest, rank the held-out items by their encoded features"
@@ -236,7 +238,8 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 def _cmd_retrain(args: argparse.Namespace) -> int:
     from trainer.retrain import retrain
 
-    print(retrain(args.dataset, args.out, args.model, args.redis_url, args.key_prefix, args.max_epochs))
+    print(retrain(args.dataset, args.out, args.model, args.redis_url, args.key_prefix, args.max_epochs,
+                  args.keep_bundles))
     return 0
 
 

@@ -205,9 +205,13 @@ def retrain(
     redis_url: str | None = None,
     prefix: str | None = None,
     max_epochs: int | None = None,
+    keep_bundles: int = 5,
 ) -> dict[str, Any]:
     """Merge the store's events (and those of earlier runs, ``<out_dir>/online_events.jsonl``) into the dataset,
-    train ``model``, export and signal a reload."""
+    train ``model``, export and signal a reload; then delete all but the ``keep_bundles`` newest bundles under
+    ``<out_dir>/bundles`` (0 keeps every one; the current one is never deleted)."""
+    if keep_bundles < 0:
+        raise ValueError(f"keep_bundles must be >= 0, got {keep_bundles}")
     from trainer.config import resolve_run_config
     from trainer.pipeline import dataset_preset_name, load_dataset_dir, run_fit_config
 
@@ -243,5 +247,10 @@ def retrain(
 
         version = Path(metrics["bundle"]).name
         redis.Redis.from_url(redis_url).publish(f"{prefix}reload", version)
+    pruned: list[str] = []
+    if keep_bundles:
+        from service.bundle import prune_bundles
+
+        pruned = prune_bundles(Path(metrics["bundle"]).parent, keep_bundles)
     return {"bundle": metrics["bundle"], "merge": report.__dict__, "events_until": last_id,
-            "valid": metrics["valid"], "test": metrics["test"]}
+            "valid": metrics["valid"], "test": metrics["test"], "pruned_bundles": pruned}

@@ -126,3 +126,18 @@ def test_a_bundle_with_a_malformed_manifest_is_refused(client: TestClient, bundl
     assert client.post("/recommend/u0", json={"k": 3}).json()["model_version"] == old_version
     assert client.get("/model").json()["version"] == old_version
     assert client.get("/readyz").status_code == 200
+
+
+def test_prune_keeps_the_newest_bundles_and_the_current_one(tmp_path) -> None:
+    from service.bundle import prune_bundles
+
+    root = tmp_path / "bundles"
+    names = [build_tiny_bundle(root, seed=seed, version=f"v{seed}").name for seed in range(5)]
+    publish_current(root, "v1")  # rolled back to an old version: it must survive
+    (root / "v9.tmp").mkdir()  # an export in progress is not a bundle
+    assert prune_bundles(root, keep=2) == ["v2", "v0"]
+    assert sorted(p.name for p in root.iterdir()) == ["current", "v1", "v3", "v4", "v9.tmp"]
+    assert load_bundle(root).version == "v1"
+    assert prune_bundles(root, keep=2) == [] and names == ["v0", "v1", "v2", "v3", "v4"]
+    with pytest.raises(ValueError, match="keep must be >= 1"):
+        prune_bundles(root, keep=0)

@@ -96,21 +96,21 @@ def test_events_trimmed_from_the_stream_still_reach_later_retrains(tmp_path, mon
     stream = f"{prefix}events"
     try:
         client.xadd(stream, {"user_id": "early", "item_id": "i1", "type": "click", "ts": "1.0"})
-        first = retrain(dataset_dir, tmp_path / "run", redis_url=REDIS_URL, prefix=prefix)
+        first = retrain(dataset_dir, tmp_path / "run", redis_url=REDIS_URL, prefix=prefix, keep_bundles=0)
         assert first["merge"]["new_users"] == 1
         for n in range(3):  # later traffic; the cap trims the oldest entry
             client.xadd(stream, {"user_id": f"late{n}", "item_id": "i2", "type": "click", "ts": "2.0"},
                         maxlen=3, approximate=False)
         assert "early" not in {fields["user_id"] for _, fields in client.xrange(stream)}
-        second = retrain(dataset_dir, tmp_path / "run", redis_url=REDIS_URL, prefix=prefix)
+        second = retrain(dataset_dir, tmp_path / "run", redis_url=REDIS_URL, prefix=prefix, keep_bundles=0)
         assert second["merge"]["events_added"] == 4 and second["merge"]["new_users"] == 4
         merged = trained[-1]
         assert merged.train[merged.user_ids.index("early"), merged.item_ids.index("i1")] == 1
-        third = retrain(dataset_dir, tmp_path / "run", redis_url=REDIS_URL, prefix=prefix)  # nothing new
+        third = retrain(dataset_dir, tmp_path / "run", redis_url=REDIS_URL, prefix=prefix, keep_bundles=0)  # nothing new
         assert third["merge"] == second["merge"]
         assert len((tmp_path / "run" / "online_events.jsonl").read_text().splitlines()) == 4
         monkeypatch.setenv("MODALREC_REDIS_PREFIX", prefix)  # no --key-prefix: the service's setting, not modalrec:
-        from_env = retrain(dataset_dir, tmp_path / "run_env", redis_url=REDIS_URL)
+        from_env = retrain(dataset_dir, tmp_path / "run_env", redis_url=REDIS_URL, keep_bundles=0)
         assert from_env["merge"]["new_users"] == 3  # the three entries still in the stream
     finally:
         client.delete(stream, f"{prefix}items")
