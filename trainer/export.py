@@ -37,7 +37,7 @@ def cold_start_encoder(
     """(encoder, source) for new items, or None when the dataset has no item features.
 
     ``source`` is ``model`` for the model's own ``item_encoder()``. A model without one (MF, LightGCN, KGAT...)
-    gets the feature-neighbour mean over its final item embeddings (``trainer.modules.cold_start``, k = 10,
+    gets the feature-neighbour mean over its final item embeddings (``trainer.modules.cold_start``, k = 30,
     every modality): ``feature_neighbour_mean``. ``item_embeddings`` float [n_items, d] saves recomputing them.
     """
     if not dataset.features:

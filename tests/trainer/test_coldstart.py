@@ -15,6 +15,7 @@ from trainer.coldstart import (
 )
 from trainer.data.dataset import InteractionDataset, KnowledgeGraph
 from trainer.data.synthetic import planted_dataset
+from trainer.modules.cold_start import DEFAULT_NEIGHBOURS
 
 
 def _csr(pairs, shape):
@@ -108,13 +109,13 @@ def test_cold_start_run_on_planted_data_beats_random_and_writes_its_report(tmp_p
     result = run_cold_start(
         model, tmp_path / "planted", out, fraction=0.5, split_seed=1,
         train_overrides={"max_epochs": 15, "lr": 0.01, "device": "cpu"}, dataset=data, progress=False,
-        neighbour_ks=(1, 10),
+        neighbour_ks=(1, DEFAULT_NEIGHBOURS),
     )
     assert result["encoder_source"] == source  # LightGCN has no encoder of its own: the export's neighbour mean
-    assert set(result["neighbour_mean_by_k"]) == {"1", "10"}
-    if source == "feature_neighbour_mean":  # k = 10 in torch is the exported ONNX encoder, ranked alike
+    assert set(result["neighbour_mean_by_k"]) == {"1", str(DEFAULT_NEIGHBOURS)}
+    if source == "feature_neighbour_mean":  # the default k in torch is the exported ONNX encoder, ranked alike
         for metric, value in result["encoder"].items():
-            assert result["neighbour_mean_by_k"]["10"][metric] == pytest.approx(value, abs=1e-6), metric
+            assert result["neighbour_mean_by_k"][str(DEFAULT_NEIGHBOURS)][metric] == pytest.approx(value, abs=1e-6), metric
     assert result["n_cold_items"] == 50 and result["n_users_evaluated"] > 100
     assert set(result["encoder"]) >= {"recall@10", "recall@20", "recall@50"}
     assert result["random_expected"]["recall@20"] == pytest.approx(0.4)

@@ -65,7 +65,7 @@ def test_a_lightgcn_bundle_gets_a_neighbour_encoder_that_the_service_runs(tmp_pa
     service_encoder = ItemEncoder(bundle.file(ITEM_ENCODER), bundle.modalities, bundle.dim)
     row = 5
     got = service_encoder.encode({name: data.features[name][row].tolist() for name in bundle.modalities})
-    # what the trainer computes for the same features: its top-10 neighbours per modality in the exported items
+    # what the trainer computes for the same features: its top-k neighbours per modality in the exported items
     with torch.no_grad():
         items = model.representations()[1]
         features = {name: torch.as_tensor(matrix) for name, matrix in data.features.items()}

@@ -68,7 +68,7 @@ class MultiKG4RecConfig(ModelConfig):
     turn it on there to save GPU memory on large KGs.
 
     ``cold_start_encoder``: what a new item gets from its modality features. ``neighbour_mean`` (default since
-    session 9): the similarity-weighted mean of its top-10 feature neighbours' final embeddings
+    session 9): the similarity-weighted mean of the final embeddings of its top-k feature neighbours (k = 30)
     (``trainer.modules.cold_start``, the encoder every model without its own gets at export; KGAT always has this
     one). ``multimodal``: what the model gives an isolated item node (``ColdStartItemEncoder``; needs a fusion other
     than ``none``). On 336 held-out ML-100K items the neighbour mean ranked 0.23 / 0.21 Recall@20 on two held-out
