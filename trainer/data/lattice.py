@@ -1,8 +1,10 @@
 """LATTICE / MMHCL json format: ``train.json``, ``val.json``, ``test.json`` = ``{userID: [itemIDs]}``,
 optional ``item2id.json`` / ``user2id.json`` (external -> integer id) and ``<modality>_feat.npy``.
 
-Ids stay the json's own integers (as strings) and are dense: ``n_items = len(item2id)`` when present, else
-max item id + 1 over all splits (same for users), so feature row ``k`` is item ``k``. The split is kept.
+Row ``k`` is the json's integer id ``k`` (feature row ``k`` is item ``k``), and the ids are dense:
+``n_items = len(item2id)`` when present, else max item id + 1 over all splits (same for users). The ids the
+dataset (and so every bundle and the service) uses are the EXTERNAL ones of ``item2id.json`` / ``user2id.json``
+when the file is present (e.g. Amazon ASINs and reviewer ids), else the integers as strings. The split is kept.
 """
 
 from __future__ import annotations
@@ -63,10 +65,11 @@ def _read_split(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(users, dtype=np.int64), np.asarray(items, dtype=np.int64)
 
 
-def _id_count(directory: Path, mapping_file: str, observed_max: int, what: str) -> int:
+def _external_ids(directory: Path, mapping_file: str, observed_max: int, what: str) -> list[str]:
+    """The id of every row: ``mapping_file``'s external ids ordered by their integer id, or ``"0".."max"``."""
     path = directory / mapping_file
     if not path.is_file():
-        return observed_max + 1
+        return [str(i) for i in range(observed_max + 1)]
     mapping = _load_json(path)
     if not isinstance(mapping, dict):
         raise DatasetError(f"{path}: expected a JSON object {{external id: integer id}}")
@@ -79,7 +82,12 @@ def _id_count(directory: Path, mapping_file: str, observed_max: int, what: str) 
             f"{directory}: {what} id {observed_max} is used in a split but {mapping_file} "
             f"has only {len(ids)} ids"
         )
-    return len(ids)
+    external = [""] * len(ids)
+    for key, row in zip(mapping, parsed, strict=True):
+        external[row] = str(key)  # type: ignore[index]  # checked above: every value is an int in 0..n-1
+    if any(not key.strip() for key in external):
+        raise DatasetError(f"{path}: empty {what} id")
+    return external
 
 
 def read_lattice(directory: Path) -> InteractionDataset:
@@ -91,15 +99,15 @@ def read_lattice(directory: Path) -> InteractionDataset:
     max_item = max((int(i.max()) for _, i in pairs.values() if len(i)), default=-1)
     if max_user < 0:
         raise DatasetError(f"{directory}: the split files hold no interactions")
-    n_users = _id_count(directory, "user2id.json", max_user, "user")
-    n_items = _id_count(directory, "item2id.json", max_item, "item")
-    shape = (n_users, n_items)
+    user_ids = _external_ids(directory, "user2id.json", max_user, "user")
+    item_ids = _external_ids(directory, "item2id.json", max_item, "item")
+    shape = (len(user_ids), len(item_ids))
     splits = {name: binary_csr(u, i, shape) for name, (u, i) in pairs.items()}
     check_disjoint(splits, directory)
     return InteractionDataset(
         name=directory.name,
-        user_ids=[str(u) for u in range(n_users)],
-        item_ids=[str(i) for i in range(n_items)],
-        features=load_features(directory, n_items),
+        user_ids=user_ids,
+        item_ids=item_ids,
+        features=load_features(directory, len(item_ids)),
         **splits,
     )

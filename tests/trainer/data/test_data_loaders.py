@@ -248,8 +248,17 @@ def test_lattice_item2id_sets_item_count(tmp_path):
     write_json(directory / "train.json", {"0": [0], "1": [1]})
     write_json(directory / "val.json", {})
     write_json(directory / "test.json", {"0": [1]})
-    write_json(directory / "item2id.json", {"A": 0, "B": 1, "C": 2})
-    assert load_dataset(directory).n_items == 3
+    write_json(directory / "item2id.json", {"C": 2, "A": 0, "B": 1})
+    dataset = load_dataset(directory)
+    assert dataset.n_items == 3
+    assert dataset.item_ids == ["A", "B", "C"] and dataset.user_ids == ["0", "1"]  # external ids, row = json id
+    assert pairs(dataset.test, dataset) == {("0", "B")}
+    write_json(directory / "user2id.json", {"bob": 1, "ann": 0})
+    assert load_dataset(directory).user_ids == ["ann", "bob"]
+    write_json(directory / "user2id.json", {"ann": 0, " ": 1})
+    with pytest.raises(DatasetError, match="empty user id"):
+        load_dataset(directory)
+    (directory / "user2id.json").unlink()
     write_json(directory / "item2id.json", {"A": 0})
     with pytest.raises(DatasetError, match="item id 1 is used in a split but item2id.json has only 1 ids"):
         load_dataset(directory)

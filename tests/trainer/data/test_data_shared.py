@@ -15,6 +15,7 @@ def test_amazon_baby_counts(shared_datasets):
     assert detect_format(shared_datasets / "amazon-baby") == "lattice"
     assert (dataset.n_users, dataset.n_items) == (19_445, 7_050)
     assert (dataset.train.nnz, dataset.valid.nnz, dataset.test.nnz) == (119_674, 20_559, 20_559)
+    assert dataset.item_ids[2] == "B00000IZQI" and dataset.user_ids[0] == "A00097001C4CLB27DQV4U"  # item2id.json
 
 
 def test_ml100k_counts_split_and_kg(shared_datasets):
