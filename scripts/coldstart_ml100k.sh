@@ -20,13 +20,13 @@ wait
 run sand_idgraph sand trainer/configs/ml-100k-mm/sand_idgraph.yaml &
 run lightgcn_sand lightgcn_sand
 wait
-run ludp_neighbour_mean ludp trainer/configs/ml-100k-mm/ludp_cold_neighbour_mean.yaml &  # LUDP's former encoder
+run ludp_item_graph ludp trainer/configs/ml-100k-mm/ludp_cold_item_graph.yaml &  # LUDP's encoder of sessions 7-9
 run lightgcn lightgcn  # no encoder of its own: the feature-neighbour mean
 wait
 run kgat kgat "" --jobs 2 --max-epochs 200 --patience 15
 run multikg4rec multikg4rec "" --jobs 2 --max-epochs 200 --patience 15  # the feature-neighbour mean (default)
 run multikg4rec_multimodal multikg4rec trainer/configs/ml-100k-mm/multikg4rec_cold_multimodal.yaml \
   --jobs 2 --max-epochs 200 --patience 15  # its former encoder
-for label in ludp ludp_neighbour_mean sand sand_idgraph lightgcn_sand lightgcn kgat multikg4rec multikg4rec_multimodal; do
+for label in ludp ludp_item_graph sand sand_idgraph lightgcn_sand lightgcn kgat multikg4rec multikg4rec_multimodal; do
   echo "== $label"; grep -v " INFO \|^ModuleNotFound" "$OUT/$label.log" | tail -6
 done

@@ -318,7 +318,7 @@ def test_config_and_input_errors_are_clear():
 
 def test_cold_start_encoder_is_the_similarity_weighted_mean_of_neighbour_embeddings():
     torch.manual_seed(0)
-    config = LUDPConfig(embedding_dim=4, knn_k=2, cold_start_encoder="neighbour_mean")
+    config = LUDPConfig(embedding_dim=4, cold_start_neighbours=2, cold_start_encoder="neighbour_mean")
     model = LUDP(tiny_inputs({"text": FEATURES}), config).eval()
     encoder = model.item_encoder()
     with torch.no_grad():
@@ -330,7 +330,7 @@ def test_cold_start_encoder_is_the_similarity_weighted_mean_of_neighbour_embeddi
         expected = (top_values[:, None] * items[top_items]).sum(0) / top_values.sum()
         torch.testing.assert_close(encoder(new)[0], expected)
         # an existing item's own features with k = 1 give back its final embedding
-        model.config.knn_k = 1
+        model.config.cold_start_neighbours = 1
         torch.testing.assert_close(model.item_encoder()(FEATURES), items)
 
 
@@ -364,8 +364,10 @@ def test_item_graph_cold_start_encoder_needs_the_item_graph():
         LUDPConfig(item_graph=False, cold_start_encoder="item_graph")
     with pytest.raises(ValueError, match="cold_start_encoder"):
         LUDPConfig(cold_start_encoder="nearest")
-    assert LUDPConfig().cold_start_encoder == "item_graph"  # the default follows the item graph switch
+    assert LUDPConfig().cold_start_encoder == "neighbour_mean"  # chosen on validation items in session 10
     assert LUDPConfig(item_graph=False).cold_start_encoder == "neighbour_mean"
+    with pytest.raises(ValueError, match="cold_start_neighbours must be >= 1"):
+        LUDPConfig(cold_start_neighbours=0)
 
 
 def test_cold_start_encoder_exports_to_onnx(tmp_path):
@@ -383,7 +385,7 @@ def test_cold_start_encoder_exports_to_onnx(tmp_path):
         features=features,
     )
     for encoder_kind in ("neighbour_mean", "item_graph"):
-        config = LUDPConfig(embedding_dim=4, knn_k=2, cold_start_encoder=encoder_kind)
+        config = LUDPConfig(embedding_dim=4, knn_k=2, cold_start_neighbours=2, cold_start_encoder=encoder_kind)
         model = LUDP(ModelInputs.from_dataset(dataset, torch.device("cpu")), config)
         info = export_item_encoder(model.eval(), dataset, tmp_path / f"{encoder_kind}.onnx")
         assert info is not None and info["inputs"] == {"image": 3, "text": 3}
