@@ -6,7 +6,6 @@ import json
 import time
 import uuid
 
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -14,7 +13,7 @@ from service.app import create_app
 from service.settings import Settings
 from service.store import RedisStore
 from tests.service.conftest import TEST_REDIS_URL, redis_available
-from trainer.data.features import write_mmrec_inter
+from trainer.data.features import write_mmrec_dir
 from trainer.data.synthetic import planted_dataset
 from trainer.pipeline import export_checkpoint, run_fit
 from trainer.retrain import retrain
@@ -37,11 +36,7 @@ def test_events_and_new_item_reach_the_next_bundle_and_the_live_service(tmp_path
     if not redis_available():
         pytest.fail(f"Redis is not reachable at {TEST_REDIS_URL}: start it (see README)")
     data = planted_dataset(n_users=60, n_items=50, interactions_per_user=10, with_kg=False, seed=3)
-    dataset_dir = tmp_path / "planted"
-    dataset_dir.mkdir()
-    write_mmrec_inter(data, dataset_dir / "planted.inter")
-    for name, matrix in data.features.items():
-        np.save(dataset_dir / f"{name}_feat.npy", matrix)
+    dataset_dir = write_mmrec_dir(data, tmp_path / "planted")
     run_dir = tmp_path / "run"
     first = run_fit("ludp", dataset_dir, run_dir, train_overrides=TRAIN, progress=False)
 

@@ -215,16 +215,10 @@ def test_multikg4rec_and_kgat_with_their_knowledge_graph_run(tmp_path, model, pa
 
 def test_cli_runs_seeds_prints_the_summary_and_evaluates_again_without_training(tmp_path, capsys):
     from trainer.cli import main
-    from trainer.data.features import write_mmrec_inter
-    from trainer.data.parsing import sorted_ids
+    from trainer.data.features import write_mmrec_dir
 
     data = planted_dataset(n_users=80, n_items=100, interactions_per_user=15, with_kg=False, seed=6)
-    data_dir = tmp_path / "planted"
-    data_dir.mkdir()
-    write_mmrec_inter(data, data_dir / "planted.inter")
-    order = [data.item_ids.index(item) for item in sorted_ids(data.item_ids)]  # the reader's item order
-    for name, matrix in data.features.items():
-        np.save(data_dir / f"{name}_feat.npy", matrix[order])
+    data_dir = write_mmrec_dir(data, tmp_path / "planted")
     out = tmp_path / "cold"
     common = ["coldstart", "--model", "ludp", "--dataset", str(data_dir), "--out", str(out), "--quiet",
               "--cold-fraction", "0.3", "--served-slots", "0", "3"]

@@ -44,14 +44,20 @@ def test_merge_rejects_online_items_with_wrong_dimensions():
     assert report.skipped_unknown_items == 1 and merged.n_items == 20
 
 
-@pytest.mark.redis
-def test_read_store_events_from_real_redis():
+def _redis_client():
+    """A client of the test Redis; the test fails (not skips) when it is down."""
     redis = pytest.importorskip("redis")
     client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
     try:
         client.ping()
     except redis.ConnectionError:
         pytest.fail(f"Redis is not reachable at {REDIS_URL}: start it (see README)")
+    return client
+
+
+@pytest.mark.redis
+def test_read_store_events_from_real_redis():
+    client = _redis_client()
     prefix = f"test-retrain-{uuid.uuid4().hex[:8]}:"
     try:
         for i in range(5):
@@ -69,22 +75,13 @@ def test_read_store_events_from_real_redis():
 def test_events_trimmed_from_the_stream_still_reach_later_retrains(tmp_path, monkeypatch):
     """The stream is capped (MAXLEN) and the dataset on disk never changes: an event a run has read must stay in
     the training data of every later run, after the cap has trimmed it from the stream."""
-    redis = pytest.importorskip("redis")
     import trainer.pipeline as pipeline
-    from trainer.data.features import write_mmrec_inter
+    from trainer.data.features import write_mmrec_dir
     from trainer.retrain import retrain
 
-    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
-    try:
-        client.ping()
-    except redis.ConnectionError:
-        pytest.fail(f"Redis is not reachable at {REDIS_URL}: start it (see README)")
+    client = _redis_client()
     data = planted_dataset(n_users=20, n_items=30, interactions_per_user=8, with_kg=False, seed=0)
-    dataset_dir = tmp_path / "planted"
-    dataset_dir.mkdir()
-    write_mmrec_inter(data, dataset_dir / "planted.inter")
-    for name, matrix in data.features.items():
-        np.save(dataset_dir / f"{name}_feat.npy", matrix)
+    dataset_dir = write_mmrec_dir(data, tmp_path / "planted")
     trained = []
 
     def fake_fit(run_config, dataset, dataset_path, out_dir, progress=True, derived_dataset=None):

@@ -214,6 +214,21 @@ def write_mmrec_inter(dataset: InteractionDataset, path: Path) -> None:
             handle.write(f"{dataset.user_ids[user]}\t{dataset.item_ids[item]}\t{label}\n")
 
 
+def write_mmrec_dir(dataset: InteractionDataset, directory: Path) -> Path:
+    """``dataset`` (interactions and features) as an MMRec directory: ``<directory name>.inter`` and one
+    ``<modality>_feat.npy`` per modality, rows in the order the MMRec reader gives the items (sorted ids), so that
+    reading the directory back pairs every item with its own features. Returns ``directory``."""
+    from trainer.data.parsing import sorted_ids
+
+    directory.mkdir(parents=True, exist_ok=True)
+    write_mmrec_inter(dataset, directory / f"{directory.name}.inter")
+    row_of = {item: row for row, item in enumerate(dataset.item_ids)}
+    order = [row_of[item] for item in sorted_ids(dataset.item_ids)]
+    for modality, matrix in dataset.features.items():
+        np.save(directory / f"{modality}_feat.npy", np.asarray(matrix)[order])
+    return directory
+
+
 def write_recbole_kg(kg: KnowledgeGraph, item_ids: Sequence[str], kg_path: Path, link_path: Path) -> None:
     with kg_path.open("w", encoding="utf-8", newline="\n") as handle:
         handle.write("head_id:token\trelation_id:token\ttail_id:token\n")

@@ -156,3 +156,15 @@ def test_minilm_on_a_few_titles():
     toy_story, toy_story_2, schindler = 0, 1, 4
     assert similarity[toy_story, toy_story_2] > similarity[toy_story, schindler] + 0.2
     assert encode(texts).tobytes() == embeddings.tobytes()
+
+
+def test_an_mmrec_directory_written_from_a_dataset_reads_back_with_each_items_own_features(tmp_path):
+    from trainer.data.features import write_mmrec_dir
+    from trainer.data.synthetic import planted_dataset
+
+    data = planted_dataset(n_users=30, n_items=25, with_kg=False, seed=1)  # ids i0..i24: the reader sorts as text
+    back = load_dataset(write_mmrec_dir(data, tmp_path / "planted"))
+    assert back.item_ids != data.item_ids and sorted(back.item_ids) == sorted(data.item_ids)
+    for name, matrix in data.features.items():
+        for row, item in enumerate(back.item_ids):
+            np.testing.assert_array_equal(back.features[name][row], matrix[data.item_ids.index(item)])
