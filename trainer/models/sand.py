@@ -115,6 +115,10 @@ def part_dimension(embedding_dim: int, n_modalities: int) -> int:
 def mixed_knn_adjacency(features: dict[str, Tensor], k: int, weights: list[float] | None) -> sp.csr_matrix:
     """Σ_m w_m · sym_normalize(binary cosine top-k graph of modality m) as CSR [n_items, n_items].
 
+    An item whose features in modality m are all zero (e.g. a movie without KG facts) has cosine 0 to every item,
+    so its top k would be tie order (the first k items of the catalogue for every such item); it gets only
+    itself as its neighbour in that modality, as an item with features has itself as its nearest neighbour.
+
     Args:
         features: modality -> float [n_items, d_m] (only their row similarities are used).
         k: neighbours per item (each item is among its own candidates, as in LATTICE/FREEDOM).
@@ -132,11 +136,15 @@ def mixed_knn_adjacency(features: dict[str, Tensor], k: int, weights: list[float
     for name, weight in zip(names, weights, strict=False):
         neighbours, _ = knn_graph(features[name], k, exclude_self=False)
         n, k_used = neighbours.shape
-        rows = np.repeat(np.arange(n), k_used)
+        columns = neighbours.cpu().numpy().copy()
+        values = np.ones((n, k_used), dtype=np.float32)
+        no_features = np.flatnonzero(~features[name].ne(0).any(dim=1).cpu().numpy())
+        columns[no_features] = no_features[:, None]
+        values[no_features, 1:] = 0.0
         binary = sp.csr_matrix(
-            (np.ones(n * k_used, dtype=np.float32), (rows, neighbours.reshape(-1).cpu().numpy())),
-            shape=(n, n),
+            (values.reshape(-1), (np.repeat(np.arange(n), k_used), columns.reshape(-1))), shape=(n, n)
         )
+        binary.eliminate_zeros()
         term = sym_normalize(binary) * (weight / total)
         mixed = term if mixed is None else mixed + term
     return mixed.tocsr()

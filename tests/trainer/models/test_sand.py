@@ -172,6 +172,16 @@ def test_mixed_knn_adjacency_hand_checked():
     np.testing.assert_allclose(graph.toarray(), 0.75 * a_binary / 2 + 0.25 * b_binary / 2, rtol=1e-6)
 
 
+def test_an_item_without_features_in_a_modality_has_only_itself_as_neighbour_there():
+    # modality a at 0°, 10°, 90° and item 3 all zero (no facts): cosine 0 to every item, so top-2 was tie order
+    # (items 0 and 1 for it, and for every other such item). Rows 0-2 keep {0,1}, {1,0}, {2,1} as above.
+    features = torch.cat([_angles([0, 10, 90]), torch.zeros(1, 2)])
+    graph = mixed_knn_adjacency({"a": features}, k=2, weights=None).toarray()
+    expected = np.array([[1, 1, 0, 0], [1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 0, 0]], dtype=np.float32) / 2
+    expected[3, 3] = 1.0  # degree 1: D^-1/2 A D^-1/2 keeps its weight 1
+    np.testing.assert_allclose(graph, expected, rtol=1e-6)
+
+
 def test_objective_on_negatives_adds_the_sampled_negatives():
     model = build_model(
         "sand", _inputs({"image": 9, "text": 4}), {"embedding_dim": 8, "objective_on_negatives": True}
