@@ -68,6 +68,8 @@ class ColdStartSplit:
         cold_features: modality -> float32 [n_cold, dim_m] features of the cold items.
         cold_truth: binary CSR [n_users, n_cold]: every interaction (train, valid, test) with a cold item, for the
             users who keep at least one warm training interaction.
+        removed_item_ids: ids removed entirely before the cold items were drawn (a validation split's held-out
+            items, see :func:`held_out_split`); empty otherwise.
     """
 
     warm: InteractionDataset
@@ -75,6 +77,7 @@ class ColdStartSplit:
     cold_item_ids: list[str]
     cold_features: dict[str, np.ndarray]
     cold_truth: sp.csr_matrix
+    removed_item_ids: list[str] = dataclasses.field(default_factory=list)
 
 
 def split_cold_items(dataset: InteractionDataset, fraction: float, seed: int) -> ColdStartSplit:
@@ -137,7 +140,9 @@ def held_out_split(dataset: InteractionDataset, fraction: float, seed: int, vali
     removed entirely, then ``fraction`` of the remaining items held out (same seed, drawn among those items). In
     the validation split ``cold_items`` index the items left after the first removal."""
     split = split_cold_items(dataset, fraction, seed)
-    return split_cold_items(split.warm, fraction, seed) if validation else split
+    if not validation:
+        return split
+    return dataclasses.replace(split_cold_items(split.warm, fraction, seed), removed_item_ids=split.cold_item_ids)
 
 
 def _metrics(users: np.ndarray, items: np.ndarray, truth: sp.csr_matrix, ks: tuple[int, ...]) -> dict[str, float]:
@@ -381,7 +386,7 @@ def run_cold_start(
         "validation": validation,
         "train_seed": run_config.train.seed,
         "cold_item_ids": split.cold_item_ids,
-        **({"removed_item_ids": split_cold_items(dataset, fraction, split_seed).cold_item_ids} if validation else {}),
+        **({"removed_item_ids": split.removed_item_ids} if validation else {}),
         "warm_valid": metrics["valid"],
         "warm_test": metrics["test"],
         "best_epoch": metrics["best_epoch"],

@@ -156,7 +156,7 @@ def test_validation_split_never_contains_the_held_out_items_it_removes():
     validation = held_out_split(data, 0.2, seed=3, validation=True)
     removed = set(held_out.cold_item_ids)
     assert len(removed) == 20 and len(validation.cold_item_ids) == 16  # 20% of the 80 items left
-    assert removed.isdisjoint(validation.cold_item_ids)
+    assert removed.isdisjoint(validation.cold_item_ids) and validation.removed_item_ids == held_out.cold_item_ids
     assert removed.isdisjoint(validation.warm.item_ids)  # trained on neither set
     assert set(validation.warm.item_ids) | set(validation.cold_item_ids) == set(held_out.warm.item_ids)
     assert validation.cold_truth.shape == (data.n_users, 16)
