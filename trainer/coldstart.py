@@ -246,6 +246,11 @@ def content_profile_scores(
     return np.concatenate(user_parts, axis=1), np.concatenate(item_parts, axis=1)
 
 
+def _check_neighbour_ks(neighbour_ks: tuple[int, ...]) -> None:
+    if any(k < 1 for k in neighbour_ks):
+        raise ColdStartError(f"neighbour counts must be >= 1, got {list(neighbour_ks)}")
+
+
 def neighbour_mean_encodings(
     item_embeddings: np.ndarray, warm_features: dict[str, np.ndarray], cold_features: dict[str, np.ndarray], k: int
 ) -> np.ndarray:
@@ -276,8 +281,7 @@ def evaluate_cold_start(
     """Metrics of the bundle's encoder on the held-out items, with the random and content references, and (for
     each k of ``neighbour_ks``) of the feature-neighbour-mean encoder with k neighbours over the bundle's item
     embeddings (``neighbour_mean_by_k``; the same for every model, whatever encoder its bundle carries)."""
-    if any(k < 1 for k in neighbour_ks):
-        raise ColdStartError(f"neighbour counts must be >= 1, got {list(neighbour_ks)}")
+    _check_neighbour_ks(neighbour_ks)
     bundle, encoded = encode_with_bundle(bundle_path, split.cold_features)
     if list(bundle.user_ids) != list(split.warm.user_ids) or list(bundle.item_ids) != list(split.warm.item_ids):
         raise ColdStartError("the bundle's users or items are not the warm dataset's (wrong bundle?)")
@@ -352,8 +356,7 @@ def run_cold_start(
     )
     build_config(run_config.model, run_config.model_params)  # a bad config fails before any work
     dataset = dataset if dataset is not None else load_dataset_dir(dataset_path)
-    if any(k < 1 for k in neighbour_ks):
-        raise ColdStartError(f"neighbour counts must be >= 1, got {list(neighbour_ks)}")
+    _check_neighbour_ks(neighbour_ks)
     split = held_out_split(dataset, fraction, split_seed, validation)
     if len(split.cold_items) < 20:
         raise ColdStartError(
