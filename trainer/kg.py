@@ -2,11 +2,16 @@
 
 The CKG joins users, items and knowledge-graph entities into one node set:
 
-* node layout: ``[0, n_entities)`` the KG entities, ``[n_entities, n_entities + n_unlinked)`` one extra
-  node per item without a linked entity, then one node per user;
-* item ``i`` is the node ``item_entity[i]`` when linked, else its own extra node;
+* node layout: ``[0, n_entities)`` the KG entities, ``[n_entities, n_entities + n_own)`` one extra node per
+  item without an entity node of its own, in item order, then one node per user;
+* item ``i`` is the node ``item_entity[i]`` when linked and no lower-indexed item is linked to the same
+  entity; else (unlinked, or sharing its entity with a lower-indexed item) its own extra node;
 * relation layout: ``0`` interact (user -> item), ``1`` interacted-by (item -> user), ``2 + r`` the KG
-  relation ``r`` and ``2 + n_kg_relations + r`` its inverse.
+  relation ``r`` and ``2 + n_kg_relations' + r`` its inverse, where ``n_kg_relations'`` is the dataset's
+  ``n_kg_relations``, plus one when some entity is linked by several items: then the KG relation
+  ``r = n_kg_relations`` is "same entity as", with one triple (item's extra node, same entity as, shared
+  entity) per item that does not hold its entity's node, so that item reaches the entity's facts in one hop.
+  Without shared entities the graph is exactly the one of the dataset's relations alone.
 
 Edges are stored as three int64 vectors (never a dense matrix), sorted by (relation, head, tail), with
 exact duplicates removed.
@@ -41,10 +46,14 @@ class CollaborativeKG:
     Attributes:
         heads, relations, tails: int64 [n_edges], sorted by (relation, head, tail).
         relation_ptr: int64 [n_relations + 1]; the edges of relation ``r`` start at ``relation_ptr[r]``.
-        item_node: int64 [n_items]; CKG node of each item.
+        item_node: int64 [n_items]; CKG node of each item, all distinct: the linked entity for the item of
+            lowest index linked to it, otherwise an extra node in ``[n_entities, n_entities + n_own)``.
         user_node: int64 [n_users]; CKG node of each user.
         n_nodes, n_relations: sizes (relations include the two CF relations and all inverses).
-        n_kg_edges: number of edges coming from KG triples (both directions), the rest are CF edges.
+        n_kg_edges: number of edges coming from KG triples (both directions, "same entity as" included), the
+            rest are CF edges.
+        n_same_entity_items: number of items linked to an entity whose node a lower-indexed item holds; each
+            has one "same entity as" edge to that entity and one inverse edge back. 0: no such relation.
     """
 
     heads: np.ndarray
@@ -56,10 +65,24 @@ class CollaborativeKG:
     n_nodes: int
     n_relations: int
     n_kg_edges: int
+    n_same_entity_items: int = 0
 
     @property
     def n_edges(self) -> int:
         return int(len(self.heads))
+
+    @property
+    def n_kg_relations(self) -> int:
+        """KG relations without inverses, "same entity as" included when present (relation tables need
+        ``N_CF_RELATIONS + 2 * n_kg_relations`` rows = ``n_relations``)."""
+        return (self.n_relations - N_CF_RELATIONS) // 2
+
+    @property
+    def same_entity_relation(self) -> int | None:
+        """CKG relation id of "same entity as" (its inverse: this + ``n_kg_relations``); None when absent."""
+        if self.n_same_entity_items == 0:
+            return None
+        return N_CF_RELATIONS + self.n_kg_relations - 1
 
     def adjacency(self) -> sp.csr_matrix:
         """Binary scipy CSR [n_nodes, n_nodes] with a 1 at (head, tail) for every edge (relations merged)."""
@@ -89,10 +112,12 @@ def build_collaborative_kg(
         train: scipy sparse [n_users, n_items] training interactions (non-zeros are edges).
         triples: int64 [n_triples, 3] (head entity, relation, tail entity) or None for no KG.
         n_entities, n_kg_relations: sizes of the KG's entity and relation tables.
-        item_entity: int64 [n_items], linked entity per item or -1; None means no item is linked.
+        item_entity: int64 [n_items], linked entity per item or -1; None means no item is linked. Several
+            items may be linked to one entity: the lowest-indexed one is the entity's node, every other one
+            gets an extra node joined to the entity by the "same entity as" relation (module docstring).
 
     Raises:
-        KGBuildError: wrong shapes, indices out of range, or two items linked to the same entity.
+        KGBuildError: wrong shapes or indices out of range.
     """
     coo = sp.coo_matrix(train)
     n_users, n_items = coo.shape
@@ -117,23 +142,30 @@ def build_collaborative_kg(
     linked = links >= 0
     if (links[linked] >= n_entities).any():
         raise KGBuildError(f"item_entity references an entity outside [0, {n_entities})")
-    linked_entities = links[linked]
-    entities, counts = np.unique(linked_entities, return_counts=True)
-    if (counts > 1).any():
-        shared = entities[counts > 1]
-        items = np.flatnonzero(links == shared[0])
-        raise KGBuildError(
-            f"items {items[:5].tolist()} (internal indices, row i = dataset.item_ids[i]) are linked to the same "
-            f"entity {int(shared[0])} ({len(shared)} entities shared by several items); each item needs its own "
-            f"entity in the item -> entity links (.link)"
-        )
-
-    n_unlinked = int((~linked).sum())
+    holds_entity = entity_holders(links)
+    has_own_node = ~holds_entity  # unlinked, or linked to an entity that a lower-indexed item holds
+    sharing = linked & has_own_node
+    n_own = int(has_own_node.sum())
     item_node = links.copy()
-    item_node[~linked] = n_entities + np.arange(n_unlinked, dtype=np.int64)
-    user_node = n_entities + n_unlinked + np.arange(n_users, dtype=np.int64)
-    n_nodes = n_entities + n_unlinked + n_users
-    n_relations = N_CF_RELATIONS + 2 * n_kg_relations
+    item_node[has_own_node] = n_entities + np.arange(n_own, dtype=np.int64)
+    user_node = n_entities + n_own + np.arange(n_users, dtype=np.int64)
+    n_nodes = n_entities + n_own + n_users
+
+    n_same_entity_items = int(sharing.sum())
+    n_ckg_kg_relations = n_kg_relations
+    if n_same_entity_items:
+        same_entity = np.full((n_same_entity_items, 1), n_kg_relations, dtype=np.int64)
+        same_entity_triples = np.hstack([item_node[sharing, None], same_entity, links[sharing, None]])
+        triples_np = np.vstack([triples_np, same_entity_triples])
+        n_ckg_kg_relations += 1
+        logger.warning(
+            "%d items are linked to a KG entity that a lower-indexed item already holds (%d shared "
+            "entities); each gets its own node and a 'same entity as' edge (KG relation %d) to the entity",
+            n_same_entity_items,
+            len(np.unique(links[sharing])),
+            n_kg_relations,
+        )
+    n_relations = N_CF_RELATIONS + 2 * n_ckg_kg_relations
 
     cf_users = user_node[coo.row.astype(np.int64)]
     cf_items = item_node[coo.col.astype(np.int64)]
@@ -145,7 +177,7 @@ def build_collaborative_kg(
             np.full(len(cf_users), INTERACT, dtype=np.int64),
             np.full(len(cf_items), INTERACTED_BY, dtype=np.int64),
             kg_relations + N_CF_RELATIONS,
-            kg_relations + N_CF_RELATIONS + n_kg_relations,
+            kg_relations + N_CF_RELATIONS + n_ckg_kg_relations,
         ]
     )
     edges = np.unique(np.stack([relations, heads, tails], axis=1), axis=0)  # sorts by relation, head, tail
@@ -153,11 +185,12 @@ def build_collaborative_kg(
     relation_ptr = np.searchsorted(relations, np.arange(n_relations + 1)).astype(np.int64)
     n_kg_edges = int(len(relations) - relation_ptr[N_CF_RELATIONS])
     logger.info(
-        "collaborative KG: %d nodes (%d entities, %d unlinked items, %d users), %d relations, "
-        "%d edges (%d from KG)",
+        "collaborative KG: %d nodes (%d entities, %d items with their own node of which %d share an entity, "
+        "%d users), %d relations, %d edges (%d from KG)",
         n_nodes,
         n_entities,
-        n_unlinked,
+        n_own,
+        n_same_entity_items,
         n_users,
         n_relations,
         len(heads),
@@ -173,7 +206,25 @@ def build_collaborative_kg(
         n_nodes=n_nodes,
         n_relations=n_relations,
         n_kg_edges=n_kg_edges,
+        n_same_entity_items=n_same_entity_items,
     )
+
+
+def entity_holders(item_entity: np.ndarray) -> np.ndarray:
+    """Which items hold their linked entity's CKG node: the lowest-indexed item linked to each entity.
+
+    Args:
+        item_entity: int64 [n_items], linked entity per item or -1.
+
+    Returns:
+        bool [n_items]; False for unlinked items and for items whose entity a lower-indexed item holds.
+    """
+    links = np.asarray(item_entity, dtype=np.int64)
+    linked_items = np.flatnonzero(links >= 0)
+    _, first = np.unique(links[linked_items], return_index=True)  # first occurrence = lowest item index
+    holds = np.zeros(len(links), dtype=bool)
+    holds[linked_items[first]] = True
+    return holds
 
 
 def filter_kg(
@@ -187,7 +238,9 @@ def filter_kg(
 
     A triple is kept when both endpoints are item entities or occur in at least ``min_entity_triples``
     triples, and its relation has at least ``min_relation_triples`` such triples. Item entities keep
-    their link even when all their triples are dropped.
+    their link even when all their triples are dropped. Items linked to the same entity stay linked to its
+    one new id (:func:`build_collaborative_kg` then gives all but the lowest-indexed one their own node); the
+    "same entity as" relation is not a KG relation here: it is added by the CKG build, after filtering.
 
     Args:
         triples: int64 [n, 3]; item_entity: int64 [n_items] (-1 unlinked).

@@ -5,6 +5,8 @@ external id. Relations are sorted by external id. Exact duplicate triples are dr
 
 ``.link`` policy (RecBole format):
 - a row for an item of the dataset links it (an item linked twice to different entities is an error);
+- several items may be linked to the same entity (e.g. a film listed twice): they share its index in
+  ``item_entity``; the KG models' collaborative KG gives each its own node (``trainer.kg``);
 - a row for an item that is listed in the raw files (e.g. ``.item``) but has no interactions is skipped and
   counted as a dangling link;
 - a row for an item id that appears nowhere else is a :class:`DatasetError` naming the file and line

@@ -3,6 +3,8 @@
 Pipeline per forward pass (all inside autograd):
 
 1. Collaborative KG (users, items, entities; CF + KG relations and inverses), built once from the inputs.
+   Items linked to an entity that a lower-indexed item holds get their own node and a "same entity as"
+   relation to it (``trainer.kg``); the relation tables are sized from the built CKG, so they cover it.
 2. Multimodal item vectors (``fusion != "none"``): each modality's features are reduced to ``embedding_dim``
    by Linear + LeakyReLU; every item reads a cached BFS sequence of its ``sequence_length`` nearest CKG
    nodes (itself first, sorted by hop); the Bi-Transformer fuses the per-modality token sequences; the
@@ -241,9 +243,9 @@ class MultiKG4Rec(Recommender):
         kg = inputs.kg
         if kg is None:
             logger.warning("no knowledge graph: Multi-KG4Rec runs on the user-item part of the CKG only")
-        triples, n_entities, n_kg_relations, item_entity = None, 0, 0, None
+        triples, n_entities, n_dataset_relations, item_entity = None, 0, 0, None
         if kg is not None:
-            n_kg_relations = kg.n_relations
+            n_dataset_relations = kg.n_relations
             triples, n_entities, item_entity = filter_kg(
                 kg.triples,
                 kg.n_entities,
@@ -251,8 +253,12 @@ class MultiKG4Rec(Recommender):
                 config.min_entity_triples,
                 config.min_relation_triples,
             )
-        ckg = build_collaborative_kg(inputs.train_matrix, triples, n_entities, n_kg_relations, item_entity)
+        ckg = build_collaborative_kg(
+            inputs.train_matrix, triples, n_entities, n_dataset_relations, item_entity
+        )
         self.n_nodes = ckg.n_nodes
+        # from the CKG, not the dataset: it adds the "same entity as" relation when items share an entity
+        self.n_kg_relations = ckg.n_kg_relations
         self.n_relations = ckg.n_relations
         device = inputs.device
         self._register_graph(ckg, device)
@@ -260,6 +266,8 @@ class MultiKG4Rec(Recommender):
         dim = config.embedding_dim
         self.node_embedding = nn.Embedding(ckg.n_nodes, dim)
         nn.init.xavier_uniform_(self.node_embedding.weight)
+        # one row per CKG relation (CF, KG incl. "same entity as", inverses): e_r [n_relations, relation_dim],
+        # W_r [n_relations, d, relation_dim]
         self.relation_embedding = nn.Embedding(ckg.n_relations, config.relation_dim)
         nn.init.xavier_uniform_(self.relation_embedding.weight)
         self.relation_projection = nn.Parameter(torch.empty(ckg.n_relations, dim, config.relation_dim))
@@ -455,7 +463,10 @@ class MultiKG4Rec(Recommender):
         return terms
 
     def kg_loss_terms(self, ego: Tensor) -> dict[str, Tensor]:
-        """TransR on a batch of KG edges (uniform, with inverses) with uniformly corrupted tails."""
+        """TransR on a batch of KG edges (uniform, with inverses) with uniformly corrupted tails.
+
+        Edges are drawn from the CKG's KG part, so "same entity as" edges are sampled like any KG triple.
+        """
         lo, hi = self.kg_edge_range
         device = ego.device
         # edges are stored sorted by relation, so sorted edge indices come grouped by relation

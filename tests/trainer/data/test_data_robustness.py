@@ -3,6 +3,8 @@ sharing a KG entity."""
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 from data_fixtures import write_feature, write_mmrec, write_recbole
@@ -10,7 +12,7 @@ from data_fixtures import write_feature, write_mmrec, write_recbole
 from trainer.data import load_dataset
 from trainer.data.dataset import DatasetError
 from trainer.data.parsing import sorted_ids
-from trainer.kg import KGBuildError, build_collaborative_kg
+from trainer.kg import build_collaborative_kg
 
 BOM = "\ufeff"
 
@@ -50,13 +52,21 @@ def test_feature_file_without_columns_is_rejected(tmp_path):
         load_dataset(directory)
 
 
-def test_items_sharing_an_entity_are_named_when_the_collaborative_kg_is_built(tmp_path):
+def test_items_sharing_an_entity_build_a_collaborative_kg_with_a_same_entity_relation(tmp_path, caplog):
     directory = tmp_path / "shared"
     interactions = [(str(u), str(i)) for u in range(1, 9) for i in range(1, 9) if (u + i) % 3]
     triples = [("e1", "r", "x"), ("e3", "r", "y")]
     write_recbole(directory, interactions, triples=triples, links=[("1", "e1"), ("2", "e1"), ("3", "e3")])
     dataset = load_dataset(directory)  # the reader accepts it (the kg features support it)
     kg = dataset.kg
-    assert kg is not None
-    with pytest.raises(KGBuildError, match=r"items \[0, 1\] .* linked to the same entity 0"):
-        build_collaborative_kg(dataset.train, kg.triples, kg.n_entities, kg.n_relations, kg.item_entity)
+    assert kg is not None and kg.item_entity[:3].tolist() == [0, 0, 1]
+    with caplog.at_level(logging.WARNING, logger="trainer.kg"):
+        ckg = build_collaborative_kg(dataset.train, kg.triples, kg.n_entities, kg.n_relations, kg.item_entity)
+    assert "1 items are linked to a KG entity that a lower-indexed item already holds" in caplog.text
+    # item 0 holds entity 0; item 1 (same entity) gets the first extra node, ahead of the unlinked items 3..7
+    assert ckg.item_node[:4].tolist() == [0, kg.n_entities, 1, kg.n_entities + 1]
+    same_entity = ckg.same_entity_relation
+    assert same_entity == 2 + kg.n_relations and ckg.n_relations == 2 + 2 * (kg.n_relations + 1)
+    edges = set(zip(ckg.heads.tolist(), ckg.relations.tolist(), ckg.tails.tolist(), strict=True))
+    assert (kg.n_entities, same_entity, 0) in edges
+    assert (0, same_entity + ckg.n_kg_relations, kg.n_entities) in edges

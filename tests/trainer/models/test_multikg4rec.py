@@ -56,7 +56,6 @@ def test_collaborative_kg_counts_inverse_relations_and_unlinked_items():
     [
         (np.array([[0, 0, 9]]), np.array([0, 1]), "entity outside"),
         (np.array([[0, 5, 1]]), np.array([0, 1]), "relation outside"),
-        (np.array([[0, 0, 1]]), np.array([1, 1]), "same entity"),
         (np.array([[0, 0, 1]]), np.array([0]), "one entry per item"),
     ],
 )
@@ -64,6 +63,17 @@ def test_collaborative_kg_rejects_inconsistent_inputs(triples, links, message):
     train = _train([(0, 0), (0, 1)], n_users=1, n_items=2)
     with pytest.raises(KGBuildError, match=message):
         build_collaborative_kg(train, triples, n_entities=3, n_kg_relations=1, item_entity=links)
+
+
+def test_collaborative_kg_accepts_two_items_linked_to_the_same_entity():
+    # formerly refused; now item 1 gets its own node 3 and a "same entity as" edge (relation 2 + 1) to entity 1
+    train = _train([(0, 0), (0, 1)], n_users=1, n_items=2)
+    ckg = build_collaborative_kg(
+        train, np.array([[0, 0, 1]]), n_entities=3, n_kg_relations=1, item_entity=np.array([1, 1])
+    )
+    np.testing.assert_array_equal(ckg.item_node, [1, 3])
+    edges = set(zip(ckg.heads.tolist(), ckg.relations.tolist(), ckg.tails.tolist(), strict=True))
+    assert (3, 3, 1) in edges and (1, 3 + 2, 3) in edges and ckg.n_relations == 2 + 2 * 2
 
 
 def test_neighbour_mean_features_for_users_entities_and_items():
