@@ -25,19 +25,32 @@ echo "\$ $CMD"
 eval "$CMD"
 echo
 echo
-if curl -fsS "http://127.0.0.1:$PORT/model" | "$PY" -c 'import json, sys; sys.exit(not json.load(sys.stdin)["has_item_encoder"])'; then
-  # A brand-new item: the features of the dataset's first movie under a new id, encoded by item_encoder.onnx.
-  "$PY" - "$WORKDIR/ml-100k-mm" > "$WORKDIR/new_item.json" <<'PYEOF'
+curl -fsS "http://127.0.0.1:$PORT/model" > "$WORKDIR/model.json"
+if "$PY" -c 'import json, sys; sys.exit(not json.load(open(sys.argv[1]))["has_item_encoder"])' "$WORKDIR/model.json"; then
+  # A brand-new movie. With a text encoder in the bundle its text goes in as raw text (encoded by text_encoder.onnx,
+  # as `trainer features` encoded the catalogue's); it has no KG facts, so its kg vector is all zero (= missing).
+  # Without one, the features of the dataset's first movie are sent under a new id. Then item_encoder.onnx.
+  "$PY" - "$WORKDIR/ml-100k-mm" "$WORKDIR/model.json" > "$WORKDIR/new_item.json" <<'PYEOF'
 import json, pathlib, sys
 
 import numpy as np
 
-directory = pathlib.Path(sys.argv[1])
-features = {p.name[: -len("_feat.npy")]: np.load(p)[0].tolist() for p in sorted(directory.glob("*_feat.npy"))}
+directory, model = pathlib.Path(sys.argv[1]), json.load(open(sys.argv[2]))
+if model.get("text_encoder"):
+    features = {name: [0.0] * dim for name, dim in model["modalities"].items()}
+    features[model["text_encoder"]] = "Toy Story 3 (2010): Animation, Children's, Comedy"
+else:
+    features = {p.name[: -len("_feat.npy")]: np.load(p)[0].tolist() for p in sorted(directory.glob("*_feat.npy"))}
 print(json.dumps({"item_id": "new-movie-1", "features": features}))
 PYEOF
   ADD="curl -s -X POST http://127.0.0.1:$PORT/items -H 'Content-Type: application/json' -d @$WORKDIR/new_item.json"
-  echo "\$ $ADD   # a new item from its text + kg features"
+  if "$PY" -c 'import json, sys; sys.exit(not json.load(open(sys.argv[1])).get("text_encoder"))' "$WORKDIR/model.json"; then
+    echo "\$ cat $WORKDIR/new_item.json   # (the kg vector shortened here)"
+    "$PY" -c 'import json, sys; f = json.load(open(sys.argv[1])); print(json.dumps({"item_id": f["item_id"], "features": {k: (v if isinstance(v, str) else v[:3] + ["..."]) for k, v in f["features"].items()}}))' "$WORKDIR/new_item.json"
+    echo "\$ $ADD   # a new movie from its raw text"
+  else
+    echo "\$ $ADD   # a new item from its text + kg features"
+  fi
   eval "$ADD"
   echo
   WITH_NEW="curl -s -X POST http://127.0.0.1:$PORT/recommend/$USER_ID -H 'Content-Type: application/json' -d '{\"k\": 5, \"new_items\": 1}'"

@@ -128,7 +128,8 @@ async def record_events(user_id: UserId, body: EventsRequest, runtime: RuntimeDe
 
 @router.post("/items", response_model=NewItemResponse, status_code=201, responses=ERRORS, tags=["serving"])
 def add_item(body: NewItemRequest, runtime: RuntimeDep) -> NewItemResponse:
-    """Add (or replace) a cold-start item from its modality features via the bundle's item encoder."""
+    """Add (or replace) a cold-start item from its modality features via the bundle's item encoder; the modality
+    that GET /model names in ``text_encoder`` may be sent as raw text."""
     replaced, state = runtime.add_item(body.item_id, body.features)
     return NewItemResponse(
         item_id=body.item_id, replaced=replaced, index_size=state.index.size, model_version=state.version
@@ -164,6 +165,7 @@ async def model(runtime: RuntimeDep) -> ModelResponse:
         modalities=state.bundle.modalities,
         metrics=manifest.get("metrics", {}),
         has_item_encoder=state.encoder is not None,
+        text_encoder=state.text_encoder.modality if state.text_encoder is not None else None,
         index=IndexInfo(
             kind=state.index.kind,
             size=state.index.size,

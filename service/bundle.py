@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,6 +149,7 @@ def write_bundle(
     extra_manifest: Mapping[str, Any] | None = None,
     version: str | None = None,
     update_current: bool = True,
+    link_files: Collection[str] = (),
 ) -> Path:
     """Validate, write and atomically publish a bundle; return its final directory.
 
@@ -158,6 +159,8 @@ def write_bundle(
         seen_indptr: int64 [n_users + 1]; seen_indices: int64 [nnz] item rows (CSR of training data).
         popularity: [n_items] training interaction counts.
         extra_files: bundle file name -> existing file to copy in (e.g. ``item_encoder.onnx``).
+        link_files: names of ``extra_files`` to hard-link instead of copy (files that are never modified in place,
+            e.g. a cached text encoder); copied when a link is impossible (another file system).
         extra_manifest: additional manifest keys (e.g. ``item_encoder`` input description).
     """
     user_embeddings = np.ascontiguousarray(user_embeddings, dtype=np.float32)
@@ -191,6 +194,12 @@ def write_bundle(
         for name, source in (extra_files or {}).items():
             if "/" in name or name in (MANIFEST, *REQUIRED_FILES):
                 raise BundleError(f"invalid extra bundle file name: {name!r}")
+            if name in link_files:
+                try:
+                    os.link(source, tmp_dir / name)
+                    continue
+                except OSError:
+                    pass
             shutil.copyfile(source, tmp_dir / name)
         files = {
             path.name: sha256_file(path) for path in sorted(tmp_dir.iterdir()) if path.name != MANIFEST

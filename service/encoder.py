@@ -1,7 +1,11 @@
-"""Cold-start item encoder: the bundle's ``item_encoder.onnx`` run with onnxruntime (no torch).
+"""Cold-start encoders run with onnxruntime (no torch).
 
-Contract (docs/DESIGN.md): one float32 input per modality, named after it, shape [B, dim_m];
-output ``embedding`` float32 [B, dim] in the item-embedding space.
+``ItemEncoder`` — the bundle's ``item_encoder.onnx``: one float32 input per modality, named after it, shape
+[B, dim_m]; output ``embedding`` float32 [B, dim] in the item-embedding space (DESIGN.md).
+
+``TextEncoder`` — the bundle's optional ``text_encoder.onnx`` + ``tokenizer.json``: raw text -> the ``text``
+modality's feature vector, as the trainer built it (trainer/text_encoder.py): inputs ``input_ids`` and
+``attention_mask`` int64 [B, T], output ``embedding`` float32 [B, dim_text].
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import onnxruntime as ort
 logger = logging.getLogger(__name__)
 
 OUTPUT_NAME = "embedding"
+TEXT_INPUTS = ("input_ids", "attention_mask")
+MAX_TEXT_CHARS = 20_000
 
 
 class EncoderError(ValueError):
@@ -25,6 +31,79 @@ class EncoderError(ValueError):
 
 class FeatureError(ValueError):
     """A client's item features cannot be encoded (unknown/missing modality, wrong dimension, NaN)."""
+
+
+def _session(path: Path, threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types for bad files
+        raise EncoderError(f"cannot load {path.name}: {exc}") from exc
+
+
+class TextEncoder:
+    """Raw text -> float32 [dim]: ``tokenizer.json`` (HF tokenizers, truncated at ``max_tokens``, no padding) and
+    ``text_encoder.onnx``.
+
+    Args:
+        model_path, tokenizer_path: the bundle's files.
+        modality: the modality whose features it produces (the manifest's ``text_encoder.modality``).
+        dim: that modality's dimension in the manifest.
+        max_tokens: the model's token limit; longer texts are truncated, as when the features were built.
+        threads: intra-op threads.
+    """
+
+    def __init__(
+        self, model_path: Path, tokenizer_path: Path, modality: str, dim: int, max_tokens: int, threads: int = 1
+    ) -> None:
+        from tokenizers import Tokenizer
+
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 2:
+            raise EncoderError(f"text encoder max_tokens must be an integer >= 2, got {max_tokens!r}")
+        try:
+            self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
+        except Exception as exc:  # tokenizers raises its own exception type for bad files
+            raise EncoderError(f"cannot load {tokenizer_path.name}: {exc}") from exc
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(max_length=max_tokens)
+        self.session = _session(model_path, threads)
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        if set(inputs) != set(TEXT_INPUTS) or any(i.type != "tensor(int64)" for i in inputs.values()):
+            raise EncoderError(
+                f"{model_path.name} inputs {sorted((n, i.type) for n, i in inputs.items())}; expected int64 "
+                f"{list(TEXT_INPUTS)}"
+            )
+        outputs = {o.name: o for o in self.session.get_outputs()}
+        if OUTPUT_NAME not in outputs:
+            raise EncoderError(f"{model_path.name} has no output named {OUTPUT_NAME!r}")
+        width = outputs[OUTPUT_NAME].shape[-1] if outputs[OUTPUT_NAME].shape else None
+        if isinstance(width, int) and width != dim:
+            raise EncoderError(f"{model_path.name} gives {width}-d vectors; the {modality!r} modality is {dim}-d")
+        self.modality = modality
+        self.dim = dim
+
+    def encode(self, text: str) -> list[float]:
+        """One text -> its ``dim`` feature values (float32 precision)."""
+        if not text.strip():
+            raise FeatureError(f"modality {self.modality!r}: the text is empty")
+        if len(text) > MAX_TEXT_CHARS:
+            raise FeatureError(
+                f"modality {self.modality!r}: the text has {len(text)} characters; at most {MAX_TEXT_CHARS}"
+            )
+        encoding = self.tokenizer.encode(text)
+        feeds = {
+            "input_ids": np.asarray([encoding.ids], dtype=np.int64),
+            "attention_mask": np.asarray([encoding.attention_mask], dtype=np.int64),
+        }
+        (embedding,) = self.session.run([OUTPUT_NAME], feeds)
+        if embedding.shape != (1, self.dim) or not np.isfinite(embedding).all():
+            raise FeatureError(
+                f"the text encoder produced an invalid vector (shape {embedding.shape}, expected (1, {self.dim}))"
+            )
+        return [float(v) for v in embedding[0].astype(np.float32)]
 
 
 class ItemEncoder:
@@ -38,16 +117,7 @@ class ItemEncoder:
     """
 
     def __init__(self, path: Path, modalities: Mapping[str, int], dim: int, threads: int = 1) -> None:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(
-                str(path), sess_options=options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # onnxruntime raises its own exception types for bad files
-            raise EncoderError(f"cannot load {path.name}: {exc}") from exc
+        self.session = _session(path, threads)
         inputs = {i.name: i for i in self.session.get_inputs()}
         if set(inputs) != set(modalities):
             raise EncoderError(

@@ -299,9 +299,17 @@ class Runtime:
             ) from exc
         return len(unique)
 
-    def add_item(self, item_id: str, features: Mapping[str, Sequence[float]]) -> tuple[bool, ServingState]:
+    def add_item(
+        self, item_id: str, features: Mapping[str, Sequence[float] | str]
+    ) -> tuple[bool, ServingState]:
+        """Encode a new item (raw text through the bundle's text encoder), store it, then add it to the index."""
         if item_id not in self.state.item_rows:
             self._sync_for([item_id])  # another replica may have added it: then this is a replacement
+        outside_lock = self.state
+        try:  # text encoding is the slow part: done before taking the lock, again only if a reload came between
+            resolved = outside_lock.resolve_features(features)
+        except FeatureError as exc:
+            raise InvalidInputError(str(exc)) from exc
         with self._mutation_lock:
             state = self.state
             if state.is_bundle_item(item_id):
@@ -309,10 +317,12 @@ class Runtime:
                     f"item {item_id!r} is part of bundle {state.version}; it cannot be replaced online"
                 )
             try:
-                vector = state.encode(features)
+                if state is not outside_lock:
+                    resolved = state.resolve_features(features)
+                vector = state.encode(resolved)
             except FeatureError as exc:
                 raise InvalidInputError(str(exc)) from exc
-            stored = {name: [float(v) for v in values] for name, values in features.items()}
+            stored = {name: [float(v) for v in values] for name, values in resolved.items()}
             try:
                 self.store.put_item(item_id, stored)
             except StoreUnavailable as exc:

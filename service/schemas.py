@@ -63,10 +63,13 @@ class NewItemRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     item_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
-    features: dict[str, list[float]] = Field(
+    features: dict[str, list[float] | str] = Field(
         min_length=1,
         max_length=16,
-        description="one float vector per modality of the served model (GET /model)",
+        description=(
+            "one float vector per modality of the served model (GET /model); the modality that GET /model names "
+            "in text_encoder may be given as raw text instead, encoded by the bundle's text encoder"
+        ),
     )
 
 
@@ -101,6 +104,9 @@ class ModelResponse(BaseModel):
     modalities: dict[str, int]
     metrics: dict[str, Any]
     has_item_encoder: bool
+    text_encoder: str | None = Field(
+        default=None, description="the modality POST /items accepts as raw text (null: none; send its floats)"
+    )
     index: IndexInfo
 
 

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from service.bundle import Bundle, BundleError
-from service.encoder import EncoderError, FeatureError, ItemEncoder
+from service.bundle import TEXT_ENCODER, TOKENIZER, Bundle, BundleError
+from service.encoder import EncoderError, FeatureError, ItemEncoder, TextEncoder
 from service.index import INDEX_FILE, IndexMismatchError, ItemIndex, build_index, load_index_file
 from service.settings import Settings
 
@@ -54,6 +54,7 @@ class ServingState:
     popularity_order: np.ndarray
     online_features: dict[str, Mapping[str, Sequence[float]]] = field(default_factory=dict)
     loaded_at: float = field(default_factory=time.time)
+    text_encoder: TextEncoder | None = None
 
     @property
     def version(self) -> str:
@@ -105,6 +106,7 @@ class ServingState:
             bundle=bundle,
             index=index,
             encoder=encoder,
+            text_encoder=_load_text_encoder(bundle, settings) if encoder is not None else None,
             user_rows={u: r for r, u in enumerate(bundle.user_ids)},
             item_ids=list(bundle.item_ids),
             item_rows={i: r for r, i in enumerate(bundle.item_ids)},
@@ -126,6 +128,32 @@ class ServingState:
     def is_bundle_item(self, item_id: str) -> bool:
         row = self.item_rows.get(item_id)
         return row is not None and row < self.index.n_main
+
+    def resolve_features(self, features: Mapping[str, Sequence[float] | str]) -> dict[str, list[float]]:
+        """A new item's features with raw text replaced by the text encoder's vector: {modality: [floats]}, what
+        the item encoder takes and what the store keeps (so replicas and the retrain job need no text model).
+
+        Raises:
+            FeatureError: text for a modality the bundle has no text encoder for, or text it cannot encode.
+        """
+        resolved: dict[str, list[float]] = {}
+        for name, values in features.items():
+            if isinstance(values, str):
+                if self.text_encoder is None or name != self.text_encoder.modality:
+                    expected = self.bundle.modalities.get(name)
+                    which = (
+                        f"this bundle's text encoder serves modality {self.text_encoder.modality!r}"
+                        if self.text_encoder is not None
+                        else "this bundle has no text encoder"
+                    )
+                    raise FeatureError(
+                        f"modality {name!r} was given as raw text; {which}, send "
+                        f"{expected if expected is not None else 'its'} floats"
+                    )
+                resolved[name] = self.text_encoder.encode(values)
+            else:
+                resolved[name] = values  # type: ignore[assignment]  # checked by the item encoder
+        return resolved
 
     def encode(self, features: Mapping[str, Sequence[float]]) -> np.ndarray:
         if self.encoder is None:
@@ -277,3 +305,43 @@ __all__ = [
     "FeatureError",
     "IndexMismatchError",
 ]
+
+
+def _load_text_encoder(bundle: Bundle, settings: Settings) -> TextEncoder | None:
+    """The bundle's raw-text encoder (``text_encoder.onnx`` + ``tokenizer.json`` + manifest ``text_encoder``), or
+    None when it has none.
+
+    Raises:
+        BundleError: only part of it is there, or it does not fit the bundle's modalities.
+    """
+    model_file, tokenizer_file = bundle.file(TEXT_ENCODER), bundle.file(TOKENIZER)
+    info = bundle.manifest.get("text_encoder")
+    if model_file is None and tokenizer_file is None and info is None:
+        return None
+    if model_file is None or tokenizer_file is None or not isinstance(info, dict):
+        raise BundleError(
+            f"bundle {bundle.version} has part of a text encoder: it needs {TEXT_ENCODER}, {TOKENIZER} and a "
+            "manifest 'text_encoder' entry"
+        )
+    modality = info.get("modality")
+    if modality not in bundle.modalities:
+        raise BundleError(
+            f"the text encoder of bundle {bundle.version} is for modality {modality!r}, which the model does not "
+            f"have ({sorted(bundle.modalities)})"
+        )
+    if info.get("dim") != bundle.modalities[modality]:
+        raise BundleError(
+            f"the text encoder of bundle {bundle.version} gives {info.get('dim')}-d vectors; modality "
+            f"{modality!r} is {bundle.modalities[modality]}-d"
+        )
+    try:
+        return TextEncoder(
+            model_file,
+            tokenizer_file,
+            modality,
+            bundle.modalities[modality],
+            info.get("max_tokens"),  # type: ignore[arg-type]  # checked by TextEncoder
+            settings.threads_per_worker,
+        )
+    except EncoderError as exc:
+        raise BundleError(str(exc)) from exc

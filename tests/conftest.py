@@ -1,4 +1,5 @@
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,9 @@ try:
     torch.set_num_threads(1)
 except ImportError:  # the service can be tested without torch
     pass
+
+# Exports cached by the trainer (the ONNX text encoder) go to a directory of this test session, not ~/.cache.
+os.environ.setdefault("MODALREC_CACHE_DIR", tempfile.mkdtemp(prefix="modalrec-test-cache-"))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = Path(os.environ.get("MODALREC_SHARED_DATASETS", REPO_ROOT.parent / "shared" / "datasets"))

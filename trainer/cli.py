@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--model", required=True, help="registered model name (see `models`)")
     fit.add_argument("--dataset", required=True, type=Path, help="dataset directory (format auto-detected)")
     fit.add_argument("--out", required=True, type=Path, help="run directory to write")
-    fit.add_argument("--config", type=Path, default=None, help="YAML with model_params / train overrides")
+    fit.add_argument("--config", type=Path, default=None, help="YAML with model_params / train / export overrides")
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_train_overrides(fit)
 
@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="re-export RUN/checkpoint.pt as a new bundle")
     export.add_argument("--run", required=True, type=Path)
     export.add_argument("--dataset", type=Path, default=None, help="dataset directory (default: the one trained on)")
+    export.add_argument("--cold-start-neighbours", type=int, default=None,
+                        help="k of the feature-neighbour-mean item encoder given to models without their own "
+                             "(default: the run's export.cold_start_neighbours)")
 
     features = sub.add_parser("features", help="build a multimodal dataset directory from a raw dataset")
     features.add_argument("--dataset", required=True, type=Path, help="raw dataset directory (e.g. RecBole ml-100k)")
@@ -102,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--dataset", required=True, type=Path)
     retrain.add_argument("--out", required=True, type=Path, help="run directory whose bundles/ the service watches")
     retrain.add_argument("--model", default="lightgcn")
+    retrain.add_argument("--config", type=Path, default=None,
+                         help="YAML with model_params / train / export overrides (after the dataset's preset)")
     retrain.add_argument("--redis-url", default=None, help="read events from this Redis (default: $MODALREC_REDIS_URL)")
     retrain.add_argument("--key-prefix", default=None,
                          help="prefix of the service's Redis keys (default: $MODALREC_REDIS_PREFIX, else modalrec:)")
@@ -179,7 +184,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from trainer.pipeline import export_checkpoint
 
-    print(export_checkpoint(args.run, args.dataset))
+    print(export_checkpoint(args.run, args.dataset, args.cold_start_neighbours))
     return 0
 
 
@@ -239,7 +244,7 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
     from trainer.retrain import retrain
 
     print(retrain(args.dataset, args.out, args.model, args.redis_url, args.key_prefix, args.max_epochs,
-                  args.keep_bundles))
+                  args.keep_bundles, config_path=args.config))
     return 0
 
 

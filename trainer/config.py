@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from trainer.modules.cold_start import DEFAULT_NEIGHBOURS
+
 logger = logging.getLogger(__name__)
 
 PRESET_DIR = Path(__file__).resolve().parent / "configs"
@@ -98,10 +100,35 @@ class TrainConfig:
 
 
 @dataclass
+class ExportConfig:
+    """Bundle export settings.
+
+    Attributes:
+        cold_start_neighbours: k of the feature-neighbour-mean item encoder that the export gives models without an
+            encoder of their own (MF, LightGCN, KGAT, Multi-KG4Rec): a new item is placed at the weighted mean of its
+            k nearest existing items by feature cosine. 30 was chosen on ML-100K's validation items
+            (docs/results/coldstart.md, session 10); a much larger catalogue may want another k (rerun
+            ``trainer coldstart --validation --neighbour-k ...``). LUDP's own encoder has its own
+            ``model_params.cold_start_neighbours``.
+        text_encoder: put the raw-text encoder (``text_encoder.onnx`` + ``tokenizer.json``, trainer/text_encoder.py)
+            in the bundle when the dataset's ``text`` features were built by ``trainer features`` with a
+            sentence-transformers model found on this machine, so ``POST /items`` can take a new item's text.
+    """
+
+    cold_start_neighbours: int = DEFAULT_NEIGHBOURS
+    text_encoder: bool = True
+
+    def __post_init__(self) -> None:
+        if self.cold_start_neighbours < 1:
+            raise ConfigError(f"export.cold_start_neighbours must be >= 1, got {self.cold_start_neighbours}")
+
+
+@dataclass
 class RunConfig:
     model: str
     model_params: dict[str, Any] = field(default_factory=dict)
     train: TrainConfig = field(default_factory=TrainConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     sources: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -109,6 +136,7 @@ class RunConfig:
             "model": self.model,
             "model_params": dict(self.model_params),
             "train": dataclasses.asdict(self.train),
+            "export": dataclasses.asdict(self.export),
             "sources": list(self.sources),
         }
 
@@ -119,29 +147,43 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"cannot read config {path}: {exc}") from exc
     if not isinstance(payload, dict):
-        raise ConfigError(f"config {path} must be a mapping with keys model_params / train")
-    unknown = set(payload) - {"model", "model_params", "train"}
+        raise ConfigError(f"config {path} must be a mapping with keys model_params / train / export")
+    unknown = set(payload) - {"model", "model_params", "train", "export"}
     if unknown:
-        raise ConfigError(f"config {path}: unknown top-level keys {sorted(unknown)} (allowed: model, model_params, train)")
+        raise ConfigError(
+            f"config {path}: unknown top-level keys {sorted(unknown)} (allowed: model, model_params, train, export)"
+        )
     return payload
 
 
+def _overlay_section(current: Any, overrides: Any, section: str, source: str) -> Any:
+    """``current`` (a config dataclass) with ``overrides`` ({field: value}) applied; unknown fields, values of the
+    wrong type and values the dataclass refuses raise ConfigError naming ``source``."""
+    if overrides is None:
+        return current
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"config {source}: {section} must be a mapping, got {overrides!r}")
+    config_class = type(current)
+    known = {f.name for f in dataclasses.fields(config_class)}
+    unknown = set(overrides) - known
+    if unknown:
+        raise ConfigError(f"config {source}: unknown {section} keys {sorted(unknown)}; known: {sorted(known)}")
+    checked = typed_values(config_class, overrides, f"config {source}")
+    try:
+        return dataclasses.replace(current, **checked)
+    except ConfigError as exc:
+        raise ConfigError(f"config {source}: {exc}") from exc
+
+
 def merge_overrides(run: RunConfig, payload: dict[str, Any], source: str) -> None:
-    """Overlay ``payload`` ({model?, model_params?, train?}) on ``run``: train keys must exist and have the
-    field's type (ConfigError naming ``source`` otherwise); model_params are checked when the model is built."""
+    """Overlay ``payload`` ({model?, model_params?, train?, export?}) on ``run``: train and export keys must exist
+    and have the field's type (ConfigError naming ``source`` otherwise); model_params are checked when the model is
+    built."""
     if payload.get("model") not in (None, run.model):
         raise ConfigError(f"config {source} is for model {payload['model']!r}, not {run.model!r}")
     run.model_params.update(payload.get("model_params") or {})
-    train_overrides = payload.get("train") or {}
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = set(train_overrides) - known
-    if unknown:
-        raise ConfigError(f"config {source}: unknown train keys {sorted(unknown)}; known: {sorted(known)}")
-    checked = typed_values(TrainConfig, train_overrides, f"config {source}")
-    try:
-        run.train = dataclasses.replace(run.train, **checked)
-    except ConfigError as exc:
-        raise ConfigError(f"config {source}: {exc}") from exc
+    run.train = _overlay_section(run.train, payload.get("train"), "train", source)
+    run.export = _overlay_section(run.export, payload.get("export"), "export", source)
     run.sources.append(source)
 
 

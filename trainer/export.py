@@ -11,11 +11,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from service.bundle import ITEM_ENCODER, write_bundle
+from service.bundle import ITEM_ENCODER, TEXT_ENCODER, TOKENIZER, write_bundle
 from trainer.data.dataset import InteractionDataset
 from trainer.loop import compute_representations
 from trainer.models.base import Recommender
-from trainer.modules.cold_start import neighbour_mean_encoder
+from trainer.modules.cold_start import DEFAULT_NEIGHBOURS, neighbour_mean_encoder
+from trainer.text_encoder import ExportedTextEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -32,14 +33,20 @@ class _CPUCopy(torch.nn.Module):
 
 
 def cold_start_encoder(
-    model: Recommender, dataset: InteractionDataset, item_embeddings: torch.Tensor | None = None
+    model: Recommender,
+    dataset: InteractionDataset,
+    item_embeddings: torch.Tensor | None = None,
+    neighbours: int = DEFAULT_NEIGHBOURS,
 ) -> tuple[torch.nn.Module, str] | None:
     """(encoder, source) for new items, or None when the dataset has no item features.
 
     ``source`` is ``model`` for the model's own ``item_encoder()``. A model without one (MF, LightGCN, KGAT...)
-    gets the feature-neighbour mean over its final item embeddings (``trainer.modules.cold_start``, k = 30,
-    every modality): ``feature_neighbour_mean``. ``item_embeddings`` float [n_items, d] saves recomputing them.
+    gets the feature-neighbour mean over its final item embeddings (``trainer.modules.cold_start``, ``neighbours``
+    nearest items per modality, every modality; the run config's ``export.cold_start_neighbours``):
+    ``feature_neighbour_mean``. ``item_embeddings`` float [n_items, d] saves recomputing them.
     """
+    if neighbours < 1:
+        raise ValueError(f"the neighbour-mean encoder needs neighbours >= 1, got {neighbours}")
     if not dataset.features:
         return None
     encoder = model.item_encoder()
@@ -48,7 +55,7 @@ def cold_start_encoder(
     if item_embeddings is None:
         item_embeddings = compute_representations(model)[1]
     features = {name: torch.as_tensor(matrix) for name, matrix in dataset.features.items()}
-    return neighbour_mean_encoder(item_embeddings, features), "feature_neighbour_mean"
+    return neighbour_mean_encoder(item_embeddings, features, k=neighbours), "feature_neighbour_mean"
 
 
 def export_item_encoder(
@@ -57,6 +64,7 @@ def export_item_encoder(
     path: Path,
     check_rows: int = 64,
     item_embeddings: torch.Tensor | None = None,
+    neighbours: int = DEFAULT_NEIGHBOURS,
 ) -> dict[str, Any] | None:
     """Export the cold-start encoder (``cold_start_encoder``) to ONNX; verify onnxruntime against torch on real
     item rows.
@@ -64,7 +72,7 @@ def export_item_encoder(
     Inputs are named after the modalities (sorted), float32 [B, dim_m]; the output is ``embedding``
     float32 [B, dim]. Returns a manifest description, or None when the dataset has no item features.
     """
-    found = cold_start_encoder(model, dataset, item_embeddings)
+    found = cold_start_encoder(model, dataset, item_embeddings, neighbours)
     if found is None:
         return None
     encoder, source = found
@@ -105,6 +113,7 @@ def export_item_encoder(
     return {
         "source": source,
         "kind": type(encoder).__name__,
+        **({"neighbours": int(encoder.k)} if source == "feature_neighbour_mean" else {}),
         "inputs": {name: int(dataset.features[name].shape[1]) for name in modalities},
         "output": "embedding",
         "opset": ONNX_OPSET,
@@ -119,8 +128,15 @@ def export_bundle(
     model_name: str,
     metrics: dict[str, Any] | None = None,
     extra_manifest: dict[str, Any] | None = None,
+    cold_start_neighbours: int = DEFAULT_NEIGHBOURS,
+    text_encoder: ExportedTextEncoder | None = None,
 ) -> Path:
-    """Write ``bundle_root/<version>/`` and point ``bundle_root/current`` at it; return the bundle path."""
+    """Write ``bundle_root/<version>/`` and point ``bundle_root/current`` at it; return the bundle path.
+
+    ``cold_start_neighbours``: k of the feature-neighbour-mean item encoder, for models without an encoder of their
+    own. ``text_encoder``: the raw-text encoder of the dataset's ``text`` modality (``text_encoder.onnx`` +
+    ``tokenizer.json``, hard-linked from the cache when possible), or None.
+    """
     users, items = compute_representations(model)
     user_embeddings = users.float().cpu().numpy()
     item_embeddings = items.float().cpu().numpy()
@@ -131,10 +147,23 @@ def export_bundle(
     with tempfile.TemporaryDirectory(prefix="modalrec-export-") as tmp:
         extra_files: dict[str, Path] = {}
         encoder_path = Path(tmp) / ITEM_ENCODER
-        encoder_info = export_item_encoder(model, dataset, encoder_path, item_embeddings=items)
+        encoder_info = export_item_encoder(
+            model, dataset, encoder_path, item_embeddings=items, neighbours=cold_start_neighbours
+        )
         if encoder_info is not None:
             extra_files[ITEM_ENCODER] = encoder_path
             manifest_extra["item_encoder"] = encoder_info
+        link_files: list[str] = []
+        if text_encoder is not None:
+            if text_encoder.info.get("dim") != dataset.modality_dims.get(text_encoder.info.get("modality")):
+                raise ValueError(
+                    f"the text encoder gives {text_encoder.info.get('dim')}-d vectors but the dataset's "
+                    f"{text_encoder.info.get('modality')!r} modality is {dataset.modality_dims.get('text')}-d"
+                )
+            extra_files[TEXT_ENCODER] = text_encoder.onnx
+            extra_files[TOKENIZER] = text_encoder.tokenizer
+            link_files += [TEXT_ENCODER, TOKENIZER]
+            manifest_extra["text_encoder"] = dict(text_encoder.info)
         index_file = _maybe_build_index(item_embeddings, Path(tmp))
         if index_file is not None:
             extra_files[index_file[0]] = index_file[1]
@@ -154,6 +183,7 @@ def export_bundle(
             metrics=metrics,
             extra_files=extra_files,
             extra_manifest=manifest_extra,
+            link_files=link_files,
         )
     logger.info("exported bundle %s", bundle)
     return bundle

@@ -15,10 +15,11 @@ from typing import Any
 import torch
 
 from trainer.bundle_eval import evaluate_bundle_on_split
-from trainer.config import RunConfig, merge_overrides, resolve_run_config
+from trainer.config import ExportConfig, RunConfig, merge_overrides, resolve_run_config
 from trainer.data.dataset import InteractionDataset
 from trainer.export import export_bundle
 from trainer.loop import CHECKPOINT, METRICS, SPLIT_FILE, fit, write_json_atomic, write_split
+from trainer.text_encoder import TEXT_MODALITY, ExportedTextEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -115,18 +116,51 @@ def run_fit_config(
         out_dir / "bundles",
         run_config.model,
         metrics={"valid": result.valid, "test": result.test, "best_epoch": result.best_epoch},
+        cold_start_neighbours=run_config.export.cold_start_neighbours,
+        text_encoder=bundle_text_encoder(dataset, dataset_path) if run_config.export.text_encoder else None,
     )
     metrics["bundle"] = str(bundle)
     write_json_atomic(out_dir / METRICS, metrics)
     return metrics
 
 
-def export_checkpoint(run_dir: Path, dataset_path: Path | None = None) -> Path:
-    """Re-export ``run_dir/checkpoint.pt`` as a new bundle under ``run_dir/bundles``."""
+def bundle_text_encoder(dataset: InteractionDataset, dataset_path: Path) -> ExportedTextEncoder | None:
+    """The raw-text encoder for bundles of ``dataset`` (trainer/text_encoder.py), or None when the dataset has no
+    ``text`` modality, its text model is unknown or not on this machine, or the export fails (logged: the trained
+    model is exported without it rather than lost)."""
+    from trainer.text_encoder import TextEncoderError, dataset_text_model, exported_text_encoder
+
+    found = dataset_text_model(dataset_path, dataset.modality_dims.get(TEXT_MODALITY))
+    if found is None:
+        return None
+    try:
+        return exported_text_encoder(*found)
+    except (TextEncoderError, OSError, ImportError) as exc:
+        logger.warning("no text encoder in the bundle: exporting %s failed: %s", found[0], exc)
+        return None
+
+
+def export_checkpoint(
+    run_dir: Path, dataset_path: Path | None = None, cold_start_neighbours: int | None = None
+) -> Path:
+    """Re-export ``run_dir/checkpoint.pt`` as a new bundle under ``run_dir/bundles``.
+
+    ``cold_start_neighbours``: k of the feature-neighbour-mean item encoder; None keeps the run's
+    ``export.cold_start_neighbours`` (the default for checkpoints written before that setting existed).
+    """
     from trainer.models.base import ModelInputs
     from trainer.models.registry import build_model
 
-    payload = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=False)
+    if cold_start_neighbours is not None and cold_start_neighbours < 1:
+        raise ValueError(f"cold_start_neighbours must be >= 1, got {cold_start_neighbours}")
+    checkpoint = run_dir / CHECKPOINT
+    if not checkpoint.is_file():
+        raise ValueError(f"{checkpoint} does not exist: is {run_dir} a finished `trainer fit` run directory?")
+    payload = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    saved_export = (payload.get("run_config") or {}).get("export") or {}
+    if cold_start_neighbours is None:
+        cold_start_neighbours = int(saved_export.get("cold_start_neighbours", ExportConfig.cold_start_neighbours))
+    with_text_encoder = bool(saved_export.get("text_encoder", ExportConfig.text_encoder))
     if dataset_path is None and payload.get("dataset_path") is None:
         raise ValueError(
             f"{run_dir / CHECKPOINT} names no dataset (it was trained on a derived dataset, see metrics.json); "
@@ -144,7 +178,11 @@ def export_checkpoint(run_dir: Path, dataset_path: Path | None = None) -> Path:
 
         saved = json.loads(metrics_path.read_text())
         metrics = {"valid": saved.get("valid"), "test": saved.get("test"), "best_epoch": saved.get("best_epoch")}
-    return export_bundle(model, dataset, run_dir / "bundles", payload["model"], metrics=metrics)
+    return export_bundle(
+        model, dataset, run_dir / "bundles", payload["model"], metrics=metrics,
+        cold_start_neighbours=cold_start_neighbours,
+        text_encoder=bundle_text_encoder(dataset, dataset_path) if with_text_encoder else None,
+    )
 
 
 def parse_variant(text: str) -> tuple[str, str, Path | None]:
@@ -215,9 +253,12 @@ def _in_parallel(function, jobs: list[tuple], workers: int, on_result) -> list[A
 
 
 def _comparable_config(config: dict[str, Any]) -> dict[str, Any]:
-    """What must agree for a finished run to stand in for a new one: model, model and training parameters (not
-    the config files' paths), as JSON would store them."""
-    return json.loads(json.dumps({key: config[key] for key in ("model", "model_params", "train")}))
+    """What must agree for a finished run to stand in for a new one: model, model, training and export parameters
+    (not the config files' paths), as JSON would store them. Runs from before the export section had its
+    defaults."""
+    comparable = {key: config[key] for key in ("model", "model_params", "train")}
+    comparable["export"] = {**dataclasses.asdict(ExportConfig()), **(config.get("export") or {})}
+    return json.loads(json.dumps(comparable))
 
 
 def finished_run(run_dir: Path, run_config: RunConfig, dataset_path: Path) -> dict[str, Any] | None:
@@ -241,7 +282,7 @@ def finished_run(run_dir: Path, run_config: RunConfig, dataset_path: Path) -> di
     if found != wanted or not same_dataset:
         differences = sorted(
             f"{section}.{key}"
-            for section in ("model_params", "train")
+            for section in ("model_params", "train", "export")
             for key in set(wanted[section]) | set(found[section])
             if wanted[section].get(key) != found[section].get(key)
         )

