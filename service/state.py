@@ -123,6 +123,8 @@ class ServingState:
         self.popular(20, [])
         if self.encoder is not None:
             self.encoder.warm()
+        if self.text_encoder is not None:
+            self.text_encoder.encode("warm up")
 
     # -- online items ---------------------------------------------------------------------------
     def is_bundle_item(self, item_id: str) -> bool:
