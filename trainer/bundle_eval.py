@@ -19,8 +19,10 @@ from service.bundle import load_bundle
 def read_split_file(path: Path) -> dict[int, dict[str, set[str]]]:
     """MMRec split file (``userID itemID x_label``) -> {label: {user_id: {item_id, ...}}}."""
     by_label: dict[int, dict[str, set[str]]] = {0: defaultdict(set), 1: defaultdict(set), 2: defaultdict(set)}
-    with open(path, encoding="utf-8") as handle:
-        reader = csv.reader(handle, delimiter="\t")
+    # Fields are raw text between tabs, as write_split writes them and the dataset readers split them: a '"' is
+    # part of an id, not a CSV quote (QUOTE_MINIMAL merged fields up to the next quote or dropped the quotes).
+    with open(path, encoding="utf-8", newline="") as handle:
+        reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = next(reader)
         columns = {name: position for position, name in enumerate(header)}
         for required in ("userID", "itemID", "x_label"):

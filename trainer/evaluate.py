@@ -23,6 +23,13 @@ from torch import Tensor
 
 DEFAULT_KS = (10, 20, 50)
 METRIC_NAMES = ("recall", "ndcg", "precision", "map")
+# Memory bounds, in scores per block. One evaluation batch holds [rows, n_items] float32 scores and a bool copy of
+# its ground truth; rows are capped so that a block stays below MAX_BLOCK_ELEMENTS scores (512 MiB) whatever batch
+# size was asked for (4096 users x 1M items would be 16 GiB). Rows whose k-th and (k+1)-th scores tie take the exact
+# path, whose int64 sort keys and their temporaries cost several times the scores; they run in chunks of at most
+# EXACT_BLOCK_ELEMENTS. Blocking changes no result: every row is ranked on its own.
+MAX_BLOCK_ELEMENTS = 2**27
+EXACT_BLOCK_ELEMENTS = 2**25
 
 
 def metric_key(name: str, k: int) -> str:
@@ -120,7 +127,8 @@ def top_k_items(scores: Tensor, k: int) -> Tensor:
     indices = indices_ascending.gather(1, order)
     if bool(boundary_ties.any()):
         rows = boundary_ties.nonzero().squeeze(1)
-        indices[rows] = _top_k_exact(scores[rows], k)
+        for chunk in rows.split(max(1, EXACT_BLOCK_ELEMENTS // scores.shape[1])):
+            indices[chunk] = _top_k_exact(scores[chunk], k)
     return indices
 
 
@@ -150,7 +158,7 @@ def evaluate_full_ranking(
         ground_truth: CSR [n_users, n_items] of relevant items (valid or test split).
         mask: CSR [n_users, n_items] of items excluded from the ranking (train, or train + valid), or None.
         ks: cut-offs.
-        batch_size: users scored per batch.
+        batch_size: users scored per batch (fewer when n_items is large, see ``MAX_BLOCK_ELEMENTS``).
     Returns:
         ``{"recall@20": ..., ..., "n_users": U}``.
     """
@@ -164,8 +172,9 @@ def evaluate_full_ranking(
     k_max = min(max(ks), item_repr.shape[0])
     sums = {metric_key(name, k): 0.0 for name in METRIC_NAMES for k in ks}
     item_t = item_repr.float().T.contiguous()
-    for start in range(0, len(users), batch_size):
-        batch = users[start : start + batch_size]
+    rows_per_block = max(1, min(batch_size, MAX_BLOCK_ELEMENTS // max(item_repr.shape[0], 1)))
+    for start in range(0, len(users), rows_per_block):
+        batch = users[start : start + rows_per_block]
         batch_t = torch.as_tensor(batch, device=device)
         scores = user_repr[batch_t].float() @ item_t
         if mask is not None:

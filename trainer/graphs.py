@@ -11,8 +11,14 @@ from torch import Tensor
 
 
 def bipartite_adjacency(train: sp.spmatrix) -> sp.csr_matrix:
-    """Symmetric (n_users + n_items)² adjacency [[0, R], [Rᵀ, 0]] from R = train [n_users, n_items]."""
-    r = sp.csr_matrix(train, dtype=np.float32)
+    """Symmetric (n_users + n_items)² adjacency [[0, R], [Rᵀ, 0]] from R = train [n_users, n_items].
+
+    R is the binary pattern of ``train`` (stored zeros are no edge, repeated entries one edge); ``train`` itself is
+    left as it is (``csr_matrix(train, dtype=float32)`` of a float32 CSR shares its data array).
+    """
+    r = sp.csr_matrix(train, dtype=np.float32, copy=True)
+    r.sum_duplicates()
+    r.eliminate_zeros()
     r.data[:] = 1.0
     n_users, n_items = r.shape
     upper = sp.hstack([sp.csr_matrix((n_users, n_users), dtype=np.float32), r])

@@ -98,3 +98,38 @@ def test_catalogue_smaller_than_a_cut_off_ranks_every_item():
     metrics = evaluate_full_ranking(users, items, test, train, ks=(1, 2, 5))
     assert metrics["recall@1"] == 0.0 and metrics["recall@2"] == 1.0 and metrics["recall@5"] == 1.0
     assert metrics["ndcg@5"] == pytest.approx(1 / math.log2(3)) and metrics["precision@5"] == pytest.approx(1 / 5)
+
+
+def test_score_blocks_stay_under_the_memory_bound_whatever_the_batch_size(monkeypatch):
+    # a large catalogue must not be scored 4096 users at a time ([4096, 1M] float32 is 16 GiB, plus the bool
+    # ground truth and, for rows tied across the cut-off, int64 sort keys): blocks are capped by their element count
+    import trainer.evaluate as evaluate
+
+    rng = np.random.default_rng(0)
+    n_users, n_items = 50, 40
+    users = torch.as_tensor(rng.integers(-2, 3, (n_users, 2)), dtype=torch.float32)  # small integers: many ties
+    items = torch.as_tensor(rng.integers(-2, 3, (n_items, 2)), dtype=torch.float32)
+    mask = sp.csr_matrix((rng.random((n_users, n_items)) < 0.2).astype(np.float32))
+    truth = sp.csr_matrix(((rng.random((n_users, n_items)) < 0.1) & (mask.toarray() == 0)).astype(np.float32))
+    expected = evaluate_full_ranking(users, items, truth, mask, ks=(5, 10))
+
+    blocks, exact_blocks = [], []
+    real_top_k, real_exact = evaluate.top_k_items, evaluate._top_k_exact
+
+    def top_k_spy(scores, k):
+        blocks.append(tuple(scores.shape))
+        return real_top_k(scores, k)
+
+    def exact_spy(scores, k):
+        exact_blocks.append(tuple(scores.shape))
+        return real_exact(scores, k)
+
+    monkeypatch.setattr(evaluate, "top_k_items", top_k_spy)
+    monkeypatch.setattr(evaluate, "_top_k_exact", exact_spy)
+    monkeypatch.setattr(evaluate, "MAX_BLOCK_ELEMENTS", 7 * n_items, raising=False)
+    monkeypatch.setattr(evaluate, "EXACT_BLOCK_ELEMENTS", 2 * n_items, raising=False)
+    got = evaluate_full_ranking(users, items, truth, mask, ks=(5, 10), batch_size=4096)
+    assert got == pytest.approx(expected, rel=1e-12)  # the same per-user values, summed in other groups
+    assert blocks and all(rows <= 7 for rows, _ in blocks)
+    assert exact_blocks and all(rows <= 2 for rows, _ in exact_blocks)
+    assert sum(rows for rows, _ in blocks) == int((np.diff(truth.indptr) > 0).sum())

@@ -151,3 +151,22 @@ def test_edge_products_and_gradients_on_cuda_match_the_cpu():
     on_cuda = run(pattern_cuda, left.cuda(), right.cuda(), weights.cuda())
     for cpu_grad, cuda_grad in zip(on_cpu, on_cuda, strict=True):
         torch.testing.assert_close(cuda_grad, cpu_grad, rtol=1e-4, atol=1e-4)
+
+
+def test_bipartite_adjacency_leaves_its_input_alone_and_uses_its_binary_pattern():
+    # a float32 CSR passed in (ModelInputs.train_matrix is the dataset's own train matrix) shared its data array
+    # with the working copy, whose values were overwritten with ones in place
+    from trainer.graphs import bipartite_adjacency, normalized_bipartite_adjacency
+
+    train = sp.csr_matrix(
+        (np.array([2.0, 3.0, 0.0, 1.0], np.float32), np.array([0, 1, 2, 1]), np.array([0, 3, 4])), shape=(2, 3)
+    )  # user 0: items 0 (weight 2), 1 (weight 3), 2 (a stored zero); user 1: item 1
+    before = train.copy()
+    adjacency = bipartite_adjacency(train)
+    assert np.array_equal(train.data, before.data) and np.array_equal(train.indices, before.indices)
+    expected = np.zeros((5, 5), np.float32)
+    for user, item in [(0, 0), (0, 1), (1, 1)]:  # the stored zero is no edge
+        expected[user, 2 + item] = expected[2 + item, user] = 1.0
+    assert np.array_equal(adjacency.toarray(), expected)
+    binary = sp.csr_matrix(np.array([[1, 1, 0], [0, 1, 0]], np.float32))
+    assert np.array_equal(normalized_bipartite_adjacency(train).toarray(), normalized_bipartite_adjacency(binary).toarray())
