@@ -381,7 +381,7 @@ def bfs_sequences(
     """
     if length < 1:
         raise ValueError(f"sequence length must be >= 1, got {length}")
-    graph = sp.csr_matrix(adjacency, dtype=np.float32)
+    graph = sp.csr_matrix(adjacency, dtype=np.float32, copy=True)  # the caller's matrix stays as it is
     graph.data[:] = 1.0
     n_nodes = graph.shape[0]
     degree = np.asarray(graph.sum(axis=1)).ravel()

@@ -43,7 +43,8 @@ def test_export_section_is_read_type_checked_and_range_checked(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("export: {cold_start_neighbours: 5}\n")
     run = resolve_run_config("lightgcn", None, config)
-    assert run.export.cold_start_neighbours == 5 and run.to_dict()["export"] == {"cold_start_neighbours": 5}
+    assert run.export.cold_start_neighbours == 5
+    assert run.to_dict()["export"] == {"cold_start_neighbours": 5, "text_encoder": True}
     config.write_text("export: {cold_start_neighbours: 0}\n")
     with pytest.raises(ConfigError, match="export.cold_start_neighbours must be >= 1, got 0"):
         resolve_run_config("lightgcn", None, config)

@@ -95,6 +95,14 @@ class InteractionDataset:
             raise DatasetError("user ids are not unique")
         if len(set(self.item_ids)) != self.n_items:
             raise DatasetError("item ids are not unique")
+        for kind, ids in (("user", self.user_ids), ("item", self.item_ids)):
+            # split files and .inter files are tab-separated lines: such an id would shift or break their columns
+            bad = next((i for i in ids if not i or any(c in i for c in "\t\r\n")), None)
+            if bad is not None:
+                raise DatasetError(
+                    f"{kind} id {bad!r} is empty or contains a tab or line break; ids must be non-empty, tab-free, "
+                    "single-line text"
+                )
         for modality, matrix in self.features.items():
             if matrix.ndim != 2 or matrix.shape[0] != self.n_items:
                 raise DatasetError(

@@ -232,7 +232,7 @@ def mean_item_features_per_user(train_matrix: sp.spmatrix, features: Tensor) -> 
 
     Users without training items get zeros.
     """
-    r = sp.csr_matrix(train_matrix, dtype=np.float32)
+    r = sp.csr_matrix(train_matrix, dtype=np.float32, copy=True)
     r.data[:] = 1.0
     degree = np.asarray(r.sum(axis=1)).ravel()
     inv = np.zeros_like(degree)

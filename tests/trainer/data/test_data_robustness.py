@@ -70,3 +70,18 @@ def test_items_sharing_an_entity_build_a_collaborative_kg_with_a_same_entity_rel
     edges = set(zip(ckg.heads.tolist(), ckg.relations.tolist(), ckg.tails.tolist(), strict=True))
     assert (kg.n_entities, same_entity, 0) in edges
     assert (0, same_entity + ckg.n_kg_relations, kg.n_entities) in edges
+
+
+@pytest.mark.parametrize("bad_id", ["a\tb", "line\nbreak", "carriage\r", ""])
+def test_ids_that_would_break_tab_separated_split_files_are_refused(tmp_path, bad_id):
+    """LATTICE's user2id.json / item2id.json keys are free JSON strings; write_split writes ids between tabs."""
+    import json
+
+    for name, items in (("train", [0, 1]), ("val", [2]), ("test", [3])):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"0": items}))
+    (tmp_path / "item2id.json").write_text(json.dumps({f"i{i}": i for i in range(4)}))
+    (tmp_path / "user2id.json").write_text(json.dumps({"fine": 0}))
+    assert load_dataset(tmp_path).user_ids == ["fine"]
+    (tmp_path / "user2id.json").write_text(json.dumps({bad_id: 0}))
+    with pytest.raises(DatasetError, match="empty or contains a tab or line break|empty user id"):
+        load_dataset(tmp_path)

@@ -179,6 +179,10 @@ def test_user_mean_features_hand_checked():
     features = torch.tensor([[1.0, 0.0], [3.0, 2.0], [5.0, 4.0], [0.0, 6.0]])
     means = mean_item_features_per_user(TRAIN, features)
     torch.testing.assert_close(means, torch.tensor([[2.0, 1.0], [5.0, 4.0], [8 / 3, 4.0]]))
+    weighted = sp.csr_matrix(TRAIN, dtype=np.float32) * 3.0  # a float32 CSR shares its data with csr_matrix(...)
+    before = weighted.data.copy()
+    mean_item_features_per_user(weighted, features)
+    np.testing.assert_array_equal(weighted.data, before)  # the caller's matrix is left as it is
 
 
 def test_user_preference_graph_formula():

@@ -242,6 +242,9 @@ def test_bfs_sequences_are_sorted_by_hop_with_path_count_then_degree_ties():
     short, short_hops = bfs_sequences(adjacency, np.array([0]), length=2)
     np.testing.assert_array_equal(short, [[0, 2]])  # truncated to the nearest
     assert (np.diff(hops[0][hops[0] >= 0]) >= 0).all()
+    weighted = sp.csr_matrix((np.full(len(rows), 2.0, np.float32), (rows, cols)), shape=(5, 5))
+    bfs_sequences(weighted, np.array([0]), length=3)
+    assert (weighted.data == 2.0).all()  # the caller's matrix is left as it is
 
 
 def test_model_bfs_sequences_start_with_the_item_and_never_decrease_in_hop():
