@@ -21,17 +21,24 @@ def read_split_file(path: Path) -> dict[int, dict[str, set[str]]]:
     by_label: dict[int, dict[str, set[str]]] = {0: defaultdict(set), 1: defaultdict(set), 2: defaultdict(set)}
     # Fields are raw text between tabs, as write_split writes them and the dataset readers split them: a '"' is
     # part of an id, not a CSV quote (QUOTE_MINIMAL merged fields up to the next quote or dropped the quotes).
-    with open(path, encoding="utf-8", newline="") as handle:
+    with open(path, encoding="utf-8-sig", newline="") as handle:  # -sig: a byte-order mark is not header text
         reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = next(reader)
+        header = next(reader, None)
+        if header is None:
+            raise ValueError(f"{path}: empty file; expected a header userID, itemID, x_label (tab-separated)")
         columns = {name: position for position, name in enumerate(header)}
         for required in ("userID", "itemID", "x_label"):
             if required not in columns:
                 raise ValueError(f"{path}: header lacks column {required!r}")
         for line_number, row in enumerate(reader, start=2):
-            label = int(row[columns["x_label"]])
-            if label not in by_label:
-                raise ValueError(f"{path}:{line_number}: x_label must be 0, 1 or 2, got {label}")
+            if not row or row == [""]:
+                continue  # a blank line
+            if len(row) < len(header):
+                raise ValueError(f"{path}:{line_number}: expected {len(header)} tab-separated fields, got {len(row)}")
+            text = row[columns["x_label"]]
+            if text not in ("0", "1", "2"):
+                raise ValueError(f"{path}:{line_number}: x_label must be 0, 1 or 2, got {text!r}")
+            label = int(text)
             by_label[label][row[columns["userID"]]].add(row[columns["itemID"]])
     return by_label
 

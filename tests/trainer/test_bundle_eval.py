@@ -44,3 +44,27 @@ def test_ids_with_quotes_round_trip_and_metrics_match_the_trainer(tmp_path):
     assert got["n_users"] == want["n_users"] > 0
     for key in ("recall@10", "recall@20", "ndcg@20", "recall@50", "ndcg@50"):
         assert got[key] == pytest.approx(want[key], abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("", "empty file"),
+        ("userID\titemID\n", "header lacks column 'x_label'"),
+        ("userID\titemID\tx_label\nu1\ti1\n", ":2: expected 3 tab-separated fields, got 2"),
+        ("userID\titemID\tx_label\nu1\ti1\ttest\n", ":2: x_label must be 0, 1 or 2, got 'test'"),
+        ("userID\titemID\tx_label\nu1\ti1\t3\n", ":2: x_label must be 0, 1 or 2, got '3'"),
+    ],
+)
+def test_a_malformed_split_file_is_a_clear_error_with_the_line(tmp_path, content, message):
+    path = tmp_path / "split.inter"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(ValueError, match=message):
+        read_split_file(path)
+
+
+def test_a_byte_order_mark_and_blank_lines_are_not_data(tmp_path):
+    path = tmp_path / "split.inter"
+    path.write_text("\ufeffuserID\titemID\tx_label\nu1\ti1\t0\n\nu1\ti2\t2\n\n", encoding="utf-8")
+    by_label = read_split_file(path)
+    assert by_label[0] == {"u1": {"i1"}} and by_label[2] == {"u1": {"i2"}} and not by_label[1]
