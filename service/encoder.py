@@ -10,9 +10,10 @@ modality's feature vector, as the trainer built it (trainer/text_encoder.py): in
 
 from __future__ import annotations
 
+import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -84,15 +85,43 @@ class TextEncoder:
             raise EncoderError(f"{model_path.name} gives {width}-d vectors; the {modality!r} modality is {dim}-d")
         self.modality = modality
         self.dim = dim
+        self.max_tokens = max_tokens
 
-    def encode(self, text: str) -> list[float]:
-        """One text -> its ``dim`` feature values (float32 precision)."""
-        if not text.strip():
-            raise FeatureError(f"modality {self.modality!r}: the text is empty")
+    def check(self, text: str) -> None:
+        """The cheap checks of ``encode`` (no tokenisation), so a request refused for another reason costs nothing.
+
+        Raises:
+            FeatureError: empty text, text over ``MAX_TEXT_CHARS`` characters, or text that is not valid Unicode (a
+                lone UTF-16 surrogate, which JSON can escape as ``"\\ud800"``; the tokenizer refuses it).
+        """
         if len(text) > MAX_TEXT_CHARS:
             raise FeatureError(
                 f"modality {self.modality!r}: the text has {len(text)} characters; at most {MAX_TEXT_CHARS}"
             )
+        if not text.strip():
+            raise FeatureError(f"modality {self.modality!r}: the text is empty")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise FeatureError(
+                f"modality {self.modality!r}: the text is not valid unicode (character {exc.start}: a lone "
+                "surrogate)"
+            ) from None
+        stripped = text.strip()
+        if stripped.startswith("[") and stripped.endswith("]"):  # a vector JSON-encoded twice is not text
+            try:
+                values = json.loads(stripped)
+            except ValueError:
+                values = None
+            if isinstance(values, list) and all(isinstance(v, (int, float)) for v in values):
+                raise FeatureError(
+                    f"modality {self.modality!r} was given as a string holding a JSON list of {len(values)} "
+                    f"numbers; send the list itself ({self.dim} numbers), not encoded as a string"
+                )
+
+    def encode(self, text: str) -> list[float]:
+        """One text -> its ``dim`` feature values (float32 precision)."""
+        self.check(text)
         encoding = self.tokenizer.encode(text)
         feeds = {
             "input_ids": np.asarray([encoding.ids], dtype=np.int64),
@@ -104,6 +133,23 @@ class TextEncoder:
                 f"the text encoder produced an invalid vector (shape {embedding.shape}, expected (1, {self.dim}))"
             )
         return [float(v) for v in embedding[0].astype(np.float32)]
+
+    def warm(self) -> None:
+        """Run a short text and one at the token limit (as long as a request can make it), so a model that loads but
+        fails when run (a tokenizer of another model, a token limit past the model's position table) is refused
+        with its bundle instead of failing requests.
+
+        Raises:
+            EncoderError: the text encoder fails on either text.
+        """
+        long_text = "warm " * min(self.max_tokens, MAX_TEXT_CHARS // len("warm "))  # >= 1 token a word
+        for text in ("warm up", long_text):
+            tokens = "?"
+            try:
+                tokens = str(len(self.tokenizer.encode(text).ids))
+                self.encode(text)
+            except Exception as exc:  # onnxruntime's errors are not RuntimeError: any failure refuses the bundle
+                raise EncoderError(f"the text encoder fails on a {tokens}-token test text: {exc}") from exc
 
 
 class ItemEncoder:
@@ -135,36 +181,47 @@ class ItemEncoder:
         self.modalities = dict(modalities)
         self.dim = dim
 
-    def encode(self, features: Mapping[str, Sequence[float]]) -> np.ndarray:
-        """Encode one item's features {modality: [dim_m] floats} -> float32 [dim]."""
-        unknown = sorted(set(features) - set(self.modalities))
+    def check_modalities(self, names: Collection[str]) -> None:
+        """Raises FeatureError unless ``names`` are exactly this model's modalities."""
+        unknown = sorted(set(names) - set(self.modalities))
         if unknown:
             raise FeatureError(f"unknown modality {unknown}; this model expects {sorted(self.modalities)}")
-        missing = sorted(set(self.modalities) - set(features))
+        missing = sorted(set(self.modalities) - set(names))
         if missing:
             raise FeatureError(
                 f"missing modality {missing}; this model expects all of {sorted(self.modalities)}"
             )
-        feeds = {}
-        for name, dim in self.modalities.items():
-            values = features[name]
-            if isinstance(values, str):
-                raise FeatureError(
-                    f"modality {name!r} was given as raw text; this bundle has no text encoder, send {dim} floats"
-                )
-            if not isinstance(values, (Sequence, np.ndarray)):
-                raise FeatureError(f"modality {name!r} must be a list of {dim} numbers")
-            if len(values) != dim:
-                raise FeatureError(f"modality {name!r} has {len(values)} values; expected {dim}")
-            try:
-                finite = all(math.isfinite(v) for v in values)
-            except TypeError:
-                raise FeatureError(f"modality {name!r} must be a list of {dim} numbers") from None
-            if not finite:
-                raise FeatureError(f"modality {name!r} contains NaN or infinity")
-            feeds[name] = np.asarray(values, dtype=np.float32).reshape(1, dim)
-            if not np.isfinite(feeds[name]).all():
-                raise FeatureError(f"modality {name!r} overflows float32")
+
+    def feed(self, name: str, values: object) -> np.ndarray:
+        """One modality's values as the model's float32 [1, dim_m] input.
+
+        Raises:
+            FeatureError: raw text, not a list of numbers, wrong length, NaN/inf, or beyond float32.
+        """
+        dim = self.modalities[name]
+        if isinstance(values, str):
+            raise FeatureError(
+                f"modality {name!r} was given as raw text; this bundle has no text encoder, send {dim} floats"
+            )
+        if not isinstance(values, (Sequence, np.ndarray)):
+            raise FeatureError(f"modality {name!r} must be a list of {dim} numbers")
+        if len(values) != dim:
+            raise FeatureError(f"modality {name!r} has {len(values)} values; expected {dim}")
+        try:
+            finite = all(math.isfinite(v) for v in values)
+        except TypeError:
+            raise FeatureError(f"modality {name!r} must be a list of {dim} numbers") from None
+        if not finite:
+            raise FeatureError(f"modality {name!r} contains NaN or infinity")
+        array = np.asarray(values, dtype=np.float32).reshape(1, dim)
+        if not np.isfinite(array).all():
+            raise FeatureError(f"modality {name!r} overflows float32")
+        return array
+
+    def encode(self, features: Mapping[str, Sequence[float]]) -> np.ndarray:
+        """Encode one item's features {modality: [dim_m] floats} -> float32 [dim]."""
+        self.check_modalities(features)
+        feeds = {name: self.feed(name, features[name]) for name in self.modalities}
         (embedding,) = self.session.run([OUTPUT_NAME], feeds)
         if embedding.shape != (1, self.dim) or not np.isfinite(embedding).all():
             raise FeatureError(
@@ -173,5 +230,12 @@ class ItemEncoder:
         return embedding[0].astype(np.float32)
 
     def warm(self) -> None:
-        """One forward pass on zeros, so the first real request does not pay for lazy initialisation."""
-        self.encode({name: [0.0] * dim for name, dim in self.modalities.items()})
+        """One forward pass on zeros, so the first real request does not pay for lazy initialisation.
+
+        Raises:
+            EncoderError: the model loads but fails when run (the bundle is refused).
+        """
+        try:
+            self.encode({name: [0.0] * dim for name, dim in self.modalities.items()})
+        except Exception as exc:  # onnxruntime's errors are not RuntimeError
+            raise EncoderError(f"the item encoder fails on a test input: {exc}") from exc

@@ -117,7 +117,9 @@ class Runtime:
                 bundle = load_bundle(target)
                 new_state = ServingState.build(bundle, self.settings)
                 new_state.warm()
-            except (BundleError, OSError, ValueError, RuntimeError) as exc:  # faiss/onnx raise RuntimeError
+            except Exception as exc:  # any failure refuses the bundle: onnxruntime's run-time errors
+                # (a text encoder that loads but fails on a test text) are not RuntimeError; an uncaught one answered
+                # the admin reload with 500 and was retried by the watcher on every poll
                 self._last_refused = target
                 self.metrics.reload_failures.labels(trigger).inc()
                 logger.error(
@@ -306,6 +308,10 @@ class Runtime:
         if item_id not in self.state.item_rows:
             self._sync_for([item_id])  # another replica may have added it: then this is a replacement
         outside_lock = self.state
+        if outside_lock.is_bundle_item(item_id):  # checked again under the lock; here so no text is encoded for it
+            raise ConflictError(
+                f"item {item_id!r} is part of bundle {outside_lock.version}; it cannot be replaced online"
+            )
         try:  # text encoding is the slow part: done before taking the lock, again only if a reload came between
             resolved = outside_lock.resolve_features(features)
         except FeatureError as exc:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat
 
 MAX_K = 1000
 MAX_ID_LENGTH = 256
@@ -63,7 +63,8 @@ class NewItemRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     item_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
-    features: dict[str, list[float] | str] = Field(
+    # StrictFloat: numbers only (integers too). Lax floats took ["1", "2"] and [true, false] as vectors without a word.
+    features: dict[str, list[StrictFloat] | str] = Field(
         min_length=1,
         max_length=16,
         description=(

@@ -114,17 +114,24 @@ class ServingState:
         )
 
     def warm(self, n_queries: int = 8) -> None:
-        """Touch every code path once (search, popularity, encoder) before taking traffic."""
+        """Touch every code path once (search, popularity, encoders) before taking traffic.
+
+        Raises:
+            BundleError: an encoder of the bundle loads but fails when run.
+        """
         n_users = len(self.bundle.user_ids)
         for row in range(min(n_users, n_queries)):
             self.index.search(self.bundle.user_embeddings[row], 20, self.bundle.seen_items(row))
         if len(self.item_ids):
             self.index.search(self.index.vector(0), 20)
         self.popular(20, [])
-        if self.encoder is not None:
-            self.encoder.warm()
-        if self.text_encoder is not None:
-            self.text_encoder.encode("warm up")
+        try:
+            if self.encoder is not None:
+                self.encoder.warm()
+            if self.text_encoder is not None:
+                self.text_encoder.warm()
+        except EncoderError as exc:  # loads, but fails when run: the bundle is refused
+            raise BundleError(f"bundle {self.version}: {exc}") from exc
 
     # -- online items ---------------------------------------------------------------------------
     def is_bundle_item(self, item_id: str) -> bool:
@@ -135,26 +142,40 @@ class ServingState:
         """A new item's features with raw text replaced by the text encoder's vector: {modality: [floats]}, what
         the item encoder takes and what the store keeps (so replicas and the retrain job need no text model).
 
+        Every cheap check (text for a modality without a text encoder, unknown or missing modalities, the float
+        vectors, empty/oversized/invalid text) comes before the text is encoded, the costly part of a request.
+
         Raises:
-            FeatureError: text for a modality the bundle has no text encoder for, or text it cannot encode.
+            FeatureError: text for a modality the bundle has no text encoder for, text it cannot encode, or
+                features the item encoder would refuse.
         """
+        texts = {name: values for name, values in features.items() if isinstance(values, str)}
+        for name in texts:
+            if self.text_encoder is None or name != self.text_encoder.modality:
+                expected = self.bundle.modalities.get(name)
+                which = (
+                    f"this bundle's text encoder serves modality {self.text_encoder.modality!r}"
+                    if self.text_encoder is not None
+                    else "this bundle has no text encoder"
+                )
+                raise FeatureError(
+                    f"modality {name!r} was given as raw text; {which}, send "
+                    f"{expected if expected is not None else 'its'} floats"
+                )
+        if not texts:
+            return dict(features)  # type: ignore[arg-type]  # checked by the item encoder
+        text_encoder = self.text_encoder
+        assert text_encoder is not None  # texts were refused above otherwise
+        if self.encoder is not None:
+            self.encoder.check_modalities(features)
+            for name, values in features.items():
+                if name not in texts:
+                    self.encoder.feed(name, values)
+        for values in texts.values():
+            text_encoder.check(values)
         resolved: dict[str, list[float]] = {}
         for name, values in features.items():
-            if isinstance(values, str):
-                if self.text_encoder is None or name != self.text_encoder.modality:
-                    expected = self.bundle.modalities.get(name)
-                    which = (
-                        f"this bundle's text encoder serves modality {self.text_encoder.modality!r}"
-                        if self.text_encoder is not None
-                        else "this bundle has no text encoder"
-                    )
-                    raise FeatureError(
-                        f"modality {name!r} was given as raw text; {which}, send "
-                        f"{expected if expected is not None else 'its'} floats"
-                    )
-                resolved[name] = self.text_encoder.encode(values)
-            else:
-                resolved[name] = values  # type: ignore[assignment]  # checked by the item encoder
+            resolved[name] = text_encoder.encode(values) if isinstance(values, str) else values  # type: ignore[assignment]
         return resolved
 
     def encode(self, features: Mapping[str, Sequence[float]]) -> np.ndarray:

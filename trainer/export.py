@@ -155,10 +155,11 @@ def export_bundle(
             manifest_extra["item_encoder"] = encoder_info
         link_files: list[str] = []
         if text_encoder is not None:
-            if text_encoder.info.get("dim") != dataset.modality_dims.get(text_encoder.info.get("modality")):
+            text_modality = text_encoder.info.get("modality")
+            if text_encoder.info.get("dim") != dataset.modality_dims.get(text_modality):
                 raise ValueError(
                     f"the text encoder gives {text_encoder.info.get('dim')}-d vectors but the dataset's "
-                    f"{text_encoder.info.get('modality')!r} modality is {dataset.modality_dims.get('text')}-d"
+                    f"{text_modality!r} modality is {dataset.modality_dims.get(text_modality)}-d"
                 )
             extra_files[TEXT_ENCODER] = text_encoder.onnx
             extra_files[TOKENIZER] = text_encoder.tokenizer

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 TEXT_MODALITY = "text"
 ONNX_OPSET = 17
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: info.json = {manifest_entry, files: {name: sha256}}
 SAMPLE_TEXTS = (
     "Toy Story (1995): Animation, Children's, Comedy",
     "GoldenEye (1995): Action, Adventure, Thriller",
@@ -180,37 +181,95 @@ def _export(model_dir: Path, out_dir: Path, model_sha256: str) -> dict[str, Any]
     }
 
 
+FILES = ("text_encoder.onnx", "tokenizer.json")
+
+
+def _sha256(path: Path) -> str:
+    from service.bundle import sha256_file
+
+    return sha256_file(path)
+
+
+def _read_entry(entry: Path) -> tuple[ExportedTextEncoder | None, str]:
+    """(the cache entry, "") when ``entry`` holds a complete export whose files match the checksums in its
+    ``info.json``; (None, why) otherwise."""
+    info_path = entry / "info.json"
+    if not info_path.is_file():
+        return None, "no info.json"
+    try:
+        stored = json.loads(info_path.read_text(encoding="utf-8"))
+        info, checksums = stored["manifest_entry"], stored["files"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return None, f"unreadable info.json ({exc})"
+    for name in FILES:
+        try:
+            actual = _sha256(entry / name)
+        except OSError as exc:
+            return None, f"{name}: {exc}"
+        if actual != checksums.get(name):
+            return None, f"{name} does not match its checksum"
+    return ExportedTextEncoder(entry / FILES[0], entry / FILES[1], info), ""
+
+
+def _discard(entry: Path) -> None:
+    """Move a damaged entry out of the way (a rename, so a concurrent reader never sees it half-deleted), then
+    delete it. Another process may have moved or replaced it first."""
+    doomed = Path(tempfile.mkdtemp(prefix=f".{entry.name}.discarded-", dir=entry.parent))
+    try:
+        os.rename(entry, doomed / entry.name)
+    except FileNotFoundError:
+        pass
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
 def exported_text_encoder(model_dir: str | Path, model_sha256: str | None = None) -> ExportedTextEncoder:
     """The ONNX export of the sentence-transformers model in ``model_dir``, built on first use and then read from
-    the cache (``cache_dir()/text_encoders/<model checksum>/``, published by an atomic rename).
+    the cache (``cache_dir()/text_encoders/<model checksum>-v<format>/``).
+
+    An entry is exported into a temporary directory of its own and published by an atomic rename (two processes
+    exporting at once both succeed, one export wins); its ``info.json`` records the files' checksums, checked on
+    every read: a damaged or incomplete entry is exported again. The files are read-only: bundles hard-link them.
 
     Raises:
-        TextEncoderError: an unsupported model layout, or an export that disagrees with sentence-transformers.
+        TextEncoderError: an unsupported model layout, an export that disagrees with sentence-transformers, or any
+            other failure of the export.
     """
     from trainer.data.features import _directory_sha256
 
     model_dir = Path(model_dir)
     model_sha256 = model_sha256 or _directory_sha256(model_dir)
     entry = cache_dir() / "text_encoders" / f"{model_sha256[:32]}-v{CACHE_FORMAT}"
-    info_path = entry / "info.json"
-    if not info_path.is_file():
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        tmp = entry.with_name(f".{entry.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+    found, why = _read_entry(entry)
+    if found is not None:
+        return found
+    if entry.exists():
+        logger.warning("the cached text encoder %s is damaged (%s): exporting it again", entry, why)
+        _discard(entry)
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.tmp-", dir=entry.parent))
+    try:
+        logger.info("exporting the text encoder of %s to ONNX (once; cached in %s)", model_dir, entry)
         try:
-            logger.info("exporting the text encoder of %s to ONNX (once; cached in %s)", model_dir, entry)
             info = _export(model_dir, tmp, model_sha256)
-            (tmp / "info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-            try:
-                os.rename(tmp, entry)
-            except OSError:  # another process published the same export first
-                if not info_path.is_file():
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    info = json.loads(info_path.read_text(encoding="utf-8"))
-    return ExportedTextEncoder(entry / "text_encoder.onnx", entry / "tokenizer.json", info)
+        except TextEncoderError:
+            raise
+        except Exception as exc:  # torch.onnx, transformers, onnxruntime...: the model is then exported without it
+            raise TextEncoderError(f"exporting the text encoder of {model_dir} failed: {exc!r}") from exc
+        checksums = {name: _sha256(tmp / name) for name in FILES}
+        for name in FILES:
+            os.chmod(tmp / name, 0o444)
+        stored = {"manifest_entry": info, "files": checksums}
+        (tmp / "info.json").write_text(json.dumps(stored, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        try:
+            os.rename(tmp, entry)
+        except OSError as exc:  # another process published the same export first
+            found, why = _read_entry(entry)
+            if found is None:
+                raise TextEncoderError(f"cannot publish the text encoder export at {entry}: {exc}; {why}") from exc
+            return found
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return ExportedTextEncoder(entry / FILES[0], entry / FILES[1], info)
 
 
 def dataset_text_model(dataset_path: str | Path, text_dim: int | None) -> tuple[Path, str] | None:
@@ -238,7 +297,10 @@ def dataset_text_model(dataset_path: str | Path, text_dim: int | None) -> tuple[
     except Exception:  # the package is not installed
         pass
     for candidate in candidates:
-        if candidate.is_dir() and _directory_sha256(candidate) == wanted:
-            return candidate, wanted
+        try:
+            if candidate.is_dir() and _directory_sha256(candidate) == wanted:
+                return candidate, wanted
+        except OSError as exc:  # an unreadable model directory: the bundle goes without a text encoder
+            logger.warning("cannot read the text model %s: %s", candidate, exc)
     logger.info("the text model that built %s's text features was not found: no text encoder", dataset_path)
     return None

@@ -33,6 +33,15 @@ SCRIPT = textwrap.dedent(
         assert client.post("/recommend/u0", json={"k": 3}).status_code == 200
         features = {"image": [0.0] * 4, "text": [0.0] * 5}
         assert client.post("/items", json={"item_id": "x", "features": features}).status_code == 201
+    # raw text through a bundle's text encoder (tokenizers + onnxruntime)
+    from tests.service.test_text_items import build_text_bundle
+    text_root = pathlib.Path(tempfile.mkdtemp()) / "bundles"
+    build_text_bundle(text_root)
+    with TestClient(create_app(make_settings(text_root))) as client:
+        assert client.get("/model").json()["text_encoder"] == "text"
+        features = {"image": [0.0] * 4, "text": "warm wool sock"}
+        answer = client.post("/items", json={"item_id": "t", "features": features})
+        assert answer.status_code == 201, answer.text
     assert "torch" not in sys.modules
     print("NO_TORCH_OK")
     """
