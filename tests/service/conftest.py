@@ -33,7 +33,6 @@ def encoder_weights(seed: int = 0) -> dict[str, np.ndarray]:
 
 def write_linear_encoder(path: Path, weights: dict[str, np.ndarray]) -> None:
     """ONNX graph: embedding = sum over modalities (sorted) of input_m @ W_m."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     names = sorted(weights)
@@ -42,7 +41,14 @@ def write_linear_encoder(path: Path, weights: dict[str, np.ndarray]) -> None:
     nodes = [helper.make_node("MatMul", [n, f"W_{n}"], [f"h_{n}"]) for n in names]
     nodes.append(helper.make_node("Sum", [f"h_{n}" for n in names], ["embedding"]))
     output = helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["B", DIM])
-    graph = helper.make_graph(nodes, "item_encoder", inputs, [output], initializers)
+    save_checked_onnx(path, helper.make_graph(nodes, "item_encoder", inputs, [output], initializers))
+
+
+def save_checked_onnx(path: Path, graph) -> None:
+    """Save an ``onnx.helper`` graph as an opset-17 model after ``onnx.checker`` accepts it."""
+    import onnx
+    from onnx import helper
+
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 9
     onnx.checker.check_model(model)
@@ -56,8 +62,11 @@ def build_tiny_bundle(
     with_encoder: bool = True,
     n_items: int = N_ITEMS,
     version: str | None = None,
+    extra_files: dict[str, Path] | None = None,
+    extra_manifest: dict[str, object] | None = None,
 ) -> Path:
-    """6 users x ``n_items`` items, dim 8; user u saw items {u, u+1, ..., u+3} in training."""
+    """6 users x ``n_items`` items, dim 8; user u saw items {u, u+1, ..., u+3} in training. ``extra_files`` and
+    ``extra_manifest`` go into the bundle as they are (e.g. a text encoder)."""
     rng = np.random.default_rng(seed)
     user_embeddings = rng.normal(size=(N_USERS, DIM)).astype(np.float32)
     item_embeddings = rng.normal(size=(n_items, DIM)).astype(np.float32)
@@ -65,7 +74,7 @@ def build_tiny_bundle(
     indptr = np.concatenate([[0], np.cumsum([len(s) for s in seen])]).astype(np.int64)
     indices = np.concatenate(seen).astype(np.int64)
     popularity = np.bincount(indices, minlength=n_items).astype(np.float32) + np.linspace(0, 0.5, n_items)
-    extra_files = {}
+    extra_files = dict(extra_files or {})
     if with_encoder:
         encoder_path = root.parent / f"encoder-{uuid.uuid4().hex}.onnx"
         root.parent.mkdir(parents=True, exist_ok=True)
@@ -85,6 +94,7 @@ def build_tiny_bundle(
         modalities=MODALITIES if with_encoder else {},
         metrics={"valid": {"recall@20": 0.5}},
         extra_files=extra_files,
+        extra_manifest=extra_manifest,
         version=version,
     )
 
@@ -132,3 +142,15 @@ def client(bundle_root: Path, store: MemoryStore | RedisStore) -> Iterator[TestC
     app = create_app(make_settings(bundle_root), store=store, registry=CollectorRegistry())
     with TestClient(app) as test_client:
         yield test_client
+
+
+@pytest.fixture
+def text_client(tmp_path: Path, store: MemoryStore | RedisStore) -> Iterator[tuple[TestClient, MemoryStore | RedisStore, Path]]:
+    """(client, store, bundle root) of an app serving a bundle with a text encoder (tests/service/text_fixtures.py)."""
+    from tests.service.text_fixtures import build_text_bundle
+
+    root = tmp_path / "bundles"
+    build_text_bundle(root)
+    app = create_app(make_settings(root), store=store, registry=CollectorRegistry())
+    with TestClient(app) as client:
+        yield client, store, root

@@ -11,21 +11,13 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
-import tests.service.test_text_items as text_items
+import tests.service.text_fixtures as text_items
 from service.app import create_app
 from tests.service.conftest import ADMIN_TOKEN, make_settings
-from tests.service.test_text_items import IMAGE, MAX_TOKENS, TEXT_DIM, VOCAB, build_text_bundle, word_vectors
+from tests.service.text_fixtures import IMAGE, MAX_TOKENS, TEXT_DIM, VOCAB, build_text_bundle, word_vectors
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-
-
-@pytest.fixture
-def text_client(tmp_path, store):
-    root = tmp_path / "bundles"
-    build_text_bundle(root)
-    app = create_app(make_settings(root), store=store, registry=CollectorRegistry())
-    with TestClient(app) as client:
-        yield client, store, root
+WRITE_TEXT_ENCODER = text_items.write_text_encoder  # the tests below monkeypatch the module's name
 
 
 def _assert_nothing_stored(client, store, item_id):
@@ -85,55 +77,12 @@ def test_a_vector_sent_as_a_json_string_is_refused_not_encoded_as_text(text_clie
 def write_short_table_encoder(path, out_dim=TEXT_DIM):
     """A text encoder whose embedding table has fewer rows than the tokenizer's vocabulary (the tokenizer of
     another model): it loads, and fails on any text with a word past row 2."""
-    _write_graph(path, word_vectors()[:3], n_positions=None)
+    WRITE_TEXT_ENCODER(path, vectors=word_vectors()[:3])
 
 
 def write_position_limited_encoder(path, out_dim=TEXT_DIM, n_positions=MAX_TOKENS):
     """A text encoder with a position table of ``n_positions`` rows (a BERT-like model's limit)."""
-    _write_graph(path, word_vectors(), n_positions=n_positions)
-
-
-def _write_graph(path, vectors, n_positions):
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, ["B", "T"]) for n in ("input_ids", "attention_mask")]
-    initializers = [
-        numpy_helper.from_array(vectors, name="V"),
-        numpy_helper.from_array(np.array([2], dtype=np.int64), name="axis2"),
-        numpy_helper.from_array(np.array([1], dtype=np.int64), name="axis1"),
-        numpy_helper.from_array(np.array(1, dtype=np.int64), name="one"),
-        numpy_helper.from_array(np.array(0, dtype=np.int64), name="zero"),
-    ]
-    nodes = [helper.make_node("Gather", ["V", "input_ids"], ["words"])]
-    if n_positions is not None:
-        initializers.append(
-            numpy_helper.from_array(np.zeros((n_positions, vectors.shape[1]), np.float32), name="P")
-        )
-        nodes += [
-            helper.make_node("Shape", ["input_ids"], ["shape"]),
-            helper.make_node("Gather", ["shape", "one"], ["T"], axis=0),
-            helper.make_node("Range", ["zero", "T", "one"], ["positions"]),
-            helper.make_node("Gather", ["P", "positions"], ["pos"]),
-            helper.make_node("Add", ["words", "pos"], ["tokens"]),
-        ]
-    else:
-        nodes.append(helper.make_node("Identity", ["words"], ["tokens"]))
-    nodes += [
-        helper.make_node("Cast", ["attention_mask"], ["mask"], to=TensorProto.FLOAT),
-        helper.make_node("Unsqueeze", ["mask", "axis2"], ["mask3"]),
-        helper.make_node("Mul", ["tokens", "mask3"], ["masked"]),
-        helper.make_node("ReduceSum", ["masked", "axis1"], ["summed"], keepdims=0),
-        helper.make_node("ReduceSum", ["mask3", "axis1"], ["count"], keepdims=0),
-        helper.make_node("Div", ["summed", "count"], ["mean"]),
-        helper.make_node("LpNormalization", ["mean"], ["embedding"], axis=1, p=2),
-    ]
-    output = helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["B", vectors.shape[1]])
-    graph = helper.make_graph(nodes, "text_encoder", inputs, [output], initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
+    WRITE_TEXT_ENCODER(path, n_positions=n_positions)
 
 
 BROKEN = {
