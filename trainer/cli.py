@@ -54,9 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="k of the feature-neighbour-mean item encoder given to models without their own "
                              "(default: the run's export.cold_start_neighbours)")
 
-    features = sub.add_parser("features", help="build a multimodal dataset directory from a raw dataset")
-    features.add_argument("--dataset", required=True, type=Path, help="raw dataset directory (e.g. RecBole ml-100k)")
+    features = sub.add_parser(
+        "features",
+        help="build a multimodal dataset directory: text + kg from a RecBole dataset (MovieLens), or, with "
+             "--item-text, a text modality for a dataset of any format",
+    )
+    features.add_argument("--dataset", required=True, type=Path,
+                          help="raw RecBole dataset (e.g. ml-100k); with --item-text, a dataset of any format")
     features.add_argument("--out", required=True, type=Path)
+    features.add_argument("--item-text", type=Path, default=None,
+                          help="tab-separated file with columns item_id and text: encode it as the text modality "
+                               "(all-MiniLM-L6-v2 unless --text-model); other modalities, the split and the KG are kept")
     features.add_argument("--split-seed", type=int, default=2024)
     features.add_argument("--text-model", type=Path, default=None, help="sentence-transformers model directory")
 
@@ -189,6 +197,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_features(args: argparse.Namespace) -> int:
+    if args.item_text is not None:
+        from trainer.data.text_features import add_text_features
+
+        print(add_text_features(args.dataset, args.item_text, args.out, split_seed=args.split_seed,
+                                text_model=args.text_model))
+        return 0
     from trainer.data.features import build_features
 
     out = build_features(args.dataset, args.out, split_seed=args.split_seed, text_model=args.text_model)
