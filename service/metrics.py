@@ -77,6 +77,12 @@ class ServiceMetrics:
             "Online (POST /items) items placed in a recommendation by the reserved new-item places",
             registry=r,
         )
+        self.text_encode_duration = Histogram(
+            "modalrec_text_encode_duration_seconds",
+            "Time POST /items spent encoding raw text into a modality's features (the bundle's text encoder)",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.store_errors = Counter(
             "modalrec_store_errors", "Store (Redis) operations that failed", ["operation"], registry=r
         )

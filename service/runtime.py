@@ -313,7 +313,7 @@ class Runtime:
                 f"item {item_id!r} is part of bundle {outside_lock.version}; it cannot be replaced online"
             )
         try:  # text encoding is the slow part: done before taking the lock, again only if a reload came between
-            resolved = outside_lock.resolve_features(features)
+            resolved = self._resolve_features(outside_lock, features)
         except FeatureError as exc:
             raise InvalidInputError(str(exc)) from exc
         with self._mutation_lock:
@@ -324,7 +324,7 @@ class Runtime:
                 )
             try:
                 if state is not outside_lock:
-                    resolved = state.resolve_features(features)
+                    resolved = self._resolve_features(state, features)
                 vector = state.encode(resolved)
             except FeatureError as exc:
                 raise InvalidInputError(str(exc)) from exc
@@ -343,6 +343,17 @@ class Runtime:
             self._written_at[item_id] = self._item_writes
             self._update_index_gauges(state)
         return replaced, state
+
+    def _resolve_features(
+        self, state: ServingState, features: Mapping[str, Sequence[float] | str]
+    ) -> dict[str, list[float]]:
+        """``state.resolve_features``, timed into ``modalrec_text_encode_duration_seconds`` when it encodes text."""
+        if not any(isinstance(values, str) for values in features.values()):
+            return state.resolve_features(features)
+        started = time.perf_counter()
+        resolved = state.resolve_features(features)
+        self.metrics.text_encode_duration.observe(time.perf_counter() - started)
+        return resolved
 
     def similar(self, item_id: str, k: int) -> tuple[list[str], list[float], str]:
         state = self.state

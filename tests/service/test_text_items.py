@@ -85,3 +85,24 @@ def test_a_bundle_with_a_broken_text_encoder_is_refused(tmp_path, kwargs, messag
     bundle = build_text_bundle(tmp_path / "bundles", **kwargs)
     with pytest.raises(BundleError, match=message):
         ServingState.build(load_bundle(bundle), make_settings(tmp_path / "bundles"))
+
+
+def test_time_spent_encoding_text_is_exported_as_a_histogram(tmp_path):
+    from fastapi.testclient import TestClient
+    from prometheus_client import CollectorRegistry
+
+    from service.app import create_app
+    from service.store import MemoryStore
+
+    root = tmp_path / "bundles"
+    build_text_bundle(root)
+    registry = CollectorRegistry()
+    with TestClient(create_app(make_settings(root), store=MemoryStore(), registry=registry)) as client:
+        assert client.post("/items", json={"item_id": "a", "features": {"text": "red hat", "image": IMAGE}}).status_code == 201
+        floats = expected_text_features("red hat").tolist()
+        assert client.post("/items", json={"item_id": "b", "features": {"text": floats, "image": IMAGE}}).status_code == 201
+        assert client.post("/items", json={"item_id": "c", "features": {"text": " ", "image": IMAGE}}).status_code == 422
+        exposition = client.get("/metrics").text
+    assert registry.get_sample_value("modalrec_text_encode_duration_seconds_count") == 1.0  # only "a" was encoded
+    assert registry.get_sample_value("modalrec_text_encode_duration_seconds_sum") > 0
+    assert "modalrec_text_encode_duration_seconds_bucket" in exposition
