@@ -181,7 +181,10 @@ def merge_overrides(run: RunConfig, payload: dict[str, Any], source: str) -> Non
     built."""
     if payload.get("model") not in (None, run.model):
         raise ConfigError(f"config {source} is for model {payload['model']!r}, not {run.model!r}")
-    run.model_params.update(payload.get("model_params") or {})
+    model_params = payload.get("model_params")
+    if model_params is not None and not isinstance(model_params, dict):
+        raise ConfigError(f"config {source}: model_params must be a mapping, got {model_params!r}")
+    run.model_params.update(model_params or {})
     run.train = _overlay_section(run.train, payload.get("train"), "train", source)
     run.export = _overlay_section(run.export, payload.get("export"), "export", source)
     run.sources.append(source)

@@ -353,7 +353,8 @@ def compare(
 
     ``resume``: a variant × seed whose run directory already holds a finished run with the same model, model
     parameters, training settings and dataset is not trained again; its bundle is evaluated again. A finished run
-    with other settings is an error (:func:`finished_run`), checked for every run before any training starts.
+    with other settings is an error (:func:`finished_run`), checked for every run before any training starts, as
+    is every variant's config.
     """
     parsed = [parse_variant(variant) for variant in variants]
     labels = [label for label, _, _ in parsed]
@@ -364,15 +365,22 @@ def compare(
     if len(set(seeds)) != len(seeds):
         # a repeated seed would train twice into one run directory and count as two samples in mean ± std
         raise ValueError(f"seeds must be distinct, got {seeds}")
-    dataset = load_dataset_dir(dataset_path)
+    from trainer.models.registry import build_config
+
     overrides = dict(train_overrides or {})
     runs = [(label, model, config_path, seed, out_dir / label / f"seed{seed}")
             for label, model, config_path in parsed for seed in seeds]
+    # every variant's config is resolved and checked before anything trains: a bad one in the last variant must not
+    # surface only after the first variants' runs have trained
+    run_configs = [_seed_run_config(model, dataset_path, config_path, overrides, seed)
+                   for _, model, config_path, seed, _ in runs]
+    for run_config in run_configs:
+        build_config(run_config.model, run_config.model_params)
+    dataset = load_dataset_dir(dataset_path)
     # every finished run to reuse is looked up (and a mismatching one refused) before anything trains
     finished = [
-        finished_run(run_dir, _seed_run_config(model, dataset_path, config_path, overrides, seed), dataset_path)
-        if resume else None
-        for _, model, config_path, seed, run_dir in runs
+        finished_run(run_dir, run_config, dataset_path) if resume else None
+        for (_, _, _, _, run_dir), run_config in zip(runs, run_configs, strict=True)
     ]
     work = [
         (dataset, dataset_path, label, model, config_path, seed, overrides, run_dir, progress and jobs <= 1, reuse)

@@ -52,7 +52,8 @@ def merge_events(
 
     Unknown users are appended as new rows. Unknown items are appended only when ``online_items`` has
     features for every modality of the dataset with the right dimensions; events on other unknown items
-    are skipped and counted. Events already in any split are not added twice.
+    are skipped and counted. Events already in any split are not added twice. Events whose user or item id has a
+    tab or line break (which the service takes but a dataset refuses) are skipped with a warning.
     """
     online_items = online_items or {}
     user_index = {uid: row for row, uid in enumerate(dataset.user_ids)}
@@ -63,8 +64,14 @@ def merge_events(
     existing = (dataset.train + dataset.valid + dataset.test).tocsr()
     pairs: set[tuple[int, int]] = set()
     read = duplicates = skipped = 0
+    bad_ids: list[tuple[str, str]] = []
     for user_id, item_id in events:
         read += 1
+        if _unusable_id(user_id) or _unusable_id(item_id):
+            # the service takes any non-empty id, a dataset refuses these (InteractionDataset.validate): one such
+            # event, kept in the events log, would otherwise make every later retrain fail
+            bad_ids.append((user_id, item_id))
+            continue
         if item_id not in item_index:
             vector = online_items.get(item_id)
             if vector is None or set(vector) != set(dims) or any(len(vector[m]) != dims[m] for m in dims):
@@ -105,10 +112,18 @@ def merge_events(
         features={m: np.concatenate(parts, axis=0) for m, parts in features.items()},
         kg=_grow_kg(dataset, len(item_ids)),
     )
+    if bad_ids:
+        logger.warning("skipped %d events whose user or item id has a tab or line break (a dataset cannot hold "
+                       "them; first: %r)", len(bad_ids), bad_ids[:3])
     merged.validate()
     report = MergeReport(read, len(pairs), duplicates, len(user_ids) - dataset.n_users,
                          len(item_ids) - dataset.n_items, skipped)
     return merged, report
+
+
+def _unusable_id(external_id: str) -> bool:
+    """An id that ``InteractionDataset.validate`` refuses: empty, or with a tab or line break."""
+    return not external_id or any(c in external_id for c in "\t\r\n")
 
 
 def _grow_kg(dataset: InteractionDataset, n_items: int):

@@ -142,3 +142,33 @@ def test_retrain_reads_a_config_file_and_refuses_a_bad_one_before_reading_the_st
     with pytest.raises(ValueError, match="unknown parameter.*bogus"):
         retrain(data_dir, tmp_path / "run2", model="mf", redis_url="redis://127.0.0.1:1/0", config_path=config)
     assert not (tmp_path / "run2").exists()
+
+
+@pytest.mark.parametrize("section", ["model_params: [1, 2]", "model_params: 5", "model_params: lr"])
+def test_a_model_params_section_that_is_not_a_mapping_is_a_config_error_exit_2(tmp_path, capsys, section):
+    """Like train and export: a clear ConfigError naming the file, not a TypeError traceback (exit 1)."""
+    config = tmp_path / "c.yaml"
+    config.write_text(section + "\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: model_params must be a mapping"):
+        resolve_run_config("mf", None, config)
+    code = main(["fit", "--model", "mf", "--dataset", str(tmp_path / "none"), "--out", str(tmp_path / "run"),
+                 "--config", str(config)])
+    assert code == 2 and "model_params must be a mapping" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_compare_checks_every_variants_config_before_training_any(tmp_path, capsys):
+    """A bad config of the second variant is reported before the first variant's runs train (not after them)."""
+    data_dir = _planted_features_dir(tmp_path)
+    config = tmp_path / "bad.yaml"
+    config.write_text("export: {text_encoder: maybe}\n")
+    out = tmp_path / "cmp"
+    code = main(["compare", "--dataset", str(data_dir), "--out", str(out), "--seeds", "1", "--device", "cpu",
+                 "--max-epochs", "1", "--variant", "a=mf", "--variant", f"b=mf:{config}"])
+    assert code == 2 and "text_encoder must be true or false, got 'maybe'" in capsys.readouterr().err
+    assert not (out / "a").exists()
+    config.write_text("model_params: {bogus: 1}\n")
+    code = main(["compare", "--dataset", str(data_dir), "--out", str(out), "--seeds", "1", "--device", "cpu",
+                 "--max-epochs", "1", "--variant", "a=mf", "--variant", f"b=mf:{config}"])
+    assert code == 2 and "bogus" in capsys.readouterr().err
+    assert not (out / "a").exists()

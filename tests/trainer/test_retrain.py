@@ -111,3 +111,18 @@ def test_events_trimmed_from_the_stream_still_reach_later_retrains(tmp_path, mon
         assert from_env["merge"]["new_users"] == 3  # the three entries still in the stream
     finally:
         client.delete(stream, f"{prefix}items")
+
+
+def test_merge_skips_events_whose_ids_a_dataset_refuses_instead_of_failing_every_retrain(caplog):
+    """The service takes any non-empty id (a user id with %09 in the path, an item id with a line break), but a
+    dataset refuses ids with a tab or line break (they break split files). Such an event, kept in
+    online_events.jsonl, must not make every later retrain fail: it is skipped, with a warning that counts it."""
+    data = planted_dataset(n_users=20, n_items=30, interactions_per_user=10, seed=0)
+    new_item = {"image": [0.5] * 48, "text": [0.1] * 32}
+    events = [("user\twith tab", "i3"), ("u1", "item\nwith newline"), ("u2", "i4\r"), ("new-user", "i5")]
+    online = {"item\nwith newline": new_item, "i4\r": new_item}
+    merged, report = merge_events(data, events, online)
+    assert report.events_read == 4 and report.events_added == 1
+    assert report.new_users == 1 and report.new_items == 0
+    assert merged.user_ids[-1] == "new-user" and merged.n_items == data.n_items
+    assert "skipped 3 events whose user or item id has a tab or line break" in caplog.text

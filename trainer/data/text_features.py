@@ -14,6 +14,15 @@ Items without a text (absent from the file, or an empty text) get an all-zero ``
 which the feature-neighbour encoders treat as a missing modality. Their number is reported; ids in the file that the
 dataset does not have are counted and ignored; an id given twice is an error naming both lines. The directory is
 written atomically; an existing directory that is not a features build is refused.
+
+An MMRec directory lists its items through ``.inter``: an item without any interaction in any split (LATTICE's
+``item2id.json`` or KGAT's dense ids can hold some; the holdout rows of users without training rows are dropped on
+loading) cannot be written, and is dropped from the output with its feature rows and its KG link, counted in
+``features.json`` (``n_items_dropped_without_interactions``). The exception is MMRec's own convention for dense
+integer ids ``0..n-1``: items below the largest one with an interaction keep their rows. Ids with leading or
+trailing whitespace are refused (the MMRec reader strips its fields, so they would come back as other ids). The
+written directory is read back and compared with the dataset (split, feature rows per item id, KG facts) before it
+is published.
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.data.dataset import DatasetError, InteractionDataset
+from trainer.data.dataset import DatasetError, InteractionDataset, KnowledgeGraph
 from trainer.data.features import (
     FeatureBuildError,
     TextEncoder,
@@ -106,7 +115,14 @@ def add_text_features(
         )
     if not item_text_path.is_file():
         raise FeatureBuildError(f"item text file {item_text_path} does not exist")
-    dataset = load_dataset(dataset_dir, split_seed=split_seed)
+    loaded = load_dataset(dataset_dir, split_seed=split_seed)
+    dataset = _items_an_mmrec_directory_can_hold(loaded)
+    n_dropped_items = loaded.n_items - dataset.n_items
+    if n_dropped_items:
+        dropped = sorted(set(loaded.item_ids) - set(dataset.item_ids))
+        logger.warning("%s: %d items have no interaction in any split and cannot be listed in the MMRec output: "
+                       "dropped (first: %s)", dataset_dir, n_dropped_items, dropped[:5])
+    _refuse_ids_the_reader_would_change(dataset)
     texts, unknown = read_item_texts(item_text_path, dataset.item_ids)
     present = [row for row, text in enumerate(texts) if text is not None]
     if not present:
@@ -126,7 +142,7 @@ def add_text_features(
         text_description = {"model_dir": "caller-supplied encoder"}
     logger.info("encoding %d item texts (%d items have none), e.g. %r", len(present),
                 dataset.n_items - len(present), texts[present[0]])
-    encoded = np.ascontiguousarray(text_encoder([texts[row] for row in present]), dtype=np.float32)
+    encoded = np.ascontiguousarray(text_encoder([text for text in texts if text is not None]), dtype=np.float32)
     if encoded.ndim != 2 or encoded.shape[0] != len(present) or not np.isfinite(encoded).all():
         raise FeatureBuildError(f"text encoder returned {encoded.shape} or non-finite values for {len(present)} texts")
     text_features = np.zeros((dataset.n_items, encoded.shape[1]), dtype=np.float32)
@@ -168,6 +184,7 @@ def add_text_features(
                   "test": int(dataset.test.nnz)},
         "n_users": dataset.n_users,
         "n_items": dataset.n_items,
+        "n_items_dropped_without_interactions": n_dropped_items,
         "modalities": modalities,
     }
     manifest["build_key"] = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
@@ -184,6 +201,7 @@ def add_text_features(
                              tmp_dir / f"{out_dir.name}.link")
         (tmp_dir / "features.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n",
                                                encoding="utf-8")
+        _check_round_trip(with_text, tmp_dir, out_dir)
         _publish(tmp_dir, out_dir)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
@@ -191,3 +209,98 @@ def add_text_features(
     logger.info("wrote %s: %d users, %d items, modalities %s", out_dir, dataset.n_users, dataset.n_items,
                 {name: info["dim"] for name, info in modalities.items()})
     return out_dir
+
+
+def _is_dense_int(item_ids: list[str]) -> bool:
+    """The ids are exactly the canonical integers ``0..n-1`` (in any order)."""
+    if not all(i.isascii() and i.isdigit() and str(int(i)) == i for i in item_ids):
+        return False
+    return {int(i) for i in item_ids} == set(range(len(item_ids)))
+
+
+def _items_an_mmrec_directory_can_hold(dataset: InteractionDataset) -> InteractionDataset:
+    """``dataset`` without the items that its MMRec directory could not list (module docstring): those without any
+    interaction, except, for dense integer ids, the ones below the largest id with an interaction."""
+    interacted = np.zeros(dataset.n_items, dtype=bool)
+    for matrix in (dataset.train, dataset.valid, dataset.test):
+        interacted[matrix.tocsr().indices] = True
+    keep = interacted
+    if interacted.any() and _is_dense_int(dataset.item_ids):
+        numbers = np.array([int(i) for i in dataset.item_ids], dtype=np.int64)
+        keep = numbers <= numbers[interacted].max()
+    if keep.all():
+        return dataset
+    rows = np.flatnonzero(keep)
+    kg = dataset.kg
+    if kg is not None:
+        kg = KnowledgeGraph(triples=kg.triples, entity_ids=kg.entity_ids, relation_ids=kg.relation_ids,
+                            item_entity=kg.item_entity[rows])
+    return InteractionDataset(
+        name=dataset.name,
+        user_ids=dataset.user_ids,
+        item_ids=[dataset.item_ids[row] for row in rows],
+        train=dataset.train.tocsc()[:, rows].tocsr(),
+        valid=dataset.valid.tocsc()[:, rows].tocsr(),
+        test=dataset.test.tocsc()[:, rows].tocsr(),
+        features={name: matrix[rows] for name, matrix in dataset.features.items()},
+        kg=kg,
+    )
+
+
+def _refuse_ids_the_reader_would_change(dataset: InteractionDataset) -> None:
+    """FeatureBuildError for an item id, or the id of a user with interactions, that has leading or trailing
+    whitespace: the MMRec reader strips its fields, so it would read another id (sorted elsewhere, so paired with
+    another item's feature rows)."""
+    has_rows = np.diff((dataset.train + dataset.valid + dataset.test).tocsr().indptr) > 0
+    users = (user for user, rows in zip(dataset.user_ids, has_rows, strict=True) if rows)
+    for kind, ids in (("item", dataset.item_ids), ("user", users)):
+        bad = next((i for i in ids if i != i.strip()), None)
+        if bad is not None:
+            raise FeatureBuildError(
+                f"{kind} id {bad!r} has leading or trailing whitespace: the MMRec output would read it back as "
+                f"{bad.strip()!r}; rename it in the dataset"
+            )
+
+
+def _check_round_trip(expected: InteractionDataset, directory: Path, out_dir: Path) -> None:
+    """Read ``directory`` back and check it holds ``expected``: the same items, the split of every user with
+    interactions, every item's own feature rows and the same KG facts (FeatureBuildError otherwise: a bug)."""
+    from trainer.data.mmrec import read_mmrec
+
+    def differs(what: str) -> FeatureBuildError:
+        return FeatureBuildError(f"the dataset written for {out_dir} does not read back as the input ({what}); "
+                                 "nothing was published")
+
+    back = read_mmrec(directory)
+    item_row = {item: row for row, item in enumerate(expected.item_ids)}
+    user_row = {user: row for row, user in enumerate(expected.user_ids)}
+    if sorted(back.item_ids) != sorted(expected.item_ids) or any(u not in user_row for u in back.user_ids):
+        raise differs("other item or user ids")
+    items = np.array([item_row[i] for i in back.item_ids], dtype=np.int64)
+    users = np.array([user_row[u] for u in back.user_ids], dtype=np.int64)
+    for split in ("train", "valid", "test"):
+        wanted, got = getattr(expected, split).tocsr(), getattr(back, split)
+        if wanted.nnz != got.nnz or (wanted[users][:, items] != got).nnz:
+            raise differs(f"the {split} split")
+    if sorted(back.features) != sorted(expected.features):
+        raise differs("other modalities")
+    for name, matrix in expected.features.items():
+        if not np.array_equal(back.features[name], matrix[items]):
+            raise differs(f"the {name!r} feature rows")
+    if (expected.kg is None) != (back.kg is None):
+        raise differs("the knowledge graph")
+    if expected.kg is not None and back.kg is not None:
+        entity = {e: row for row, e in enumerate(expected.kg.entity_ids)}
+        relation = {r: row for row, r in enumerate(expected.kg.relation_ids)}
+        try:
+            entity_map = np.array([entity[e] for e in back.kg.entity_ids], dtype=np.int64)
+            relation_map = np.array([relation[r] for r in back.kg.relation_ids], dtype=np.int64)
+        except KeyError as exc:
+            raise differs(f"an unknown KG entity or relation {exc}") from None
+        links = np.where(back.kg.item_entity >= 0, entity_map[np.maximum(back.kg.item_entity, 0)], -1)
+        if not np.array_equal(links, expected.kg.item_entity[items]):
+            raise differs("the item -> entity links")
+        mapped = np.stack([entity_map[back.kg.triples[:, 0]], relation_map[back.kg.triples[:, 1]],
+                           entity_map[back.kg.triples[:, 2]]], axis=1).reshape(-1, 3)
+        if not np.array_equal(np.unique(mapped, axis=0), np.unique(expected.kg.triples.reshape(-1, 3), axis=0)):
+            raise differs("the KG triples")

@@ -130,3 +130,110 @@ def test_cli_builds_with_the_default_text_model_and_its_bundles_get_the_raw_text
     write_lines(texts, ["item_id\ttext", "i0\tred", "i0\tblue"])
     assert main(["features", "--dataset", str(source), "--item-text", str(texts), "--out", str(tmp_path / "x")]) == 2
     assert "already has a text on line 2" in capsys.readouterr().err
+
+
+def _same_dataset_by_ids(before, after, kept_items):
+    """``after`` (read back from the output) holds ``before``'s split, features and KG facts for ``kept_items``, each
+    paired with its own item by external id."""
+    for split in ("train", "valid", "test"):
+        assert _pairs(after, getattr(after, split)) == _pairs(before, getattr(before, split)), split
+    row_before = {item: r for r, item in enumerate(before.item_ids)}
+    for modality, matrix in before.features.items():
+        for r, item in enumerate(after.item_ids):
+            np.testing.assert_array_equal(after.features[modality][r], matrix[row_before[item]], err_msg=item)
+    if before.kg is not None:
+        def facts(dataset, items):
+            kg = dataset.kg
+            linked = {dataset.item_ids[i]: kg.entity_ids[e] for i, e in enumerate(kg.item_entity.tolist())
+                      if e >= 0 and dataset.item_ids[i] in items}
+            triples = {(kg.entity_ids[h], kg.relation_ids[r], kg.entity_ids[t]) for h, r, t in kg.triples.tolist()}
+            return linked, triples
+
+        assert facts(after, set(kept_items)) == facts(before, set(kept_items))
+
+
+def _check_texts(after, texts):
+    for r, item in enumerate(after.item_ids):
+        if item in texts:
+            np.testing.assert_allclose(after.features["text"][r], hashed_encoder([texts[item]])[0], err_msg=item)
+        else:
+            assert not after.features["text"][r].any(), item
+
+
+def test_a_lattice_dataset_with_external_ids_keeps_its_split_and_drops_items_without_interactions(tmp_path):
+    """item2id.json names items by external ids whose sorted order is not the json's row order, and one listed item
+    has no interaction in any split: the MMRec output cannot list it, so it is dropped (and counted), and every other
+    item keeps its split rows and its own feature rows."""
+    from data_fixtures import write_json
+
+    source = tmp_path / "lattice"
+    write_json(source / "train.json", {"0": [0, 1], "1": [1, 2], "2": [0, 2, 4]})
+    write_json(source / "val.json", {"0": [2]})
+    write_json(source / "test.json", {"1": [0]})
+    write_json(source / "item2id.json", {"B0": 0, "A1": 1, "C2": 2, "B3": 3, "A4": 4})
+    write_json(source / "user2id.json", {"ux": 0, "ua": 1, "um": 2})
+    write_feature(source, "image", np.arange(15, dtype=np.float32).reshape(5, 3))
+    texts = {"B0": "red sock", "A1": "blue hat", "B3": "never bought"}
+    table = write_lines(tmp_path / "texts.tsv", ["item_id\ttext"] + [f"{i}\t{t}" for i, t in texts.items()])
+    out = add_text_features(source, table, tmp_path / "lattice-text", text_encoder=hashed_encoder)
+    before, after = load_dataset(source), load_dataset(out)
+    assert sorted(after.item_ids) == ["A1", "A4", "B0", "C2"]  # B3 has no interaction
+    _same_dataset_by_ids(before, after, after.item_ids)
+    _check_texts(after, texts)
+    manifest = json.loads((out / "features.json").read_text())
+    assert manifest["n_items_dropped_without_interactions"] == 1 and manifest["n_items"] == 4
+    assert manifest["modalities"]["text"]["n_items_without_text"] == 2
+
+
+def test_a_kgat_dataset_keeps_its_seeded_valid_split_its_kg_and_its_dense_item_ids(tmp_path):
+    """KGAT: valid is carved from train with the split seed; items are the integers 0..max. Item 4 has no
+    interaction but lies below the largest item with one, so MMRec's dense ids keep it; items 8 (never used) and 9
+    (only in a test row of a user without training rows, dropped on loading) are above it and are dropped."""
+    source = tmp_path / "kgat"
+    items = [0, 1, 2, 3, 5, 6, 7]
+    write_lines(source / "train.txt", [f"{u} " + " ".join(str(items[(u + k) % 7]) for k in range(5))
+                                       for u in range(6)])
+    write_lines(source / "test.txt", [f"{u} {items[(u + 5) % 7]}" for u in range(6)] + ["6 9"])
+    write_lines(source / "kg_final.txt", ["0 0 20", "1 0 20", "4 1 21", "9 1 21", "3 2 22", "20 3 21"])
+    write_feature(source, "image", np.arange(30, dtype=np.float32).reshape(10, 3) + 1)
+    texts = {"0": "zero", "4": "four", "9": "nine"}
+    table = write_lines(tmp_path / "texts.tsv", ["item_id\ttext"] + [f"{i}\t{t}" for i, t in texts.items()])
+    out = add_text_features(source, table, tmp_path / "kgat-text", text_encoder=hashed_encoder, split_seed=5)
+    before, after = load_dataset(source, split_seed=5), load_dataset(out)
+    assert before.valid.nnz > 0
+    assert after.item_ids == [str(i) for i in range(8)]
+    _same_dataset_by_ids(before, after, after.item_ids)
+    _check_texts(after, texts)
+    assert json.loads((out / "features.json").read_text())["n_items_dropped_without_interactions"] == 2
+
+
+def test_items_sharing_a_kg_entity_keep_sharing_it(tmp_path):
+    raw = small_movielens(tmp_path / "raw")
+    link_path = raw / "raw.link"
+    link_path.write_text(link_path.read_text().replace("2\tm.film2\n", "2\tm.film1\n"), encoding="utf-8")
+    texts = {str(i + 1): title for i, (title, _, _) in enumerate(TITLES)}
+    table = write_lines(tmp_path / "texts.tsv", ["item_id\ttext"] + [f"{i}\t{t}" for i, t in texts.items()])
+    out = add_text_features(raw, table, tmp_path / "ml-text", text_encoder=hashed_encoder, split_seed=3)
+    before, after = load_dataset(raw, split_seed=3), load_dataset(out)
+    _same_dataset_by_ids(before, after, after.item_ids)
+    one, two = after.item_ids.index("1"), after.item_ids.index("2")
+    assert after.kg.item_entity[one] == after.kg.item_entity[two] >= 0
+
+
+@pytest.mark.parametrize("bad_id", [" B1", "B1 "])
+def test_an_id_that_the_mmrec_reader_would_read_as_another_is_refused_before_anything_is_written(tmp_path, bad_id):
+    """MMRec fields are stripped when read: an item id with surrounding spaces would come back as another id, in
+    another sorted position, and take another item's feature rows."""
+    from data_fixtures import write_json
+
+    source = tmp_path / "lattice"
+    write_json(source / "train.json", {"0": [0, 1], "1": [1, 0]})
+    write_json(source / "val.json", {})
+    write_json(source / "test.json", {})
+    write_json(source / "item2id.json", {bad_id: 0, "A": 1})
+    write_feature(source, "image", np.array([[1, 0], [0, 1]], dtype=np.float32))
+    table = write_lines(tmp_path / "texts.tsv", ["item_id\ttext", "A\tred"])
+    with pytest.raises(FeatureBuildError, match=r"item id ' ?B1 ?' has leading or trailing whitespace"):
+        add_text_features(source, table, tmp_path / "out", text_encoder=hashed_encoder)
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
