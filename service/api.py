@@ -17,6 +17,7 @@ from service.runtime import ReloadRefused, Runtime
 from service.schemas import (
     MAX_ID_LENGTH,
     MAX_K,
+    WRITTEN_ID_PATTERN,
     ErrorResponse,
     EventsRequest,
     EventsResponse,
@@ -38,6 +39,8 @@ router = APIRouter()
 DEFAULT_RECOMMEND_REQUEST = RecommendRequest()
 
 UserId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH)]
+WrittenUserId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH, pattern=WRITTEN_ID_PATTERN,
+                                    description="no tab or line break")]
 ItemIdPath = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH)]
 ERRORS = {code: {"model": ErrorResponse} for code in (404, 409, 413, 422, 503)}
 
@@ -120,7 +123,7 @@ async def recommend(request: Request) -> Response:
 
 
 @router.post("/users/{user_id}/events", response_model=EventsResponse, responses=ERRORS, tags=["serving"])
-async def record_events(user_id: UserId, body: EventsRequest, runtime: RuntimeDep) -> EventsResponse:
+async def record_events(user_id: WrittenUserId, body: EventsRequest, runtime: RuntimeDep) -> EventsResponse:
     """Record interactions: the user's seen set (filtered from recommendations) and the event stream."""
     recorded = runtime.record_events(user_id, body.item_ids, body.type)
     return EventsResponse(user_id=user_id, recorded=recorded)

@@ -12,6 +12,9 @@ MAX_EVENT_ITEMS = 1000
 MAX_EXCLUDE = 10_000
 
 ItemId = Field(min_length=1, max_length=MAX_ID_LENGTH)
+# ids the service records (new items, users with events) reach the trainer's tab-separated split files through the
+# retrain job, which cannot hold a tab or a line break in an id: such ids are refused where they are written
+WRITTEN_ID_PATTERN = r"^[^\t\r\n]*$"
 
 
 class RecommendRequest(BaseModel):
@@ -62,7 +65,8 @@ class EventsResponse(BaseModel):
 class NewItemRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    item_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
+    item_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=WRITTEN_ID_PATTERN,
+                         description="no tab or line break")
     # StrictFloat: numbers only (integers too). Lax floats took ["1", "2"] and [true, false] as vectors without a word.
     features: dict[str, list[StrictFloat] | str] = Field(
         min_length=1,

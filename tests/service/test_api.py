@@ -322,3 +322,15 @@ def test_an_online_item_is_findable_by_id_only_once_the_index_holds_it(client: T
     with pytest.raises(RuntimeError):
         state.upsert_online_item("other", new_item_features(), np.zeros(state.index.dim, np.float32))
     assert len(state.item_ids) == rows_before and "other" not in state.item_rows
+
+
+@pytest.mark.parametrize("bad", ["a\tb", "line\nbreak", "cr\r"])
+def test_ids_with_a_tab_or_line_break_are_refused_where_they_are_recorded(client, bad) -> None:
+    """Recorded ids reach the retrain job's tab-separated split files, which cannot hold them."""
+    from urllib.parse import quote
+
+    answer = client.post(f"/users/{quote(bad)}/events", json={"item_ids": ["i1"]})
+    assert answer.status_code == 422, answer.text
+    features = {"image": [0.0] * 4, "text": [0.0] * 5}
+    assert client.post("/items", json={"item_id": bad, "features": features}).status_code == 422
+    assert client.post(f"/users/{quote('fine user')}/events", json={"item_ids": ["i1"]}).status_code == 200
