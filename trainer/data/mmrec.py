@@ -52,7 +52,7 @@ def find_inter_file(directory: Path) -> Path:
 
 
 def _is_canonical_int(text: str) -> bool:
-    return text.isdigit() and str(int(text)) == text
+    return text.isascii() and text.isdigit() and str(int(text)) == text
 
 
 def _item_order(item_ids: set[str], feature_rows: set[int]) -> list[str]:

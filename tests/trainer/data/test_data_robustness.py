@@ -85,3 +85,10 @@ def test_ids_that_would_break_tab_separated_split_files_are_refused(tmp_path, ba
     (tmp_path / "user2id.json").write_text(json.dumps({bad_id: 0}))
     with pytest.raises(DatasetError, match="empty or contains a tab or line break|empty user id"):
         load_dataset(tmp_path)
+
+
+def test_superscript_digits_are_ids_not_integers(tmp_path):
+    """'²'.isdigit() is True but int('²') fails: such an id next to integer ids crashed the MMRec reader."""
+    write_mmrec(tmp_path / "sup", [("u1", "1", 0), ("u1", "²", 0), ("u1", "3", 1), ("u1", "4", 2)])
+    dataset = load_dataset(tmp_path / "sup")
+    assert sorted(dataset.item_ids) == sorted(["1", "²", "3", "4"])
