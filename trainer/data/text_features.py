@@ -27,6 +27,7 @@ is published.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -36,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.data.dataset import DatasetError, InteractionDataset, KnowledgeGraph
+from trainer.data.dataset import DatasetError, InteractionDataset
 from trainer.data.features import (
     FeatureBuildError,
     TextEncoder,
@@ -149,16 +150,7 @@ def add_text_features(
     text_features[present] = encoded
     if "text" in dataset.features:
         logger.warning("%s already has a text modality: it is replaced by the encoded item texts", dataset_dir)
-    with_text = InteractionDataset(
-        name=out_dir.name,
-        user_ids=dataset.user_ids,
-        item_ids=dataset.item_ids,
-        train=dataset.train,
-        valid=dataset.valid,
-        test=dataset.test,
-        features={**dataset.features, "text": text_features},
-        kg=dataset.kg,
-    )
+    with_text = dataclasses.replace(dataset, name=out_dir.name, features={**dataset.features, "text": text_features})
     with_text.validate()
 
     modalities = {
@@ -231,13 +223,9 @@ def _items_an_mmrec_directory_can_hold(dataset: InteractionDataset) -> Interacti
     if keep.all():
         return dataset
     rows = np.flatnonzero(keep)
-    kg = dataset.kg
-    if kg is not None:
-        kg = KnowledgeGraph(triples=kg.triples, entity_ids=kg.entity_ids, relation_ids=kg.relation_ids,
-                            item_entity=kg.item_entity[rows])
-    return InteractionDataset(
-        name=dataset.name,
-        user_ids=dataset.user_ids,
+    kg = dataset.kg if dataset.kg is None else dataclasses.replace(dataset.kg, item_entity=dataset.kg.item_entity[rows])
+    return dataclasses.replace(
+        dataset,
         item_ids=[dataset.item_ids[row] for row in rows],
         train=dataset.train.tocsc()[:, rows].tocsr(),
         valid=dataset.valid.tocsc()[:, rows].tocsr(),
