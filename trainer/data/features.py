@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from service.bundle import sha256_file
 from trainer.data.dataset import DatasetError, InteractionDataset, KnowledgeGraph
 from trainer.data.loaders import detect_format, load_dataset
 from trainer.data.mmrec import find_inter_file
@@ -184,19 +185,11 @@ def kg_tfidf_svd(
     return reduced, description
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _directory_sha256(directory: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(p for p in directory.rglob("*") if p.is_file()):
         digest.update(str(path.relative_to(directory)).encode())
-        digest.update(_file_sha256(path).encode())
+        digest.update(sha256_file(path).encode())
     return digest.hexdigest()
 
 
@@ -251,6 +244,22 @@ def _publish(tmp_dir: Path, out_dir: Path) -> None:
         tmp_dir.rename(out_dir)
 
 
+def write_directory_atomically(out_dir: Path, fill: Callable[[Path], None]) -> None:
+    """``fill(tmp_dir)`` writes the directory's files into a fresh temporary sibling of ``out_dir``, which then
+    replaces ``out_dir`` (rename); on any failure the temporary directory is removed and ``out_dir`` is untouched."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    if tmp_dir.exists():
+        shutil.rmtree(tmp_dir)
+    tmp_dir.mkdir()
+    try:
+        fill(tmp_dir)
+        _publish(tmp_dir, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+
+
 def build_features(
     raw_dir: str | Path,
     out_dir: str | Path,
@@ -285,7 +294,7 @@ def build_features(
             f"{raw_dir}: the kg modality needs {kg_path.name} and {inter_path.with_suffix('.link').name}"
         )
     inputs = {
-        p.name: _file_sha256(p)
+        p.name: sha256_file(p)
         for p in sorted(raw_dir.iterdir())
         if p.is_file() and p.suffix in {".inter", ".item", ".kg", ".link"}
     }
@@ -373,12 +382,7 @@ def build_features(
         "build_key": build_key,
     }
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = out_dir.with_name(f".{name}.tmp-{os.getpid()}")
-    if tmp_dir.exists():
-        shutil.rmtree(tmp_dir)
-    tmp_dir.mkdir()
-    try:
+    def fill(tmp_dir: Path) -> None:
         write_mmrec_inter(dataset, tmp_dir / f"{name}.inter")
         np.save(tmp_dir / "text_feat.npy", text_features)
         np.save(tmp_dir / "kg_feat.npy", kg_features)
@@ -386,10 +390,8 @@ def build_features(
         (tmp_dir / "features.json").write_text(
             json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8"
         )
-        _publish(tmp_dir, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
+
+    write_directory_atomically(out_dir, fill)
     logger.info(
         "wrote %s: %d users, %d items, text %s, kg %s",
         out_dir,

@@ -31,21 +31,19 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 
+from service.bundle import sha256_file
 from trainer.data.dataset import DatasetError, InteractionDataset
 from trainer.data.features import (
     FeatureBuildError,
     TextEncoder,
     _directory_sha256,
-    _file_sha256,
-    _publish,
     resolve_text_model,
     sentence_encoder,
+    write_directory_atomically,
     write_mmrec_dir,
     write_recbole_kg,
 )
@@ -161,7 +159,7 @@ def add_text_features(
     modalities["text"] = {
         "dim": int(text_features.shape[1]),
         "file": "text_feat.npy",
-        "input": f"column 'text' of {item_text_path.name} (sha256 {_file_sha256(item_text_path)})",
+        "input": f"column 'text' of {item_text_path.name} (sha256 {sha256_file(item_text_path)})",
         "encoder": "sentence-transformers, offline",
         "normalized": "L2",
         "n_items_without_text": int(dataset.n_items - len(present)),
@@ -181,10 +179,7 @@ def add_text_features(
     }
     manifest["build_key"] = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    try:
+    def fill(tmp_dir: Path) -> None:
         write_mmrec_dir(with_text, tmp_dir)
         # the MMRec reader names the interaction file after the directory: rename it to the final name
         (tmp_dir / f"{tmp_dir.name}.inter").rename(tmp_dir / f"{out_dir.name}.inter")
@@ -194,10 +189,8 @@ def add_text_features(
         (tmp_dir / "features.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n",
                                                encoding="utf-8")
         _check_round_trip(with_text, tmp_dir, out_dir)
-        _publish(tmp_dir, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
+
+    write_directory_atomically(out_dir, fill)
     logger.info("wrote %s: %d users, %d items, modalities %s", out_dir, dataset.n_users, dataset.n_items,
                 {name: info["dim"] for name, info in modalities.items()})
     return out_dir
