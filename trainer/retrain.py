@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from trainer.data.dataset import DatasetError, InteractionDataset
+from trainer.data.dataset import DatasetError, InteractionDataset, is_storable_id
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def merge_events(
     bad_ids: list[tuple[str, str]] = []
     for user_id, item_id in events:
         read += 1
-        if _unusable_id(user_id) or _unusable_id(item_id):
+        if not (is_storable_id(user_id) and is_storable_id(item_id)):
             # the service takes any non-empty id, a dataset refuses these (InteractionDataset.validate): one such
             # event, kept in the events log, would otherwise make every later retrain fail
             bad_ids.append((user_id, item_id))
@@ -119,11 +119,6 @@ def merge_events(
     report = MergeReport(read, len(pairs), duplicates, len(user_ids) - dataset.n_users,
                          len(item_ids) - dataset.n_items, skipped)
     return merged, report
-
-
-def _unusable_id(external_id: str) -> bool:
-    """An id that ``InteractionDataset.validate`` refuses: empty, or with a tab or line break."""
-    return not external_id or any(c in external_id for c in "\t\r\n")
 
 
 def _grow_kg(dataset: InteractionDataset, n_items: int):

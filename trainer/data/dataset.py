@@ -50,6 +50,12 @@ class KnowledgeGraph:
             raise DatasetError("item_entity references an entity index out of range")
 
 
+def is_storable_id(external_id: str) -> bool:
+    """Whether a dataset can hold ``external_id``: non-empty, no tab or line break (split and .inter files are
+    tab-separated lines)."""
+    return bool(external_id) and not any(c in external_id for c in "\t\r\n")
+
+
 @dataclass
 class InteractionDataset:
     """Users, items, a train/valid/test split and per-modality item features.
@@ -97,7 +103,7 @@ class InteractionDataset:
             raise DatasetError("item ids are not unique")
         for kind, ids in (("user", self.user_ids), ("item", self.item_ids)):
             # split files and .inter files are tab-separated lines: such an id would shift or break their columns
-            bad = next((i for i in ids if not i or any(c in i for c in "\t\r\n")), None)
+            bad = next((i for i in ids if not is_storable_id(i)), None)
             if bad is not None:
                 raise DatasetError(
                     f"{kind} id {bad!r} is empty or contains a tab or line break; ids must be non-empty, tab-free, "
