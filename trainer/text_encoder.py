@@ -25,6 +25,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -215,6 +216,29 @@ def _discard(entry: Path) -> None:
     shutil.rmtree(doomed, ignore_errors=True)
 
 
+STALE_TEMPORARY_SECONDS = 24 * 3600
+
+
+def _sweep(entry: Path) -> None:
+    """Delete what a new entry makes useless: the same model's entries of older cache formats (bundles hard-link
+    their files, so those bundles keep them) and temporary directories of exports that died more than a day ago.
+    Entries of newer formats are left to the modalrec that wrote them."""
+    stem, _, _ = entry.name.rpartition("-v")
+    now = time.time()
+    for path in entry.parent.iterdir():
+        name = path.name
+        if name.startswith(f"{stem}-v") and name[len(stem) + 2:].isdigit() and int(name[len(stem) + 2:]) < CACHE_FORMAT:
+            logger.info("removing the text encoder cache entry %s of an older cache format", path)
+            _discard(path)
+        elif name.startswith(".") and ".tmp-" in name:
+            try:
+                stale = now - path.stat().st_mtime > STALE_TEMPORARY_SECONDS
+            except OSError:
+                continue
+            if stale:
+                shutil.rmtree(path, ignore_errors=True)
+
+
 def exported_text_encoder(model_dir: str | Path, model_sha256: str | None = None) -> ExportedTextEncoder:
     """The ONNX export of the sentence-transformers model in ``model_dir``, built on first use and then read from
     the cache (``cache_dir()/text_encoders/<model checksum>-v<format>/``).
@@ -260,6 +284,7 @@ def exported_text_encoder(model_dir: str | Path, model_sha256: str | None = None
             return found
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    _sweep(entry)
     return ExportedTextEncoder(entry / FILES[0], entry / FILES[1], info)
 
 

@@ -187,3 +187,21 @@ def test_an_unreadable_text_model_leaves_the_dataset_without_a_text_encoder(tmp_
 
     monkeypatch.setattr(features, "_directory_sha256", unreadable)
     assert dataset_text_model(tmp_path / "data", 384) is None
+
+
+def test_an_export_removes_older_format_entries_of_its_model_and_dead_exports(cache, tmp_path):
+    """Entries of an older cache format (87 MiB each for MiniLM) were never removed, nor were the temporary
+    directories of exports killed midway. Newer-format entries and other models' entries stay."""
+    root = tmp_path / "cache" / "text_encoders"
+    current = text_encoder.CACHE_FORMAT
+    keep = [f"{SHA[:32]}-v{current + 1}", f"{'cd' * 16}-v{current - 1}", ".fresh.tmp-abc"]
+    doomed = [f"{SHA[:32]}-v{current - 1}", ".dead.tmp-xyz"]
+    for name in keep + doomed:
+        (root / name).mkdir(parents=True)
+        (root / name / "text_encoder.onnx").write_bytes(b"old")
+    day_and_more = text_encoder.STALE_TEMPORARY_SECONDS + 60
+    os.utime(root / ".dead.tmp-xyz", (os.path.getmtime(root / ".dead.tmp-xyz") - day_and_more,) * 2)
+    exported = exported_text_encoder(tmp_path, SHA)
+    names = {p.name for p in root.iterdir()}
+    assert exported.onnx.parent.name in names
+    assert set(keep) <= names and not set(doomed) & names
