@@ -6,10 +6,11 @@ import hmac
 from typing import Annotated
 
 import orjson
-from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 
 from service.errors import ConflictError, ForbiddenError, UnauthorizedError
@@ -43,6 +44,7 @@ WrittenUserId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH, patt
                                     description="no tab or line break")]
 ItemIdPath = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH)]
 ERRORS = {code: {"model": ErrorResponse} for code in (404, 409, 413, 422, 503)}
+UNAUTHORIZED = {401: {"model": ErrorResponse, "description": "missing or wrong bearer token"}}
 
 
 async def get_runtime(request: Request) -> Runtime:
@@ -51,6 +53,44 @@ async def get_runtime(request: Request) -> Runtime:
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+# Two bearer schemes, two settings: each endpoint accepts only its own token (the admin token grants no writes and the
+# write token no reload). auto_error=False: a missing header or another scheme comes back as None, and check_bearer
+# answers 401 the same way for all of them.
+admin_bearer = HTTPBearer(
+    scheme_name="AdminToken",
+    description="MODALREC_ADMIN_TOKEN, for POST /admin/reload only (unset: the endpoint answers 403)",
+    auto_error=False,
+)
+write_bearer = HTTPBearer(
+    scheme_name="WriteToken",
+    description="MODALREC_WRITE_TOKEN, for POST /items and POST /users/{user_id}/events; enforced only when set "
+    "(unset or empty: the writes are open)",
+    auto_error=False,
+)
+Credentials = HTTPAuthorizationCredentials | None
+
+
+def check_bearer(credentials: Credentials, token: str) -> None:
+    """The one bearer-token check (admin and writes): 401 unless ``Authorization: Bearer <token>`` carried exactly
+    ``token``, compared in constant time."""
+    given = credentials.credentials if credentials is not None else ""
+    if credentials is None or not hmac.compare_digest(given.encode(), token.encode()):
+        raise UnauthorizedError("missing or wrong bearer token")
+
+
+async def require_write_token(
+    runtime: RuntimeDep, credentials: Annotated[Credentials, Depends(write_bearer)]
+) -> None:
+    """Dependency of the write routes. FastAPI runs it before it validates the body into the route's model, so a
+    refused request is never validated, encoded or written (only a body that is not JSON at all is a 422 first).
+    Async: no thread-pool hop."""
+    token = runtime.settings.write_token
+    if token:
+        check_bearer(credentials, token)
+
+
+WRITE_AUTH = [Depends(require_write_token)]
 
 
 RECOMMEND_OPENAPI = {
@@ -122,17 +162,33 @@ async def recommend(request: Request) -> Response:
     return Response(orjson.dumps(payload), media_type="application/json")
 
 
-@router.post("/users/{user_id}/events", response_model=EventsResponse, responses=ERRORS, tags=["serving"])
+@router.post(
+    "/users/{user_id}/events",
+    response_model=EventsResponse,
+    responses={**UNAUTHORIZED, **ERRORS},
+    tags=["serving"],
+    dependencies=WRITE_AUTH,
+)
 async def record_events(user_id: WrittenUserId, body: EventsRequest, runtime: RuntimeDep) -> EventsResponse:
-    """Record interactions: the user's seen set (filtered from recommendations) and the event stream."""
+    """Record interactions: the user's seen set (filtered from recommendations) and the event stream.
+
+    Bearer token (MODALREC_WRITE_TOKEN) when one is set."""
     recorded = runtime.record_events(user_id, body.item_ids, body.type)
     return EventsResponse(user_id=user_id, recorded=recorded)
 
 
-@router.post("/items", response_model=NewItemResponse, status_code=201, responses=ERRORS, tags=["serving"])
+@router.post(
+    "/items",
+    response_model=NewItemResponse,
+    status_code=201,
+    responses={**UNAUTHORIZED, **ERRORS},
+    tags=["serving"],
+    dependencies=WRITE_AUTH,
+)
 def add_item(body: NewItemRequest, runtime: RuntimeDep) -> NewItemResponse:
     """Add (or replace) a cold-start item from its modality features via the bundle's item encoder; the modality
-    that GET /model names in ``text_encoder`` may be sent as raw text."""
+    that GET /model names in ``text_encoder`` may be sent as raw text. Bearer token (MODALREC_WRITE_TOKEN) when one
+    is set."""
     replaced, state = runtime.add_item(body.item_id, body.features)
     return NewItemResponse(
         item_id=body.item_id, replaced=replaced, index_size=state.index.size, model_version=state.version
@@ -201,18 +257,20 @@ def metrics(runtime: RuntimeDep) -> Response:
 
 
 @router.post(
-    "/admin/reload", response_model=ReloadResponse, responses={401: {}, 403: {}, 409: {}}, tags=["operations"]
+    "/admin/reload",
+    response_model=ReloadResponse,
+    responses={**UNAUTHORIZED, **{code: {"model": ErrorResponse} for code in (403, 409)}},
+    tags=["operations"],
 )
 def admin_reload(
-    runtime: RuntimeDep, authorization: Annotated[str | None, Header()] = None, force: bool = False
+    runtime: RuntimeDep, credentials: Annotated[Credentials, Depends(admin_bearer)], force: bool = False
 ) -> ReloadResponse:
-    """Load the bundle `current` points at now (bearer token). 409 when it is refused; old one keeps serving."""
+    """Load the bundle `current` points at now (bearer token MODALREC_ADMIN_TOKEN; unset: 403). 409 when it is
+    refused; old one keeps serving."""
     token = runtime.settings.admin_token
     if not token:
         raise ForbiddenError("the admin endpoint is disabled (set MODALREC_ADMIN_TOKEN)")
-    scheme, _, given = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
-        raise UnauthorizedError("missing or wrong bearer token")
+    check_bearer(credentials, token)
     try:
         result = runtime.reload("admin", force=force)
     except ReloadRefused as exc:

@@ -7,6 +7,7 @@ app is cheap and does no I/O beyond creating the store client.
 from __future__ import annotations
 
 import gc
+import ipaddress
 import json
 import logging
 import os
@@ -148,12 +149,37 @@ def _encodable(value: Any) -> Any:
     return value
 
 
+def is_loopback_host(host: str) -> bool:
+    """``localhost`` or a loopback address (127.0.0.0/8, ::1). Anything else, ``0.0.0.0``/``::`` and host names
+    included, may be reachable from other machines."""
+    host = host.strip().strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def warn_if_writes_are_open(settings: Settings) -> None:
+    """Without ``write_token`` anyone who reaches the port can add items and record events (which the retrain job
+    trains on): fine on loopback (tests, the demo), said loudly anywhere else."""
+    if not settings.write_token and not is_loopback_host(settings.host):
+        logger.warning(
+            "MODALREC_WRITE_TOKEN is not set and the service listens on %s: POST /items and "
+            "POST /users/{user_id}/events accept unauthenticated writes from anyone who can reach the port; "
+            "set MODALREC_WRITE_TOKEN to require a bearer token",
+            settings.host,
+        )
+
+
 def create_app(
     settings: Settings, *, store: Store | None = None, registry: CollectorRegistry | None = None
 ) -> FastAPI:
     """Build the app. ``store`` and ``registry`` are injectable (tests); by default they come from settings."""
     from service.api import router
 
+    warn_if_writes_are_open(settings)
     metrics = ServiceMetrics(registry)
     runtime = Runtime(settings, store if store is not None else make_store(settings), metrics)
 
@@ -181,7 +207,7 @@ def create_app(
 
     @app.exception_handler(ServiceError)
     async def service_error(_request: Request, exc: ServiceError) -> JSONResponse:
-        return JSONResponse({"detail": exc.message}, status_code=exc.status_code)
+        return JSONResponse({"detail": exc.message}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:

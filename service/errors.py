@@ -1,10 +1,11 @@
-"""Errors the routes turn into HTTP answers (status code + ``{"detail": message}``)."""
+"""Errors the routes turn into HTTP answers (status code + ``{"detail": message}``, plus ``headers``)."""
 
 from __future__ import annotations
 
 
 class ServiceError(Exception):
     status_code = 500
+    headers: dict[str, str] | None = None  # extra response headers
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -26,7 +27,10 @@ class ConflictError(ServiceError):
 
 
 class UnauthorizedError(ServiceError):
+    """Missing or wrong bearer token (service.api.check_bearer). RFC 9110 asks a 401 to name the scheme it wants."""
+
     status_code = 401
+    headers = {"WWW-Authenticate": "Bearer"}
 
 
 class ForbiddenError(ServiceError):

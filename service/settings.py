@@ -38,7 +38,13 @@ class Settings(BaseSettings):
     )
 
     admin_token: str | None = Field(
-        default=None, description="bearer token for POST /admin/reload; unset = disabled"
+        default=None, description="bearer token for POST /admin/reload only; unset = disabled"
+    )
+    write_token: str | None = Field(
+        default=None,
+        description="bearer token for the writes, POST /items and POST /users/{id}/events (the admin token does not "
+        "grant them); unset or empty = writes open to anyone who reaches the port (a warning is logged at start-up "
+        "when the host is not a loopback address)",
     )
     reload_poll_s: float = Field(default=2.0, ge=0, description="poll `current` this often; 0 = no polling")
 

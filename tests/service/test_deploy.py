@@ -65,6 +65,19 @@ def test_compose_services_healthchecks_and_targets() -> None:
             assert (REPO_ROOT / source).is_file(), f"prometheus mounts missing {source}"
 
 
+def test_compose_gives_the_api_its_tokens_from_the_environment_and_only_known_settings() -> None:
+    from service.settings import Settings
+
+    environment = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())["services"]["api"]["environment"]
+    # tokens come from the operator's environment, never from the file, and both are required: the API listens on
+    # 0.0.0.0 there, where open writes would let anyone add items and feed the retrain job
+    assert environment["MODALREC_ADMIN_TOKEN"].startswith("${MODALREC_ADMIN_TOKEN:?")
+    assert environment["MODALREC_WRITE_TOKEN"].startswith("${MODALREC_WRITE_TOKEN:?")
+    fields = {f"MODALREC_{name.upper()}" for name in Settings.model_fields}
+    unknown = {name for name in environment if name.startswith("MODALREC_")} - fields
+    assert not unknown, f"compose sets variables no setting reads: {unknown}"
+
+
 def test_prometheus_config_and_rules() -> None:
     config = yaml.safe_load((REPO_ROOT / "deploy/prometheus.yml").read_text())
     assert config["scrape_configs"][0]["static_configs"][0]["targets"] == ["api:8000"]

@@ -1,0 +1,191 @@
+"""Bearer tokens: MODALREC_WRITE_TOKEN guards the writes (POST /items, POST /users/{id}/events) when set,
+MODALREC_ADMIN_TOKEN guards POST /admin/reload; neither grants the other's endpoints. Reads stay open.
+
+Run with the MemoryStore and with a real Redis (the ``store`` fixture of conftest.py)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry
+
+from service.app import create_app
+from service.settings import Settings
+from service.store import MemoryStore, RedisStore
+from tests.service.conftest import ADMIN_TOKEN, MODALITIES, N_ITEMS, make_settings
+
+WRITE_TOKEN = "test-write-token"
+WRITE_AUTH = {"Authorization": f"Bearer {WRITE_TOKEN}"}
+ADMIN_AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+NEW_ITEM = {"item_id": "fresh", "features": {name: [0.5] * dim for name, dim in MODALITIES.items()}}
+EVENTS = {"item_ids": ["i10", "i11"]}
+# (path, valid body, status of an accepted write)
+WRITES = [("/items", NEW_ITEM, 201), ("/users/u1/events", EVENTS, 200)]
+REFUSED_HEADERS = {
+    "no header": {},
+    "wrong token": {"Authorization": "Bearer not-the-token"},
+    "empty token": {"Authorization": "Bearer "},
+    "wrong scheme": {"Authorization": f"Basic {WRITE_TOKEN}"},
+    "no scheme": {"Authorization": WRITE_TOKEN},
+    "admin token": ADMIN_AUTH,
+}
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    return CollectorRegistry()
+
+
+@pytest.fixture
+def guarded(bundle_root, store, registry) -> Iterator[TestClient]:
+    """An app with both tokens set."""
+    app = create_app(make_settings(bundle_root, write_token=WRITE_TOKEN), store=store, registry=registry)
+    with TestClient(app) as client:
+        yield client
+
+
+def written(client: TestClient, store: MemoryStore | RedisStore) -> dict[str, object]:
+    """Everything a write can change: the served index, the store's items hash, seen set and event stream."""
+    if isinstance(store, RedisStore):
+        raw = {
+            "items_hash": store.client.hgetall(store.items_key),
+            "stream_length": store.client.xlen(store.events_key),
+        }
+    else:
+        raw = {"stream_length": len(store.events)}
+    return {
+        **raw,
+        "index": client.get("/model").json()["index"],
+        "items": store.get_items(),
+        "seen": store.get_seen("u1"),
+    }
+
+
+@pytest.mark.parametrize(("path", "body", "accepted"), WRITES, ids=["items", "events"])
+def test_a_write_needs_the_write_token(guarded: TestClient, store, path, body, accepted) -> None:
+    for refused, headers in REFUSED_HEADERS.items():
+        response = guarded.post(path, json=body, headers=headers)
+        assert response.status_code == 401, refused
+        assert response.json() == {"detail": "missing or wrong bearer token"}, refused
+        assert response.headers["www-authenticate"] == "Bearer", refused
+    assert guarded.post(path, json=body, headers=WRITE_AUTH).status_code == accepted
+    lower_case_scheme = {"Authorization": f"bearer {WRITE_TOKEN}"}  # the scheme is case-insensitive (RFC 9110)
+    assert guarded.post(path, json=body, headers=lower_case_scheme).status_code == accepted
+    assert guarded.get("/model").json()["index"]["size"] == N_ITEMS + (path == "/items")
+    assert store.get_seen("u1") == ({"i10", "i11"} if path.endswith("/events") else set())
+    # reads need no token
+    assert guarded.post("/recommend/u0", json={"k": 3}).status_code == 200
+    assert guarded.get("/items/i1/similar", params={"k": 3}).status_code == 200
+    for read in ("/model", "/healthz", "/readyz", "/metrics"):
+        assert guarded.get(read).status_code == 200, read
+
+
+def test_a_refused_write_changes_nothing_and_never_reaches_the_runtime(guarded: TestClient, store, monkeypatch) -> None:
+    before = written(guarded, store)
+    assert before["index"]["size"] == N_ITEMS and before["stream_length"] == 0
+    runtime = guarded.app.state.runtime
+
+    def must_not_run(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("a refused request reached the runtime")
+
+    with monkeypatch.context() as patched:  # no encoding, no store read or write for a refused request
+        patched.setattr(runtime, "add_item", must_not_run)
+        patched.setattr(runtime, "record_events", must_not_run)
+        for headers in REFUSED_HEADERS.values():
+            for path, body, _ in WRITES:
+                assert guarded.post(path, json=body, headers=headers).status_code == 401
+        # the token is checked before the body is validated: an invalid body gets 401 too, not 422
+        bad_item = {"item_id": "x\ty", "features": {"nope": "text"}, "extra": 1}
+        assert guarded.post("/items", json=bad_item).status_code == 401
+        assert guarded.post("/users/u1/events", json={"item_ids": []}).status_code == 401
+    assert written(guarded, store) == before
+    # the same requests with the token do write (the comparison above could see a change)
+    assert guarded.post("/items", json=NEW_ITEM, headers=WRITE_AUTH).status_code == 201
+    assert guarded.post("/users/u1/events", json=EVENTS, headers=WRITE_AUTH).status_code == 200
+    after = written(guarded, store)
+    assert after["index"]["size"] == N_ITEMS + 1 and after["stream_length"] == 2 and after["seen"] == {"i10", "i11"}
+
+
+def test_the_admin_and_write_tokens_are_not_interchangeable(guarded: TestClient) -> None:
+    assert guarded.post("/items", json=NEW_ITEM, headers=ADMIN_AUTH).status_code == 401
+    assert guarded.post("/users/u1/events", json=EVENTS, headers=ADMIN_AUTH).status_code == 401
+    refused = guarded.post("/admin/reload", headers=WRITE_AUTH)
+    assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+    assert guarded.post("/admin/reload", headers=ADMIN_AUTH).status_code == 200
+
+
+def test_refused_writes_are_counted_as_401_under_their_route(guarded: TestClient, registry) -> None:
+    guarded.post("/items", json=NEW_ITEM)
+    guarded.post("/users/u1/events", json=EVENTS, headers=ADMIN_AUTH)
+    guarded.post("/users/u2/events", json=EVENTS, headers={"Authorization": "Bearer nope"})
+    count = registry.get_sample_value
+    assert count("modalrec_http_requests_total", {"route": "/items", "method": "POST", "status": "401"}) == 1.0
+    events = {"route": "/users/{user_id}/events", "method": "POST", "status": "401"}
+    assert count("modalrec_http_requests_total", events) == 2.0
+    assert 'route="/users/{user_id}/events",status="401"' in guarded.get("/metrics").text
+
+
+def test_the_write_token_comes_from_the_environment_and_empty_means_open(bundle_root, monkeypatch) -> None:
+    # docker-compose.yml passes ${MODALREC_WRITE_TOKEN:-}: an empty string when the operator set nothing
+    monkeypatch.setenv("MODALREC_WRITE_TOKEN", "")
+    settings = Settings(bundle_root=bundle_root, reload_poll_s=0)
+    assert settings.write_token == ""
+    with TestClient(create_app(settings, store=MemoryStore(), registry=CollectorRegistry())) as client:
+        assert client.post("/items", json=NEW_ITEM).status_code == 201
+        assert client.post("/users/u1/events", json=EVENTS).status_code == 200
+    monkeypatch.setenv("MODALREC_WRITE_TOKEN", WRITE_TOKEN)
+    settings = Settings(bundle_root=bundle_root, reload_poll_s=0)
+    with TestClient(create_app(settings, store=MemoryStore(), registry=CollectorRegistry())) as client:
+        assert client.post("/items", json=NEW_ITEM).status_code == 401
+        assert client.post("/items", json=NEW_ITEM, headers=WRITE_AUTH).status_code == 201
+
+
+def test_openapi_declares_the_bearer_schemes_on_the_guarded_routes(bundle_root) -> None:
+    app = create_app(make_settings(bundle_root), store=MemoryStore(), registry=CollectorRegistry())
+    spec = app.openapi()
+    schemes = spec["components"]["securitySchemes"]
+    assert schemes["WriteToken"]["type"] == "http" and schemes["WriteToken"]["scheme"] == "bearer"
+    assert schemes["AdminToken"]["type"] == "http" and schemes["AdminToken"]["scheme"] == "bearer"
+    guarded = {
+        ("/items", "post"): "WriteToken",
+        ("/users/{user_id}/events", "post"): "WriteToken",
+        ("/admin/reload", "post"): "AdminToken",
+    }
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            scheme = guarded.get((path, method))
+            if scheme is None:
+                assert "security" not in operation and "401" not in operation["responses"], (method, path)
+            else:
+                assert operation["security"] == [{scheme: []}], (method, path)
+                error_schema = operation["responses"]["401"]["content"]["application/json"]["schema"]
+                assert error_schema == {"$ref": "#/components/schemas/ErrorResponse"}
+
+
+HOSTS_WARNED = {  # (host, write token) -> whether start-up warns that the writes are open
+    ("0.0.0.0", None): True,
+    ("::", ""): True,
+    ("10.1.2.3", None): True,
+    ("api.example.com", None): True,
+    ("0.0.0.0", WRITE_TOKEN): False,
+    ("127.0.0.1", None): False,
+    ("127.0.0.2", None): False,
+    ("localhost", None): False,
+    ("::1", None): False,
+}
+
+
+def test_open_writes_on_a_reachable_host_log_a_warning(bundle_root, caplog) -> None:
+    for (host, write_token), warned in HOSTS_WARNED.items():
+        caplog.clear()
+        settings = make_settings(bundle_root, host=host, write_token=write_token)
+        with caplog.at_level(logging.WARNING, logger="service.app"):
+            create_app(settings, store=MemoryStore(), registry=CollectorRegistry())
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == (1 if warned else 0), (host, write_token, warnings)
+        if warned:
+            assert host in warnings[0] and "unauthenticated writes" in warnings[0]
+            assert "MODALREC_WRITE_TOKEN" in warnings[0]
