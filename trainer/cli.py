@@ -121,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--max-epochs", type=int, default=None)
     retrain.add_argument("--keep-bundles", type=int, default=5,
                          help="bundles kept under OUT/bundles after publishing, newest first (default 5; 0 = all)")
+    retrain.add_argument("--warm-start", action=argparse.BooleanOptionalAction, default=False,
+                         help="start from OUT/checkpoint.pt (the previous retrain's model; users and items matched by "
+                              "id, new ones start fresh) instead of a fresh initialisation; without a usable one, "
+                              "train from scratch and say why (default: off, docs/retrain.md)")
 
     cold = sub.add_parser(
         "coldstart", help="hold out items, train on the rest, rank the held-out items by their encoded features"
@@ -258,7 +262,7 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
     from trainer.retrain import retrain
 
     print(retrain(args.dataset, args.out, args.model, args.redis_url, args.key_prefix, args.max_epochs,
-                  args.keep_bundles, config_path=args.config))
+                  args.keep_bundles, config_path=args.config, warm_start=args.warm_start))
     return 0
 
 

@@ -24,6 +24,7 @@ from trainer.data.dataset import DatasetError, InteractionDataset
 from trainer.evaluate import evaluate_full_ranking
 from trainer.models.base import BPRBatch, ModelInputs, Recommender
 from trainer.models.registry import build_model
+from trainer.warm_start import WarmStartReport, WarmStartSource, apply_warm_start
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +113,7 @@ class FitResult:
     history: list[dict[str, Any]]
     seconds_per_epoch: float
     device: str
+    warm_start: WarmStartReport | None = None
 
 
 @torch.no_grad()
@@ -130,11 +132,18 @@ def fit(
     checkpoint_path: Path | None = None,
     checkpoint_extra: dict[str, Any] | None = None,
     evaluate_test: bool = True,
+    warm_start: WarmStartSource | None = None,
 ) -> FitResult:
     """Train ``run_config.model`` on ``dataset``; select the epoch on VALID; evaluate TEST once.
 
     The test split is masked with train + valid items and evaluated only after training, with the
     best-valid state restored; ``evaluate_test=False`` (hyperparameter search) never reads it.
+
+    ``warm_start``: a previous model to initialise from (``trainer.warm_start.apply_warm_start``), applied after the
+    model is built (so the random draws of the run are those of a cold run with the same seed) and before the
+    optimiser exists; when it is refused the run trains from its fresh initialisation. The report is logged and
+    returned in ``FitResult.warm_start``. Checkpoints record the dataset's ``user_ids`` / ``item_ids`` (the ids of
+    the model's rows), so a later run can warm-start from them.
     """
     cfg = run_config.train
     empty = [name for name, split in (("valid", dataset.valid), ("test", dataset.test)) if split.nnz == 0]
@@ -148,6 +157,16 @@ def fit(
     device = select_device(cfg.device)
     inputs = ModelInputs.from_dataset(dataset, device)
     model = build_model(run_config.model, inputs, run_config.model_params)
+    warm_report = None
+    if warm_start is not None:
+        warm_report = apply_warm_start(model, run_config.model, warm_start, dataset.user_ids, dataset.item_ids)
+        if warm_report.applied:
+            logger.info("%s", warm_report.summary())
+        else:
+            logger.warning("%s; training from scratch", warm_report.summary())
+    if checkpoint_path is not None:
+        checkpoint_extra = {**(checkpoint_extra or {}), "user_ids": list(dataset.user_ids),
+                            "item_ids": list(dataset.item_ids)}
     aux_params = model.auxiliary_parameters()
     aux_ids = {id(p) for p in aux_params}
     main_params = [p for p in model.parameters() if id(p) not in aux_ids]
@@ -239,6 +258,7 @@ def fit(
         history=history,
         seconds_per_epoch=train_seconds / max(len(history), 1),
         device=str(device),
+        warm_start=warm_report,
     )
 
 

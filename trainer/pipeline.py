@@ -20,6 +20,7 @@ from trainer.data.dataset import InteractionDataset
 from trainer.export import export_bundle
 from trainer.loop import CHECKPOINT, METRICS, SPLIT_FILE, fit, write_json_atomic, write_split
 from trainer.text_encoder import TEXT_MODALITY, ExportedTextEncoder
+from trainer.warm_start import WarmStartReport, WarmStartSource
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +62,13 @@ def run_fit_config(
     out_dir: Path,
     progress: bool = True,
     derived_dataset: dict[str, Any] | None = None,
+    warm_start: WarmStartSource | None = None,
+    warm_start_report: WarmStartReport | None = None,
 ) -> dict[str, Any]:
     """Train ``run_config`` on ``dataset``, write metrics.json, split.inter, the checkpoint and a bundle.
+
+    ``warm_start``: a previous model to start from (``fit``). metrics.json's ``warm_start`` records what happened:
+    fit's report, else ``warm_start_report`` (a caller's "requested but no source": why), else not requested.
 
     ``derived_dataset``: set when ``dataset`` is not the dataset at ``dataset_path`` but derived from it (e.g. the
     cold-start evaluation's warm items); it is recorded in metrics.json, and the checkpoint then names no dataset,
@@ -83,7 +89,14 @@ def run_fit_config(
         progress=progress,
         checkpoint_path=partial_checkpoint,
         checkpoint_extra={} if derived_dataset else {"dataset_path": str(Path(dataset_path).resolve())},
+        warm_start=warm_start,
     )
+    if result.warm_start is not None:
+        warm_record = {"requested": True, **result.warm_start.to_dict()}
+    elif warm_start_report is not None:
+        warm_record = {"requested": True, **warm_start_report.to_dict()}
+    else:
+        warm_record = {"requested": False, "applied": False, "reason": "not requested: trained from scratch"}
     # From here out_dir has no metrics.json until the new one is written last, so a failure in between leaves a
     # run that reads as unfinished (compare --resume retrains it) rather than a mix of two runs.
     (out_dir / METRICS).unlink(missing_ok=True)
@@ -99,6 +112,7 @@ def run_fit_config(
         **({"derived_dataset": derived_dataset} if derived_dataset else {}),
         "seed": run_config.train.seed,
         "device": result.device,
+        "warm_start": warm_record,
         "best_epoch": result.best_epoch,
         "epochs_run": len(result.history),
         "seconds_per_epoch": result.seconds_per_epoch,

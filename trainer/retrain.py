@@ -11,6 +11,12 @@ The stream is capped (``MAXLEN ~ redis_stream_maxlen``) and the dataset on disk 
 is also kept in ``<out>/online_events.jsonl`` (one JSON ``[stream id, user_id, item_id]`` a line, rewritten
 atomically before training): later runs train on that log plus the stream, and events the cap has since trimmed
 from the stream are not lost.
+
+``warm_start=True`` (CLI ``--warm-start``) starts training from the previous run's ``<out>/checkpoint.pt`` instead of
+a fresh initialisation (``trainer.warm_start``; docs/retrain.md): rows of users and items are matched by external
+id, new ones start fresh. Without a usable previous checkpoint (none, unreadable, another model or model_params,
+a model that cannot be warm-started) the run trains from scratch and says why in the log, metrics.json and the
+returned report. Off by default: a cold retrain is a function of the dataset, the events and the config alone.
 """
 
 from __future__ import annotations
@@ -217,6 +223,7 @@ def retrain(
     max_epochs: int | None = None,
     keep_bundles: int = 5,
     config_path: Path | None = None,
+    warm_start: bool = False,
 ) -> dict[str, Any]:
     """Merge the store's events (and those of earlier runs, ``<out_dir>/online_events.jsonl``) into the dataset,
     train ``model``, export and signal a reload; then delete all but the ``keep_bundles`` newest bundles under
@@ -224,6 +231,9 @@ def retrain(
 
     ``config_path``: a YAML config applied after the model's and the dataset's presets (as ``fit --config``); it
     is read before anything else, so a bad one stops the job before the store is read.
+
+    ``warm_start``: initialise from ``<out_dir>/checkpoint.pt`` (the previous retrain's model) when it fits (module
+    docstring); the returned ``warm_start`` entry says whether it was applied, and how or why not.
     """
     if keep_bundles < 0:
         raise ValueError(f"keep_bundles must be >= 0, got {keep_bundles}")
@@ -259,8 +269,20 @@ def retrain(
             "events_until": last_id,
             "note": "not saved; re-exporting this checkpoint needs that merged dataset (run `trainer retrain` again)",
         }
+    warm_kwargs: dict[str, Any] = {}
+    if warm_start:
+        from trainer.warm_start import load_previous_run, not_applied
+
+        source, why_not = load_previous_run(Path(out_dir))
+        if source is None:
+            logger.warning("warm start requested but not possible: %s; training from scratch", why_not)
+            warm_kwargs["warm_start_report"] = not_applied(why_not)
+        else:
+            logger.info("warm start from %s", source.origin)
+            warm_kwargs["warm_start"] = source
     metrics = run_fit_config(
-        run_config, dataset, Path(dataset_path), Path(out_dir), progress=False, derived_dataset=derived
+        run_config, dataset, Path(dataset_path), Path(out_dir), progress=False, derived_dataset=derived,
+        **warm_kwargs,
     )
     if redis_url:
         import redis
@@ -273,4 +295,5 @@ def retrain(
 
         pruned = prune_bundles(Path(metrics["bundle"]).parent, keep_bundles)
     return {"bundle": metrics["bundle"], "merge": report.__dict__, "events_until": last_id,
-            "valid": metrics["valid"], "test": metrics["test"], "pruned_bundles": pruned}
+            "valid": metrics["valid"], "test": metrics["test"], "pruned_bundles": pruned,
+            "warm_start": metrics.get("warm_start")}

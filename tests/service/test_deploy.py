@@ -161,3 +161,17 @@ def test_log_levels_are_normalised_and_a_bad_setting_is_a_clear_cli_error(monkey
     assert main(["--bundle-root", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "MODALREC_LOG_LEVEL: Value error, unknown log level 'verbose'" in err and "MODALREC_PORT:" in err
+
+
+def test_the_scheduled_retrain_command_parses_with_the_trainer_cli() -> None:
+    """The compose retrain loop's `python -m trainer retrain ...` must be a command the CLI accepts (a misspelt flag
+    would only show in the container's log, once a day)."""
+    import shlex
+
+    from trainer.cli import build_parser
+
+    script = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())["services"]["retrain"]["command"][-1]
+    command = script.split("python -m trainer", 1)[1].split("||", 1)[0]
+    args = build_parser().parse_args(shlex.split(command))
+    assert args.command == "retrain" and args.warm_start is True
+    assert str(args.out) == "/runs/retrain" and args.redis_url == "redis://redis:6379/0"

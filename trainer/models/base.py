@@ -9,12 +9,16 @@ config dataclass; its constructor does no file, argv or network I/O. The trainin
   and logs each by name;
 * optional hooks: :meth:`auxiliary_parameters` / :meth:`auxiliary_loss_terms` (a second optimiser
   step per batch, e.g. SAND's CLUB estimator), :meth:`on_epoch_start`, and :meth:`item_encoder`
-  (the model's own cold-start encoder, exported to ONNX; models without one get a feature-neighbour encoder).
+  (the model's own cold-start encoder, exported to ONNX; models without one get a feature-neighbour encoder);
+* warm start (``trainer.warm_start``): :meth:`row_tables` names the parameters with one row per user or per item,
+  which are copied row by row by external id; :meth:`warm_start_unsupported` gives the reason a model cannot be
+  warm-started at all.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -121,6 +125,10 @@ class BPRBatch:
     neg_items: Tensor
 
 
+RowKind = Literal["user", "item"]
+"""Axis-0 meaning of a per-row parameter table: one row per user or one row per item (in dataset row order)."""
+
+
 class ModelInputError(ValueError):
     """The inputs do not fit the model (missing modality, wrong feature dimension, no KG...)."""
 
@@ -159,6 +167,17 @@ class Recommender(nn.Module):
 
     def on_epoch_start(self, epoch: int) -> None:
         """Hook called before each training epoch (e.g. to resample cached structures)."""
+
+    def row_tables(self) -> dict[str, RowKind]:
+        """Parameters (``named_parameters()`` names) whose axis 0 has one row per user (``"user"``) or per item
+        (``"item"``), row ``i`` being dataset row ``i``. A warm start copies these row by row, matching external
+        ids; every other parameter is copied whole, so a per-user or per-item table missing here would be copied
+        by position. Default: none (a model without such tables)."""
+        return {}
+
+    def warm_start_unsupported(self) -> str | None:
+        """Why this model cannot be warm-started from a previous checkpoint, or None (default) when it can."""
+        return None
 
     def item_encoder(self) -> nn.Module | None:
         """The model's own cold-start encoder: a module mapping {modality: float [B, dim_m]} to item embeddings

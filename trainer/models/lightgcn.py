@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from trainer.graphs import normalized_bipartite_adjacency, sparse_matmul, to_torch_sparse_csr
 from trainer.losses import bpr_loss, l2_reg
-from trainer.models.base import BPRBatch, ModelConfig, ModelInputs, Recommender
+from trainer.models.base import BPRBatch, ModelConfig, ModelInputs, Recommender, RowKind
 
 
 @dataclass
@@ -49,6 +49,9 @@ class LightGCN(Recommender):
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight], dim=0)
         final = propagate(self.adjacency, ego, self.config.n_layers)
         return final[: self.n_users], final[self.n_users :]
+
+    def row_tables(self) -> dict[str, RowKind]:
+        return {"user_embedding.weight": "user", "item_embedding.weight": "item"}
 
     def loss_terms(self, batch: BPRBatch) -> dict[str, Tensor]:
         users, items = self.representations()

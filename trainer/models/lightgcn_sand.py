@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from trainer.graphs import normalized_bipartite_adjacency, to_torch_sparse_csr
-from trainer.models.base import BPRBatch, ModelConfig, ModelInputs, Recommender
+from trainer.models.base import BPRBatch, ModelConfig, ModelInputs, Recommender, RowKind
 from trainer.models.sand import SANDObjectiveMixin
 from trainer.modules.alignment import ModalSplitProjection
 from trainer.modules.sand_sparse import SparsePropagation
@@ -96,6 +96,13 @@ class LightGCNSAND(SANDObjectiveMixin, Recommender):
             self.item_embedding(batch.pos_items),
             self.item_embedding(batch.neg_items),
         )
+
+    def row_tables(self) -> dict[str, RowKind]:
+        return {
+            "user_embedding.weight": "user",
+            "user_feature_preference.weight": "user",
+            "item_embedding.weight": "item",
+        }
 
     def item_encoder(self) -> nn.Module:
         return LightGCNSANDItemEncoder(self.projection, self.config.embedding_dim)

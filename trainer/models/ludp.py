@@ -35,7 +35,7 @@ from trainer.graphs import (
     to_torch_sparse_csr,
 )
 from trainer.losses import bpr_loss, l2_reg
-from trainer.models.base import BPRBatch, ModelConfig, ModelInputError, ModelInputs, Recommender
+from trainer.models.base import BPRBatch, ModelConfig, ModelInputError, ModelInputs, Recommender, RowKind
 from trainer.modules.cold_start import DEFAULT_NEIGHBOURS, FeatureNeighbourSearch, NeighbourMeanEncoder
 
 logger = logging.getLogger(__name__)
@@ -422,6 +422,9 @@ class LUDP(Recommender):
             self.item_fusion.weights(self.item_modal_representations()) if self.config.item_graph else None
         )
         return user_weights, item_weights
+
+    def row_tables(self) -> dict[str, RowKind]:
+        return {"user_embedding.weight": "user", "item_embedding.weight": "item"}
 
     @torch.no_grad()
     def item_encoder(self) -> nn.Module:

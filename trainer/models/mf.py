@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from trainer.losses import bpr_loss, l2_reg
-from trainer.models.base import BPRBatch, ModelConfig, ModelInputs, Recommender
+from trainer.models.base import BPRBatch, ModelConfig, ModelInputs, Recommender, RowKind
 
 
 @dataclass
@@ -28,6 +28,9 @@ class MFBPR(Recommender):
 
     def representations(self) -> tuple[Tensor, Tensor]:
         return self.user_embedding.weight, self.item_embedding.weight
+
+    def row_tables(self) -> dict[str, RowKind]:
+        return {"user_embedding.weight": "user", "item_embedding.weight": "item"}
 
     def loss_terms(self, batch: BPRBatch) -> dict[str, Tensor]:
         u = self.user_embedding(batch.users)

@@ -483,6 +483,16 @@ class MultiKG4Rec(Recommender):
             "kg_reg": self.config.kg_reg_weight * l2_reg(e_h, relation_table[relations], e_t, e_c),
         }
 
+    def warm_start_unsupported(self) -> str | None:
+        """Multi-KG4Rec and KGAT are trained from scratch by a warm-start retrain (the reason returned here)."""
+        return (
+            f"{type(self).__name__} keeps users, items and KG entities in one node table (node_embedding) whose row "
+            "layout is computed at build time from the filtered KG (entities renumbered by filter_kg), the item order "
+            "(an item holds its entity's row or gets a row of its own after the entities) and the user count "
+            "(users last); the checkpoint does not record that layout, so its rows cannot be matched to the new "
+            "table by external id"
+        )
+
     def item_encoder(self) -> nn.Module | None:
         """``ColdStartItemEncoder`` with ``cold_start_encoder: multimodal``; None (the export's feature-neighbour
         mean) with ``neighbour_mean`` or without multimodal fusion."""

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from trainer.graphs import knn_graph, normalized_bipartite_adjacency, sym_normalize, to_torch_sparse_csr
 from trainer.losses import bpr_loss, l2_reg
-from trainer.models.base import BPRBatch, ModelConfig, ModelInputError, ModelInputs, Recommender
+from trainer.models.base import BPRBatch, ModelConfig, ModelInputError, ModelInputs, Recommender, RowKind
 from trainer.modules.alignment import ModalSplitProjection, SeparateAlignmentDistancing, select_modalities
 from trainer.modules.sand_sparse import SparsePropagation
 
@@ -380,6 +380,9 @@ class SAND(SANDObjectiveMixin, Recommender):
             self.item_id_embedding(batch.pos_items),
             self.item_id_embedding(batch.neg_items),
         )
+
+    def row_tables(self) -> dict[str, RowKind]:
+        return {"user_embedding.weight": "user", "item_id_embedding.weight": "item"}
 
     def item_encoder(self) -> nn.Module:
         return SANDItemEncoder(self.projection)
