@@ -43,7 +43,10 @@ else:
     features = {p.name[: -len("_feat.npy")]: np.load(p)[0].tolist() for p in sorted(directory.glob("*_feat.npy"))}
 print(json.dumps({"item_id": "new-movie-1", "features": features}))
 PYEOF
-  ADD="curl -s -X POST http://127.0.0.1:$PORT/items -H 'Content-Type: application/json' -d @$WORKDIR/new_item.json"
+  # With MODALREC_WRITE_TOKEN exported the service (which reads it) refuses writes without it: send it, by name (the
+  # command is echoed, the secret is not).
+  AUTH=${MODALREC_WRITE_TOKEN:+" -H \"Authorization: Bearer \$MODALREC_WRITE_TOKEN\""}
+  ADD="curl -s -X POST http://127.0.0.1:$PORT/items -H 'Content-Type: application/json'$AUTH -d @$WORKDIR/new_item.json"
   if "$PY" -c 'import json, sys; sys.exit(not json.load(open(sys.argv[1])).get("text_encoder"))' "$WORKDIR/model.json"; then
     echo "\$ cat $WORKDIR/new_item.json   # (the kg vector shortened here)"
     "$PY" -c 'import json, sys; f = json.load(open(sys.argv[1])); print(json.dumps({"item_id": f["item_id"], "features": {k: (v if isinstance(v, str) else v[:3] + ["..."]) for k, v in f["features"].items()}}))' "$WORKDIR/new_item.json"

@@ -16,7 +16,8 @@ class Settings(BaseSettings):
     several workers each worker would hold its own copy, so set a Redis URL there).
     """
 
-    model_config = SettingsConfigDict(env_prefix="MODALREC_", extra="ignore")
+    # hide_input_in_errors: a refused token is a secret, and uvicorn's own CLI prints the whole ValidationError
+    model_config = SettingsConfigDict(env_prefix="MODALREC_", extra="ignore", hide_input_in_errors=True)
 
     bundle_root: Path = Field(description="bundle root holding a `current` symlink, or one bundle directory")
     host: str = "127.0.0.1"
@@ -78,6 +79,22 @@ class Settings(BaseSettings):
     max_events_per_request: int = Field(
         default=1000, ge=1, le=1000, description="item ids one POST /users/{id}/events may carry (at most 1000)"
     )
+
+    @field_validator("admin_token", "write_token")
+    @classmethod
+    def _token_a_header_can_carry(cls, value: str | None) -> str | None:
+        """Printable ASCII without leading or trailing whitespace, or refused here: a whitespace-only token, one with a
+        line break or one with non-ASCII characters can never arrive in an ``Authorization`` header (header values are
+        stripped, and not UTF-8), so every request would get 401 with nothing saying why. Unset or empty stays allowed.
+        The message never repeats the value (a secret)."""
+        if not value:
+            return value
+        if value != value.strip() or not all(" " <= char <= "~" for char in value):
+            raise ValueError(
+                "the token must be printable ASCII without leading or trailing whitespace (an Authorization header "
+                "cannot carry it otherwise and every request would get 401); e.g. `openssl rand -hex 32`"
+            )
+        return value
 
     @field_validator("log_level")
     @classmethod

@@ -17,6 +17,10 @@ except ImportError:  # the service can be tested without torch
 # Exports cached by the trainer (the ONNX text encoder) go to a directory of this test session, not ~/.cache.
 os.environ.setdefault("MODALREC_CACHE_DIR", tempfile.mkdtemp(prefix="modalrec-test-cache-"))
 
+# Apps built here read MODALREC_* variables (Settings): a write token exported for docker compose would make every
+# unauthenticated POST /items and POST /users/{id}/events in the tests a 401. Tests that want one set it themselves.
+os.environ.pop("MODALREC_WRITE_TOKEN", None)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = Path(os.environ.get("MODALREC_SHARED_DATASETS", REPO_ROOT.parent / "shared" / "datasets"))
 

@@ -129,7 +129,7 @@ def test_refused_writes_are_counted_as_401_under_their_route(guarded: TestClient
 
 
 def test_the_write_token_comes_from_the_environment_and_empty_means_open(bundle_root, monkeypatch) -> None:
-    # docker-compose.yml passes ${MODALREC_WRITE_TOKEN:-}: an empty string when the operator set nothing
+    # an empty value (e.g. `MODALREC_WRITE_TOKEN=` in an env file) means unset: the writes are open
     monkeypatch.setenv("MODALREC_WRITE_TOKEN", "")
     settings = Settings(bundle_root=bundle_root, reload_poll_s=0)
     assert settings.write_token == ""
@@ -189,3 +189,51 @@ def test_open_writes_on_a_reachable_host_log_a_warning(bundle_root, caplog) -> N
         if warned:
             assert host in warnings[0] and "unauthenticated writes" in warnings[0]
             assert "MODALREC_WRITE_TOKEN" in warnings[0]
+
+
+UNSENDABLE_TOKENS = {  # an Authorization header can never carry these exactly: every request would get 401
+    "whitespace only": " ",
+    "a tab": "\t",
+    "a trailing line break": "s3cr3t\n",
+    "a leading space": " s3cr3t",
+    "a trailing space": "s3cr3t ",
+    "non-ASCII": "s3cr3t-é",
+    "a control character": "s3cr3t\x1b",
+}
+
+
+@pytest.mark.parametrize("name", ["write_token", "admin_token"])
+def test_a_token_no_header_can_carry_is_refused_at_start_up_without_echoing_it(
+    bundle_root, name, monkeypatch, capsys
+) -> None:
+    from pydantic import ValidationError
+
+    from service.__main__ import main
+
+    for what, token in UNSENDABLE_TOKENS.items():
+        with pytest.raises(ValidationError, match="printable ASCII") as refused:
+            Settings(bundle_root=bundle_root, **{name: token})
+        assert "s3cr3t" not in str(refused.value), what  # a secret, even a malformed one
+        # python -m service: a one-line error naming the variable, exit 2, before any worker starts
+        monkeypatch.setenv(f"MODALREC_{name.upper()}", token)
+        assert main(["--bundle-root", str(bundle_root)]) == 2, what
+        error = capsys.readouterr().err
+        assert f"MODALREC_{name.upper()}" in error and "printable ASCII" in error and "s3cr3t" not in error, what
+    for usable in ("", "t0k3n-._~+/=", "with inner spaces"):
+        assert getattr(Settings(bundle_root=bundle_root, **{name: usable}), name) == usable
+
+
+def test_an_exported_write_token_does_not_turn_the_suites_own_writes_into_401() -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    # a developer with MODALREC_WRITE_TOKEN exported (docker compose asks for it) runs the tests
+    env = {**os.environ, "MODALREC_WRITE_TOKEN": "exported-for-compose"}
+    test = "tests/service/test_api.py::test_new_item_is_encoded_indexed_and_persisted[memory]"
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", test],
+        cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:]
