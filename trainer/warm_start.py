@@ -13,7 +13,8 @@ carries over to the new dataset:
 
 It refuses, leaving the fresh model exactly as it was, when the model cannot be warm-started
 (:meth:`~trainer.models.base.Recommender.warm_start_unsupported`), the checkpoint is of another model name or other
-model parameters, a parameter is missing on either side, a shape differs other than along a declared row axis, a
+model parameters (those it lacks, fields added since it was written, take their defaults, as ``trainer export``
+rebuilds it), a parameter is missing on either side, a shape differs other than along a declared row axis, a
 table's row count does not match its id list, ids repeat, or a value is not finite. Optimiser state is not carried
 over (checkpoints do not hold it): the new run starts Adam afresh.
 
@@ -112,7 +113,15 @@ def _plan(model: Recommender, model_name: str, source: WarmStartSource, user_ids
         raise WarmStartRefused(f"model {model_name!r} cannot be warm-started: {unsupported}")
     if source.model != model_name:
         raise WarmStartRefused(f"the previous checkpoint is model {source.model!r}, this run trains {model_name!r}")
-    wanted, found = _comparable(dataclasses.asdict(model.config)), _comparable(source.model_params)
+    from trainer.models.registry import build_config
+
+    try:  # as export/explain rebuild a checkpoint: a field added to the config since it was written takes its default
+        previous = dataclasses.asdict(build_config(source.model, source.model_params))
+    except (ValueError, TypeError, KeyError) as exc:
+        raise WarmStartRefused(
+            f"the previous checkpoint's model_params do not build a {model_name!r} config: {exc}"
+        ) from exc
+    wanted, found = _comparable(dataclasses.asdict(model.config)), _comparable(previous)
     if wanted != found:
         differences = sorted(key for key in set(wanted) | set(found) if wanted.get(key) != found.get(key))
         details = ", ".join(f"{key}: {found.get(key)!r} -> {wanted.get(key)!r}" for key in differences)

@@ -177,6 +177,30 @@ def test_refusal_leaves_the_fresh_model_untouched(case):
     _assert_unchanged(new, before)
 
 
+def test_checkpoint_from_before_a_config_field_existed_warm_starts_as_export_rebuilds_it():
+    """A checkpoint written before a config field was added (SAND's feature_dtype and transposed_feature_copy, say)
+    lacks it in model_params; export and explain rebuild it with the field's default, and so must the warm start's
+    comparison: the same model, not "other model_params". A field the config no longer has still refuses."""
+    data = planted_dataset(n_users=20, n_items=30, interactions_per_user=8, with_kg=False, seed=0)
+    inputs = ModelInputs.from_dataset(data, torch.device("cpu"))
+    torch.manual_seed(0)
+    old = build_model("sand", inputs, {"embedding_dim": 32})
+    torch.manual_seed(1)
+    new = build_model("sand", inputs, {"embedding_dim": 32})
+    source = _source(old, "sand", data.user_ids, data.item_ids)
+    older = {k: v for k, v in source.model_params.items() if k not in ("feature_dtype", "transposed_feature_copy")}
+    report = apply_warm_start(new, "sand", dataclasses.replace(source, model_params=older), data.user_ids,
+                              data.item_ids)
+    assert report.applied, report.reason
+    assert torch.equal(new.user_embedding.weight, old.user_embedding.weight)
+    before = _snapshot(new)
+    removed = {**source.model_params, "a_field_since_removed": 1}
+    report = apply_warm_start(new, "sand", dataclasses.replace(source, model_params=removed), data.user_ids,
+                              data.item_ids)
+    assert not report.applied and "a_field_since_removed" in report.reason
+    _assert_unchanged(new, before)
+
+
 def test_shape_mismatch_of_a_shared_parameter_refuses_without_half_applying():
     """LUDP: the row tables come first in named_parameters(); a wrong shape of a later shared parameter must refuse
     the whole warm start, the tables included."""
@@ -225,6 +249,46 @@ def test_every_model_warm_starts_exactly_from_its_own_checkpoint_or_is_refused_w
     assert torch.equal(old_users, new_users) and torch.equal(old_items, new_items)
     assert {info["kept"] for info in report.row_mapped.values()} <= {planted.n_users, planted.n_items}
     assert all(info["new"] == 0 and info["dropped"] == 0 for info in report.row_mapped.values())
+
+
+def _reordered(dataset, user_order: np.ndarray, item_order: np.ndarray):
+    """The same dataset with its users and items in another row order: new row k is old row ``*_order[k]``."""
+    kg = dataset.kg
+    if kg is not None:
+        kg = dataclasses.replace(kg, item_entity=kg.item_entity[item_order])
+    return dataclasses.replace(
+        dataset,
+        user_ids=[dataset.user_ids[k] for k in user_order],
+        item_ids=[dataset.item_ids[k] for k in item_order],
+        **{split: getattr(dataset, split)[user_order][:, item_order].tocsr() for split in ("train", "valid", "test")},
+        features={name: matrix[item_order] for name, matrix in dataset.features.items()},
+        kg=kg,
+    )
+
+
+@pytest.mark.parametrize("name", sorted(set(MODEL_NAMES) - NOT_WARM_STARTABLE))
+def test_every_model_warm_starts_by_id_when_the_new_dataset_orders_its_rows_differently(name, planted):
+    """The same users and items in another row order: the warm-started model must give every user and item the
+    previous model's representation of the same id. A per-user or per-item parameter that row_tables() leaves out
+    (whatever its shape: [n_users + n_items, d], a user axis that is not the first...) or declares with the wrong
+    kind would be copied by position and break this."""
+    rng = np.random.default_rng(7)
+    user_order, item_order = rng.permutation(planted.n_users), rng.permutation(planted.n_items)
+    reordered = _reordered(planted, user_order, item_order)
+    torch.manual_seed(0)
+    old = build_model(name, ModelInputs.from_dataset(planted, torch.device("cpu")), _params(name))
+    with torch.no_grad():
+        for parameter in old.parameters():
+            parameter.add_(0.01 * torch.randn_like(parameter))
+    torch.manual_seed(1)
+    new = build_model(name, ModelInputs.from_dataset(reordered, torch.device("cpu")), _params(name))
+    source = _source(old, name, planted.user_ids, planted.item_ids)
+    report = apply_warm_start(new, name, source, reordered.user_ids, reordered.item_ids)
+    assert report.applied, report.reason
+    old_users, old_items = compute_representations(old)
+    new_users, new_items = compute_representations(new)
+    torch.testing.assert_close(new_users, old_users[torch.as_tensor(user_order)], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(new_items, old_items[torch.as_tensor(item_order)], rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", sorted(set(MODEL_NAMES) - NOT_WARM_STARTABLE))
