@@ -86,17 +86,16 @@ def one_fit(dataset, run_config, warm_start=None, checkpoint_path=None) -> dict:
 
 def warm_start_valid(dataset, run_config, source) -> float:
     """Valid Recall@20 of the warm-started model before any training step (new rows fresh, graph of the new data)."""
-    import torch
 
     from trainer.evaluate import evaluate_full_ranking
-    from trainer.loop import compute_representations, seed_everything
+    from trainer.loop import compute_representations, seed_everything, select_device
     from trainer.models.base import ModelInputs
     from trainer.models.registry import build_model
     from trainer.warm_start import apply_warm_start
 
     seed_everything(run_config.train.seed)
-    model = build_model(run_config.model, ModelInputs.from_dataset(dataset, torch.device("cpu")),
-                        run_config.model_params)
+    device = select_device(run_config.train.device)
+    model = build_model(run_config.model, ModelInputs.from_dataset(dataset, device), run_config.model_params)
     report = apply_warm_start(model, run_config.model, source, dataset.user_ids, dataset.item_ids)
     if not report.applied:
         raise RuntimeError(report.reason)
@@ -114,6 +113,7 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[999])
     parser.add_argument("--max-epochs", type=int, default=400)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu | cuda[:N] | auto: where every run trains")
     args = parser.parse_args()
 
     import torch
@@ -136,12 +136,12 @@ def main() -> int:
           f"({n_new} held out as new users), train {base.train.nnz}; {len(events)} events ({args.event_fraction:.0%} "
           f"of each base user's train + all of the new users', split seed {args.split_seed}); retrain train "
           f"{retrain_data.train.nnz}; valid {retrain_data.valid.nnz} = the dataset's; test never read; torch threads "
-          f"{args.threads}")
+          f"{args.threads}; device {args.device}")
     rows = []
     for model in args.models:
         for seed in args.seeds:
             run_config = resolve_run_config(model, dataset_preset_name(args.dataset), None,
-                                            train_overrides={"seed": seed, "device": "cpu",
+                                            train_overrides={"seed": seed, "device": args.device,
                                                              "max_epochs": args.max_epochs})
             with tempfile.TemporaryDirectory(prefix="bench-warm-") as tmp:
                 base_run = one_fit(base, run_config, checkpoint_path=Path(tmp) / "checkpoint.pt")
