@@ -16,7 +16,8 @@ Pipeline per forward pass (all inside autograd):
    score = e_uᵀ e_i.
 
 Loss = BPR + λ‖Θ‖² on the batch's ego rows + ``kg_weight`` · TransR L_KG on a KG batch sampled inside
-:meth:`MultiKG4Rec.loss_terms` (uniform KG edges, uniformly corrupted tails, torch's RNG).
+:meth:`MultiKG4Rec.loss_terms` (uniform KG edges, tails corrupted uniformly over entity/item nodes, never
+users; torch's RNG).
 
 Interpretations of the paper are listed in docs/results/multikg4rec.md.
 """
@@ -326,8 +327,13 @@ class MultiKG4Rec(Recommender):
         pairs, merge_index = np.unique(ckg.heads * ckg.n_nodes + ckg.tails, return_inverse=True)
         buffer("edge_merge_index", merge_index.reshape(-1))
         self.node_pattern = EdgePattern(pairs // ckg.n_nodes, pairs % ckg.n_nodes, (ckg.n_nodes, ckg.n_nodes))
-        kg_lo = int(ckg.relation_ptr[N_CF_RELATIONS])
-        self.kg_edge_range = (kg_lo, ckg.n_edges) if kg_lo < ckg.n_edges else (0, ckg.n_edges)
+        # TransR samples the KG part only (never the CF edges): no KG edges -> no KG loss
+        self.kg_edge_range = (int(ckg.relation_ptr[N_CF_RELATIONS]), ckg.n_edges)
+        # corrupted tails are entity/item nodes, never users (users are the last nodes of the CKG)
+        self.n_corruption_nodes = int(ckg.n_nodes - len(ckg.user_node))
+        assert len(ckg.user_node) == 0 or int(ckg.user_node.min()) == self.n_corruption_nodes
+        if self.kg_edge_range[0] == self.kg_edge_range[1] and self.config.kg_weight > 0:
+            logger.warning("the collaborative KG has no KG edges: the TransR loss (kg_weight) is skipped")
 
     def _register_sequences(self, ckg: CollaborativeKG, inputs: ModelInputs, device: torch.device) -> None:
         """BFS sequences of every item (built once per model = per training run) + token tables."""
@@ -463,16 +469,19 @@ class MultiKG4Rec(Recommender):
         return terms
 
     def kg_loss_terms(self, ego: Tensor) -> dict[str, Tensor]:
-        """TransR on a batch of KG edges (uniform, with inverses) with uniformly corrupted tails.
+        """TransR on a batch of KG edges (uniform, with inverses) with tails corrupted uniformly over the entity and
+        item nodes (never users). Empty (no term) when the CKG has no KG edge.
 
         Edges are drawn from the CKG's KG part, so "same entity as" edges are sampled like any KG triple.
         """
         lo, hi = self.kg_edge_range
+        if lo == hi:
+            return {}
         device = ego.device
         # edges are stored sorted by relation, so sorted edge indices come grouped by relation
         edges = torch.randint(lo, hi, (self.config.kg_batch_size,), device=device).sort().values
         heads, relations, tails = self.edge_heads[edges], self.edge_relations[edges], self.edge_tails[edges]
-        corrupted = torch.randint(0, self.n_nodes, (len(edges),), device=device)
+        corrupted = torch.randint(0, self.n_corruption_nodes, (len(edges),), device=device)
         relation_table, projection_table = self.relation_embedding.weight, self.relation_projection
         e_h, e_t, e_c = ego[heads], ego[tails], ego[corrupted]
         normalize = self.config.kg_normalize

@@ -310,6 +310,27 @@ def test_kg_batches_are_seeded_through_torch_rng():
     assert model.loss_terms(batch)["kg"] == first
 
 
+def test_kg_loss_never_touches_user_nodes():
+    # TransR is trained on the KG part of the CKG: heads and tails are KG edges, corrupted tails are drawn from the
+    # entity/item nodes only (a user as the corrupted tail of (film, directed by, ?) is a trivial negative and
+    # would push KG-loss gradients into user embeddings); without any KG edge there is no KG loss at all
+    inputs = _tiny_inputs()
+    params = {**NO_KG_FILTER, "embedding_dim": 8, "message_dropout": 0.0, "kg_batch_size": 512}
+    torch.manual_seed(0)
+    model = build_model("kgat", inputs, params)
+    n_entity_and_item_nodes = model.n_nodes - inputs.n_users  # users are the last nodes
+    assert int(model.user_node.min()) == n_entity_and_item_nodes
+    torch.manual_seed(1)
+    terms = model.kg_loss_terms(model.ego_embeddings())
+    sum(terms.values()).backward()
+    grad = model.node_embedding.weight.grad
+    assert grad[model.user_node].abs().sum() == 0
+    assert (grad[:n_entity_and_item_nodes].abs().sum(dim=1) > 0).all()  # every entity/item node was drawn
+    batch = BPRBatch(users=torch.tensor([0]), pos_items=torch.tensor([0]), neg_items=torch.tensor([3]))
+    without_kg = build_model("kgat", dataclasses.replace(inputs, kg=None), params)
+    assert set(without_kg.loss_terms(batch)) == {"bpr", "reg"}
+
+
 def test_cold_start_encoder_equals_the_representation_of_an_isolated_item():
     torch.manual_seed(0)
     inputs = _tiny_inputs(with_isolated_item=True)
