@@ -13,7 +13,8 @@ split into a generic part E_g^m and a unique part E_q^m ([n_items, p] each, p = 
 * item = [g_1 ‖ q_1 ‖ g_2 ‖ q_2 ‖ ...] (after the GCN) + H;
   user = [a_1·u_1 ‖ a_2·u_2 ‖ ...] with a_m = softmax_m(wᵀ tanh(W u_m + b)) per user.
 * loss = BPR + reg + α·align(E_g over all modality pairs) + β·Σ_m distance(E_q^m, E_g^m), both on the
-  distinct positive items of the batch (optionally ∪ negatives), computed before the graph convolution.
+  distinct positive items of the batch (optionally ∪ negatives), computed before the graph convolution; an item
+  whose feature row in modality m is all zero (a movie without KG facts) is left out of every term of m.
   With ``distance: mi`` the CLUB q-networks are fitted in :meth:`auxiliary_loss_terms` (one estimator
   step per batch, on the same within-modality (generic, unique) pairs the bound is evaluated on).
 
@@ -219,6 +220,7 @@ class SANDObjectiveMixin:
             config.beta,
             config.temperature,
             config.club_hidden_dim,
+            has_features={name: matrix.ne(0).any(dim=1) for name, matrix in features.items()},
         )
 
     def representations(self) -> tuple[Tensor, Tensor]:
@@ -268,7 +270,9 @@ class SANDObjectiveMixin:
     def auxiliary_loss_terms(self, batch: BPRBatch) -> dict[str, Tensor]:
         """One q-network fitting step on the (E_g^m, E_q^m) pairs of this batch's distinct items."""
         items = self._objective_items(batch)
-        return self.objective.estimator_loss_terms(self.projection, self._features(items), standardized=True)
+        return self.objective.estimator_loss_terms(
+            self.projection, self._features(items), standardized=True, items=items
+        )
 
 
 class SAND(SANDObjectiveMixin, Recommender):

@@ -308,15 +308,30 @@ class GenericAlignment(nn.Module):
         self.kind = kind
         self.temperature = temperature
 
-    def forward(self, generic: Mapping[str, Tensor]) -> Tensor:
-        """{modality: generic part [B, p] of the batch's items} -> scalar (0 when ``kind`` is none)."""
+    def forward(self, generic: Mapping[str, Tensor], present: Mapping[str, Tensor] | None = None) -> Tensor:
+        """{modality: generic part [B, p] of the batch's items} -> scalar (0 when ``kind`` is none).
+
+        ``present``: optional {modality: bool [B]}, whether each row's item has features in that modality; a pair
+        of modalities is aligned on the rows present in both (an item without features in a modality has only the
+        projection of an empty feature row there, the same for every such item, which is nothing to align with).
+        A pair with no such row contributes 0.
+        """
         names = sorted(generic)
         first = generic[names[0]]
         if self.kind == "none":
             return first.new_zeros(())
         loss_fn = solosim_loss if self.kind == "solosim" else infonce_loss
         pairs = list(itertools.combinations(names, 2))
-        return sum(loss_fn(generic[a], generic[b], self.temperature) for a, b in pairs) / len(pairs)
+        total = first.new_zeros(())
+        for a, b in pairs:
+            x, y = generic[a], generic[b]
+            if present is not None:
+                keep = present[a] & present[b]
+                x, y = x[keep], y[keep]
+                if x.shape[0] == 0:
+                    continue
+            total = total + loss_fn(x, y, self.temperature)
+        return total / len(pairs)
 
 
 class UniqueDistancing(nn.Module):
@@ -334,24 +349,33 @@ class UniqueDistancing(nn.Module):
         )
 
     def forward(self, generic: Mapping[str, Tensor], unique: Mapping[str, Tensor]) -> Tensor:
-        """Sum over modalities; inputs {modality: [B, p]}; estimators frozen (their step is separate)."""
+        """Sum over modalities; inputs {modality: [B_m, p]} (generic and unique of a modality on the same rows; a
+        modality with no rows contributes 0); estimators frozen (their step is separate)."""
         names = sorted(generic)
+        total = generic[names[0]].new_zeros(())
         if self.kind == "none":
-            return generic[names[0]].new_zeros(())
-        if self.kind == "l2":
-            return sum(neg_l2_distance(generic[name], unique[name]) for name in names)
-        return sum(
-            self.estimators[name].mi_upper_bound(unique[name], generic[name], frozen=True) for name in names
-        )
+            return total
+        for name in names:
+            if generic[name].shape[0] == 0:
+                continue
+            if self.kind == "l2":
+                total = total + neg_l2_distance(generic[name], unique[name])
+            else:
+                total = total + self.estimators[name].mi_upper_bound(unique[name], generic[name], frozen=True)
+        return total
 
     def estimator_loss(self, generic: Mapping[str, Tensor], unique: Mapping[str, Tensor]) -> Tensor | None:
-        """Negative log-likelihood of q_φ(E_g^m | E_q^m) summed over modalities (inputs detached), or None."""
+        """Negative log-likelihood of q_φ(E_g^m | E_q^m) summed over modalities (inputs detached; a modality with
+        no rows contributes 0), or None."""
         if self.kind != "mi":
             return None
-        return -sum(
-            self.estimators[name].log_likelihood(unique[name].detach(), generic[name].detach())
-            for name in sorted(generic)
-        )
+        names = sorted(generic)
+        total = generic[names[0]].new_zeros(())
+        for name in names:
+            if generic[name].shape[0] > 0:
+                estimator = self.estimators[name]
+                total = total - estimator.log_likelihood(unique[name].detach(), generic[name].detach())
+        return total
 
 
 class SeparateAlignmentDistancing(nn.Module):
@@ -372,27 +396,57 @@ class SeparateAlignmentDistancing(nn.Module):
         beta: float,
         temperature: float,
         club_hidden_dim: int | None = None,
+        has_features: Mapping[str, Tensor] | None = None,
     ) -> None:
+        """``has_features``: optional {modality: bool [n_items]}, whether an item's feature row in that
+        modality is not all zero (e.g. a movie without KG facts). Such an item enters neither the alignment
+        of a pair with that modality nor that modality's distancing (nor the CLUB fit): its generic and unique
+        parts there are the projection of an empty row, one constant for all such items, so aligning them
+        would pull all those items' other generic parts towards one shared point. None, or every item with
+        features: all batch items are used."""
         super().__init__()
         self.alignment = GenericAlignment(align, temperature)
         self.distancing = UniqueDistancing(distance, modalities, part_dim, club_hidden_dim or 2 * part_dim)
         self.alpha = alpha
         self.beta = beta
+        self.modalities = sorted(modalities)
+        self.masks_features = has_features is not None and not all(
+            bool(has_features[name].all()) for name in self.modalities
+        )
+        if self.masks_features:
+            for name in self.modalities:
+                self.register_buffer(f"has_features_{name}", has_features[name].bool().clone(), persistent=False)
 
     @staticmethod
     def batch_items(pos_items: Tensor, neg_items: Tensor | None = None) -> Tensor:
         """Distinct positive items of a BPR batch (and its negatives when given), int64 [B']."""
         return torch.unique(pos_items if neg_items is None else torch.cat([pos_items, neg_items]))
 
+    def present(self, items: Tensor) -> dict[str, Tensor] | None:
+        """{modality: bool [B']} whether each of ``items`` has features there; None when every item has them."""
+        if not self.masks_features:
+            return None
+        return {name: getattr(self, f"has_features_{name}")[items] for name in self.modalities}
+
+    @staticmethod
+    def _rows_with_features(
+        parts: Mapping[str, Tensor], present: Mapping[str, Tensor] | None
+    ) -> dict[str, Tensor]:
+        return dict(parts) if present is None else {name: rows[present[name]] for name, rows in parts.items()}
+
     def loss_terms(self, parts: Mapping[str, tuple[Tensor, Tensor]], items: Tensor) -> dict[str, Tensor]:
-        """parts: {modality: (E_g, E_q) [n_items, p]} of all items; items: int64 [B'] rows to use."""
+        """parts: {modality: (E_g, E_q) [n_items, p]} of all items; items: int64 [B'] rows to use (of modality m,
+        only those with features in m, see ``has_features``)."""
         generic = {name: pair[0][items] for name, pair in parts.items()}
         unique = {name: pair[1][items] for name, pair in parts.items()}
+        present = self.present(items)
         terms: dict[str, Tensor] = {}
         if self.alignment.kind != "none" and self.alpha > 0:
-            terms["align"] = self.alpha * self.alignment(generic)
+            terms["align"] = self.alpha * self.alignment(generic, present)
         if self.distancing.kind != "none" and self.beta > 0:
-            terms["distance"] = self.beta * self.distancing(generic, unique)
+            terms["distance"] = self.beta * self.distancing(
+                self._rows_with_features(generic, present), self._rows_with_features(unique, present)
+            )
         return terms
 
     def estimator_parameters(self) -> list[nn.Parameter]:
@@ -408,13 +462,18 @@ class SeparateAlignmentDistancing(nn.Module):
         projection: ModalSplitProjection,
         batch_features: Mapping[str, Tensor],
         standardized: bool = False,
+        items: Tensor | None = None,
     ) -> dict[str, Tensor]:
-        """One CLUB fitting loss on the (E_g^m, E_q^m) pairs of the batch items' features {m: [B', d_m]}."""
+        """One CLUB fitting loss on the (E_g^m, E_q^m) pairs of the batch items' features {m: [B', d_m]};
+        ``items`` int64 [B']: which items those rows are (needed to leave out items without features, see
+        ``has_features``; the main step's :meth:`loss_terms` uses the same rows)."""
         if not self.has_estimator_step:
             return {}
+        if self.masks_features and items is None:
+            raise ValueError("this objective leaves out items without features: pass the batch's items")
         with torch.no_grad():
             parts = projection(batch_features, standardized=standardized)
-        return self.estimator_loss_terms_from_parts(parts)
+        return self._estimator_terms(parts, None if items is None else self.present(items))
 
     def estimator_loss_terms_from_parts(
         self, parts: Mapping[str, tuple[Tensor, Tensor]], items: Tensor | None = None
@@ -422,10 +481,19 @@ class SeparateAlignmentDistancing(nn.Module):
         """The same loss from already projected parts {m: (E_g, E_q) [n, p]} (rows ``items`` if given; detached)."""
         if not self.has_estimator_step:
             return {}
-        generic = {
-            name: (pair[0] if items is None else pair[0][items]).detach() for name, pair in parts.items()
-        }
-        unique = {
-            name: (pair[1] if items is None else pair[1][items]).detach() for name, pair in parts.items()
-        }
+        if items is not None:
+            parts = {name: (pair[0][items], pair[1][items]) for name, pair in parts.items()}
+            present = self.present(items)
+        elif self.masks_features:
+            first = next(iter(parts.values()))[0]
+            present = self.present(torch.arange(first.shape[0], device=first.device))
+        else:
+            present = None
+        return self._estimator_terms(parts, present)
+
+    def _estimator_terms(
+        self, parts: Mapping[str, tuple[Tensor, Tensor]], present: Mapping[str, Tensor] | None
+    ) -> dict[str, Tensor]:
+        generic = self._rows_with_features({name: pair[0].detach() for name, pair in parts.items()}, present)
+        unique = self._rows_with_features({name: pair[1].detach() for name, pair in parts.items()}, present)
         return {"club_nll": self.distancing.estimator_loss(generic, unique)}

@@ -358,3 +358,44 @@ def test_bfloat16_feature_storage_on_cuda_matches_the_cpu_model():
         cpu_items = on_cpu.representations()[1]
         cuda_items = on_cuda.representations()[1].cpu()
     assert (cuda_items - cpu_items).abs().max() <= 2e-2 * cpu_items.abs().max()
+
+
+@pytest.mark.parametrize("align", ["solosim", "infonce"])
+@pytest.mark.parametrize("name", ["sand", "lightgcn_sand"])
+def test_items_without_features_in_a_modality_are_left_out_of_its_alignment_and_distancing(name, align):
+    # Item 1 has no text features (like ML-100K's 84 movies without KG facts): its text parts are the projection of
+    # an empty row, the same constant for every such item. Aligning that constant with the item's image part would
+    # pull all such items' image parts towards one point, so the image-text pair and the text distancing (and the
+    # CLUB fit on text) use the batch items with text features only; the image distancing keeps every item.
+    inputs = _inputs({"image": 9, "text": 4})
+    inputs.features["text"][1] = 0.0
+    torch.manual_seed(0)
+    model = build_model(name, inputs, {"embedding_dim": 8, "align": align, "alpha": 0.5, "beta": 0.3})
+    batch = BPRBatch(
+        users=torch.tensor([0, 1, 2, 3]), pos_items=torch.tensor([0, 1, 2, 4]), neg_items=torch.tensor([5, 6, 7, 7])
+    )
+    aux = model.auxiliary_loss_terms(batch)
+    terms = model.loss_terms(batch)
+    with torch.no_grad():
+        parts = model._project_all()
+    everything, with_text = torch.tensor([0, 1, 2, 4]), torch.tensor([0, 2, 4])
+    objective = model.objective
+    generic = {"image": parts["image"][0][with_text], "text": parts["text"][0][with_text]}
+    expected_align = 0.5 * objective.alignment(generic)
+    estimators = objective.distancing.estimators
+    expected_distance = 0.3 * (
+        estimators["image"].mi_upper_bound(parts["image"][1][everything], parts["image"][0][everything])
+        + estimators["text"].mi_upper_bound(parts["text"][1][with_text], parts["text"][0][with_text])
+    )
+    expected_nll = -(
+        estimators["image"].log_likelihood(parts["image"][1][everything], parts["image"][0][everything])
+        + estimators["text"].log_likelihood(parts["text"][1][with_text], parts["text"][0][with_text])
+    )
+    torch.testing.assert_close(terms["align"].detach(), expected_align)
+    torch.testing.assert_close(terms["distance"].detach(), expected_distance.detach())
+    torch.testing.assert_close(aux["club_nll"].detach(), expected_nll.detach())
+
+
+def test_objective_uses_every_item_when_all_have_features():
+    model = build_model("sand", _inputs({"image": 9, "text": 4}), {"embedding_dim": 8})
+    assert not model.objective.masks_features and model.objective.present(torch.tensor([0, 1])) is None

@@ -167,3 +167,37 @@ def test_objective_uses_distinct_batch_items_and_weights():
     assert objective.estimator_loss_terms(projection, features) == {}
     ablated = SeparateAlignmentDistancing(["a", "b"], 2, "none", "none", 0.5, 2.0, 0.2)
     assert ablated.loss_terms(parts, items) == {}
+
+
+def test_objective_leaves_items_without_features_out_of_their_modality_terms():
+    torch.manual_seed(6)
+    parts = {m: (torch.randn(6, 3), torch.randn(6, 3)) for m in ("a", "b", "c")}
+    has_features = {
+        "a": torch.tensor([True, True, False, True, True, True]),
+        "b": torch.tensor([True, True, True, True, False, True]),
+        "c": torch.ones(6, dtype=torch.bool),
+    }
+    objective = SeparateAlignmentDistancing(
+        ["a", "b", "c"], 3, "solosim", "mi", alpha=1.0, beta=1.0, temperature=0.2, has_features=has_features
+    )
+    items = torch.tensor([0, 2, 4, 5])  # 2 has no a, 4 has no b
+    terms = objective.loss_terms(parts, items)
+
+    def rows(m, kept, part=0):
+        return parts[m][part][torch.tensor(kept)]
+
+    expected_align = (
+        solosim_loss(rows("a", [0, 5]), rows("b", [0, 5]), 0.2)
+        + solosim_loss(rows("a", [0, 4, 5]), rows("c", [0, 4, 5]), 0.2)
+        + solosim_loss(rows("b", [0, 2, 5]), rows("c", [0, 2, 5]), 0.2)
+    ) / 3
+    torch.testing.assert_close(terms["align"], expected_align)
+    kept = {"a": [0, 4, 5], "b": [0, 2, 5], "c": [0, 2, 4, 5]}
+    estimators = objective.distancing.estimators
+    expected_distance = sum(estimators[m].mi_upper_bound(rows(m, k, 1), rows(m, k)) for m, k in kept.items())
+    torch.testing.assert_close(terms["distance"], expected_distance)
+    expected_nll = -sum(estimators[m].log_likelihood(rows(m, k, 1), rows(m, k)) for m, k in kept.items())
+    torch.testing.assert_close(objective.estimator_loss_terms_from_parts(parts, items)["club_nll"], expected_nll)
+    # a pair (or a modality) without any row contributes 0 instead of a NaN
+    lonely = objective.loss_terms(parts, torch.tensor([2, 4]))
+    assert torch.isfinite(lonely["align"]) and torch.isfinite(lonely["distance"])
