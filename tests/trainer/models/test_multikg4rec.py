@@ -310,12 +310,13 @@ def test_kg_batches_are_seeded_through_torch_rng():
     assert model.loss_terms(batch)["kg"] == first
 
 
-def test_kg_loss_never_touches_user_nodes():
-    # TransR is trained on the KG part of the CKG: heads and tails are KG edges, corrupted tails are drawn from the
-    # entity/item nodes only (a user as the corrupted tail of (film, directed by, ?) is a trivial negative and
-    # would push KG-loss gradients into user embeddings); without any KG edge there is no KG loss at all
+def test_kg_loss_with_kg_node_negatives_never_touches_user_nodes():
+    # TransR is trained on the KG part of the CKG: heads and tails are KG edges; with kg_negative_tails: kg_nodes the
+    # corrupted tails are drawn from the entity/item nodes only (no KG-loss gradient reaches user embeddings); without
+    # any KG edge there is no KG loss at all (it used to train TransR on the user-item edges)
     inputs = _tiny_inputs()
-    params = {**NO_KG_FILTER, "embedding_dim": 8, "message_dropout": 0.0, "kg_batch_size": 512}
+    params = {**NO_KG_FILTER, "embedding_dim": 8, "message_dropout": 0.0, "kg_batch_size": 512,
+              "kg_negative_tails": "kg_nodes"}
     torch.manual_seed(0)
     model = build_model("kgat", inputs, params)
     n_entity_and_item_nodes = model.n_nodes - inputs.n_users  # users are the last nodes
@@ -344,3 +345,17 @@ def test_cold_start_encoder_equals_the_representation_of_an_isolated_item():
         encoded = model.item_encoder()(*[inputs.features[m][4:5] for m in sorted(inputs.features)])
     torch.testing.assert_close(encoded[0], items[4], rtol=1e-4, atol=1e-5)
     assert not torch.allclose(encoded[0], items[0])
+
+
+def test_kg_loss_draws_corrupted_tails_from_every_node_by_default():
+    """The default (chosen on valid): corrupted tails over every CKG node, users included, as KGAT's reference code."""
+    inputs = _tiny_inputs()
+    params = {**NO_KG_FILTER, "embedding_dim": 8, "message_dropout": 0.0, "kg_batch_size": 512}
+    torch.manual_seed(0)
+    model = build_model("kgat", inputs, params)
+    assert model.config.kg_negative_tails == "all_nodes" and model.n_corruption_nodes == model.n_nodes
+    torch.manual_seed(1)
+    sum(model.kg_loss_terms(model.ego_embeddings()).values()).backward()
+    assert model.node_embedding.weight.grad[model.user_node].abs().sum() > 0
+    with pytest.raises(ModelInputError, match="kg_negative_tails"):
+        build_model("kgat", inputs, {**params, "kg_negative_tails": "users"})
