@@ -1,16 +1,14 @@
 """Retrain job: events folded into train, new users/items appended, store stream read from real Redis."""
 
 import json
-import os
 import uuid
 
 import numpy as np
 import pytest
 
+from tests.trainer.real_redis import REDIS_URL, redis_client
 from trainer.data.synthetic import planted_dataset
 from trainer.retrain import merge_events, read_store_events
-
-REDIS_URL = os.environ.get("MODALREC_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
 def test_merge_adds_new_pairs_users_and_items_only_once():
@@ -44,20 +42,9 @@ def test_merge_rejects_online_items_with_wrong_dimensions():
     assert report.skipped_unknown_items == 1 and merged.n_items == 20
 
 
-def _redis_client():
-    """A client of the test Redis; the test fails (not skips) when it is down."""
-    redis = pytest.importorskip("redis")
-    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
-    try:
-        client.ping()
-    except redis.ConnectionError:
-        pytest.fail(f"Redis is not reachable at {REDIS_URL}: start it (see README)")
-    return client
-
-
 @pytest.mark.redis
 def test_read_store_events_from_real_redis():
-    client = _redis_client()
+    client = redis_client()
     prefix = f"test-retrain-{uuid.uuid4().hex[:8]}:"
     try:
         for i in range(5):
@@ -79,7 +66,7 @@ def test_events_trimmed_from_the_stream_still_reach_later_retrains(tmp_path, mon
     from trainer.data.features import write_mmrec_dir
     from trainer.retrain import retrain
 
-    client = _redis_client()
+    client = redis_client()
     data = planted_dataset(n_users=20, n_items=30, interactions_per_user=8, with_kg=False, seed=0)
     dataset_dir = write_mmrec_dir(data, tmp_path / "planted")
     trained = []

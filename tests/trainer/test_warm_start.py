@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import uuid
 
 import numpy as np
@@ -14,6 +13,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+from tests.trainer.real_redis import REDIS_URL, redis_client
 from trainer.config import RunConfig, TrainConfig
 from trainer.data.synthetic import planted_dataset
 from trainer.loop import compute_representations, fit
@@ -22,7 +22,6 @@ from trainer.models.registry import MODELS, build_model
 from trainer.warm_start import WarmStartSource, apply_warm_start, load_previous_run
 
 MODEL_NAMES = sorted(MODELS)
-REDIS_URL = os.environ.get("MODALREC_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 NOT_WARM_STARTABLE = {"multikg4rec", "kgat"}  # one node table of entities + items + users (see the model's reason)
 CHEAPER = {"multikg4rec": {"n_blocks": 1, "sequence_length": 4}}
 
@@ -356,14 +355,6 @@ def test_checkpoint_without_row_ids_falls_back_to_the_bundle_its_run_exported(tm
 
 
 # ------------------------------------------------------------------------------------------ retrain
-def _redis_client():
-    redis = pytest.importorskip("redis")
-    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
-    try:
-        client.ping()
-    except redis.ConnectionError:
-        pytest.fail(f"Redis is not reachable at {REDIS_URL}: start it (see README)")
-    return client
 
 
 @pytest.mark.redis
@@ -371,7 +362,7 @@ def test_second_retrain_is_warm_started_from_the_first_and_says_so(tmp_path):
     from trainer.data.features import write_mmrec_dir
     from trainer.retrain import retrain
 
-    client = _redis_client()
+    client = redis_client()
     data = planted_dataset(n_users=20, n_items=30, interactions_per_user=8, with_kg=False, seed=0)
     dataset_dir = write_mmrec_dir(data, tmp_path / "planted")
     config = tmp_path / "tiny.yaml"
