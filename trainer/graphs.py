@@ -151,6 +151,12 @@ def knn_graph(
     return neighbours, similarities
 
 
+def rows_with_features(features: Tensor) -> Tensor:
+    """bool [n]: whether each row of ``features`` [n, d] has a nonzero entry. An all-zero row is an item without
+    features in that modality (e.g. a movie without KG facts): cosine 0 to everything, nothing to align."""
+    return features.ne(0).any(dim=1)
+
+
 def ludp_item_graph_weights(similarities: Tensor, binary: bool = False) -> Tensor:
     """LUDP's edge weights of a kNN item graph: a_ij = s_ij / sqrt(|N_i|) (or 1 / sqrt(|N_i|) if ``binary``).
 

@@ -227,7 +227,8 @@ def _sweep(entry: Path) -> None:
     now = time.time()
     for path in entry.parent.iterdir():
         name = path.name
-        if name.startswith(f"{stem}-v") and name[len(stem) + 2:].isdigit() and int(name[len(stem) + 2:]) < CACHE_FORMAT:
+        owner, _, version = name.rpartition("-v")
+        if owner == stem and version.isdigit() and int(version) < CACHE_FORMAT:
             logger.info("removing the text encoder cache entry %s of an older cache format", path)
             _discard(path)
         elif name.startswith(".") and ".tmp-" in name:

@@ -203,7 +203,7 @@ def apply_warm_start(model: Recommender, model_name: str, source: WarmStartSourc
     try:
         values, report = _plan(model, model_name, source, user_ids, item_ids)
     except WarmStartRefused as exc:
-        return WarmStartReport(applied=False, reason=str(exc), source=source.origin)
+        return not_applied(str(exc), source.origin)
     parameters = dict(model.named_parameters())
     with torch.no_grad():  # every value is staged and checked above: this loop cannot refuse half-way
         for name, value in values.items():

@@ -339,10 +339,9 @@ class MultiKG4Rec(Recommender):
         # TransR samples the KG part only (never the CF edges): no KG edges -> no KG loss
         self.kg_edge_range = (int(ckg.relation_ptr[N_CF_RELATIONS]), ckg.n_edges)
         # corrupted tails: every node, or the entity/item nodes only (users are the last nodes of the CKG)
-        self.n_corruption_nodes = int(ckg.n_nodes - len(ckg.user_node))
-        assert len(ckg.user_node) == 0 or int(ckg.user_node.min()) == self.n_corruption_nodes
-        if self.config.kg_negative_tails == "all_nodes":
-            self.n_corruption_nodes = int(ckg.n_nodes)
+        n_kg_nodes = int(ckg.n_nodes - len(ckg.user_node))
+        assert len(ckg.user_node) == 0 or int(ckg.user_node.min()) == n_kg_nodes
+        self.n_corruption_nodes = int(ckg.n_nodes) if self.config.kg_negative_tails == "all_nodes" else n_kg_nodes
         if self.kg_edge_range[0] == self.kg_edge_range[1] and self.config.kg_weight > 0:
             logger.warning("the collaborative KG has no KG edges: the TransR loss (kg_weight) is skipped")
 

@@ -32,7 +32,13 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor, nn
 
-from trainer.graphs import knn_graph, normalized_bipartite_adjacency, sym_normalize, to_torch_sparse_csr
+from trainer.graphs import (
+    knn_graph,
+    normalized_bipartite_adjacency,
+    rows_with_features,
+    sym_normalize,
+    to_torch_sparse_csr,
+)
 from trainer.losses import bpr_loss, l2_reg
 from trainer.models.base import BPRBatch, ModelConfig, ModelInputError, ModelInputs, Recommender, RowKind
 from trainer.modules.alignment import ModalSplitProjection, SeparateAlignmentDistancing, select_modalities
@@ -139,7 +145,7 @@ def mixed_knn_adjacency(features: dict[str, Tensor], k: int, weights: list[float
         n, k_used = neighbours.shape
         columns = neighbours.cpu().numpy().copy()
         values = np.ones((n, k_used), dtype=np.float32)
-        no_features = np.flatnonzero(~features[name].ne(0).any(dim=1).cpu().numpy())
+        no_features = np.flatnonzero(~rows_with_features(features[name]).cpu().numpy())
         columns[no_features] = no_features[:, None]
         values[no_features, 1:] = 0.0
         binary = sp.csr_matrix(
@@ -220,7 +226,7 @@ class SANDObjectiveMixin:
             config.beta,
             config.temperature,
             config.club_hidden_dim,
-            has_features={name: matrix.ne(0).any(dim=1) for name, matrix in features.items()},
+            has_features={name: rows_with_features(matrix) for name, matrix in features.items()},
         )
 
     def representations(self) -> tuple[Tensor, Tensor]:

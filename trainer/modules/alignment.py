@@ -422,11 +422,13 @@ class SeparateAlignmentDistancing(nn.Module):
         """Distinct positive items of a BPR batch (and its negatives when given), int64 [B']."""
         return torch.unique(pos_items if neg_items is None else torch.cat([pos_items, neg_items]))
 
-    def present(self, items: Tensor) -> dict[str, Tensor] | None:
-        """{modality: bool [B']} whether each of ``items`` has features there; None when every item has them."""
+    def present(self, items: Tensor | None) -> dict[str, Tensor] | None:
+        """{modality: bool [B']} whether each of ``items`` (all items if None) has features there; None when every
+        item has them."""
         if not self.masks_features:
             return None
-        return {name: getattr(self, f"has_features_{name}")[items] for name in self.modalities}
+        masks = {name: getattr(self, f"has_features_{name}") for name in self.modalities}
+        return masks if items is None else {name: mask[items] for name, mask in masks.items()}
 
     @staticmethod
     def _rows_with_features(
@@ -483,13 +485,7 @@ class SeparateAlignmentDistancing(nn.Module):
             return {}
         if items is not None:
             parts = {name: (pair[0][items], pair[1][items]) for name, pair in parts.items()}
-            present = self.present(items)
-        elif self.masks_features:
-            first = next(iter(parts.values()))[0]
-            present = self.present(torch.arange(first.shape[0], device=first.device))
-        else:
-            present = None
-        return self._estimator_terms(parts, present)
+        return self._estimator_terms(parts, self.present(items))
 
     def _estimator_terms(
         self, parts: Mapping[str, tuple[Tensor, Tensor]], present: Mapping[str, Tensor] | None
