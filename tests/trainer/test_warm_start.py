@@ -40,15 +40,25 @@ def _inputs(n_users: int, n_items: int, seed: int = 0) -> ModelInputs:
     return ModelInputs.from_train_matrix(train)
 
 
+def _snapshot(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
 def _source(model, name: str, user_ids, item_ids, **changes) -> WarmStartSource:
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    fields = {"model": name, "model_params": dataclasses.asdict(model.config), "state_dict": state,
+    fields = {"model": name, "model_params": dataclasses.asdict(model.config), "state_dict": _snapshot(model),
               "user_ids": list(user_ids), "item_ids": list(item_ids), "origin": "test"}
     return WarmStartSource(**{**fields, **changes})
 
 
-def _snapshot(model) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+def _planted_pair(name: str, n_users: int, n_items: int):
+    """(dataset, old model, new model): one model built twice (seeds 0 and 1) on a planted dataset without KG."""
+    data = planted_dataset(n_users=n_users, n_items=n_items, interactions_per_user=8, with_kg=False, seed=0)
+    inputs = ModelInputs.from_dataset(data, torch.device("cpu"))
+    torch.manual_seed(0)
+    old = build_model(name, inputs, {"embedding_dim": 32})
+    torch.manual_seed(1)
+    new = build_model(name, inputs, {"embedding_dim": 32})
+    return data, old, new
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -180,12 +190,7 @@ def test_checkpoint_from_before_a_config_field_existed_warm_starts_as_export_reb
     """A checkpoint written before a config field was added (SAND's feature_dtype and transposed_feature_copy, say)
     lacks it in model_params; export and explain rebuild it with the field's default, and so must the warm start's
     comparison: the same model, not "other model_params". A field the config no longer has still refuses."""
-    data = planted_dataset(n_users=20, n_items=30, interactions_per_user=8, with_kg=False, seed=0)
-    inputs = ModelInputs.from_dataset(data, torch.device("cpu"))
-    torch.manual_seed(0)
-    old = build_model("sand", inputs, {"embedding_dim": 32})
-    torch.manual_seed(1)
-    new = build_model("sand", inputs, {"embedding_dim": 32})
+    data, old, new = _planted_pair("sand", 20, 30)
     source = _source(old, "sand", data.user_ids, data.item_ids)
     older = {k: v for k, v in source.model_params.items() if k not in ("feature_dtype", "transposed_feature_copy")}
     report = apply_warm_start(new, "sand", dataclasses.replace(source, model_params=older), data.user_ids,
@@ -203,12 +208,7 @@ def test_checkpoint_from_before_a_config_field_existed_warm_starts_as_export_reb
 def test_shape_mismatch_of_a_shared_parameter_refuses_without_half_applying():
     """LUDP: the row tables come first in named_parameters(); a wrong shape of a later shared parameter must refuse
     the whole warm start, the tables included."""
-    data = planted_dataset(n_users=30, n_items=40, interactions_per_user=8, with_kg=False, seed=0)
-    inputs = ModelInputs.from_dataset(data, torch.device("cpu"))
-    torch.manual_seed(0)
-    old = build_model("ludp", inputs, {"embedding_dim": 32})
-    torch.manual_seed(1)
-    new = build_model("ludp", inputs, {"embedding_dim": 32})
+    data, old, new = _planted_pair("ludp", 30, 40)
     before = _snapshot(new)
     source = _tampered(_source(old, "ludp", data.user_ids, data.item_ids), "feature_projections.0.bias", torch.zeros(7))
     report = apply_warm_start(new, "ludp", source, data.user_ids, data.item_ids)
