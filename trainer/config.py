@@ -65,7 +65,13 @@ def typed_values(config_class: type, values: dict[str, Any], what: str) -> dict[
 
 @dataclass
 class TrainConfig:
-    """Optimisation and early-stopping settings (MMRec defaults)."""
+    """Optimisation and early-stopping settings (MMRec defaults).
+
+    ``flush_denormals``: on a CPU, train with denormal floats flushed to zero (``trainer.loop.denormals_flushed``).
+    Attention that collapses onto one modality (LUDP's and SAND's user attention do) scales that modality's
+    gradients by softmax weights near 1e-30, and matrix products over such values run up to a hundred times
+    slower on x86 CPUs. Values below 1.2e-38 become 0; no effect on a GPU.
+    """
 
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -79,6 +85,7 @@ class TrainConfig:
     stopping_metric: str = "recall@20"
     seed: int = 999
     device: str = "auto"
+    flush_denormals: bool = True
 
     def __post_init__(self) -> None:
         from trainer.evaluate import DEFAULT_KS, METRIC_NAMES, metric_key

@@ -2,10 +2,14 @@
 
     .venv/bin/python tests/benchmarks/bench_ludp.py [--dataset data/ml-100k-mm] [--epochs 3]
         [--knn-items 100000] [--knn-dim 384] [--knn-k 10] [--threads 2] [--epoch-threads 1]
+        [--denormals flushed|kept|both]
 
 Part 1 trains LightGCN and LUDP (registry defaults, batch 2048, Adam) for ``--epochs`` full epochs each,
 interleaved, on ``--epoch-threads`` torch threads (1, as in the training runs: on a shared 2-core machine
 more threads oversubscribe the cores), and prints the median epoch seconds, the ratio, and the process's peak RSS.
+``flushed`` times both models with denormal floats flushed to zero, as ``trainer fit`` trains on a CPU
+(``trainer.loop.denormals_flushed``); ``kept`` without (the trainer before session 13); ``both`` (default) runs
+the two one after the other, fresh models each.
 Part 2 builds a kNN graph (``trainer.graphs.knn_graph``) over ``--knn-items`` random ``--knn-dim``-d features
 in a fresh subprocess and prints its wall time and that subprocess's peak RSS.
 """
@@ -28,7 +32,17 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def bench_epochs(dataset_dir: Path, epochs: int, batch_size: int) -> dict:
+def bench_epochs(dataset_dir: Path, epochs: int, batch_size: int, flush_denormals: bool) -> dict:
+    import torch
+
+    from trainer.loop import denormals_flushed
+
+    with denormals_flushed(torch.device("cpu"), flush_denormals):
+        result = _bench_epochs(dataset_dir, epochs, batch_size)
+    return {"denormals": "flushed" if flush_denormals else "kept", **result}
+
+
+def _bench_epochs(dataset_dir: Path, epochs: int, batch_size: int) -> dict:
     import numpy as np
     import torch
 
@@ -121,6 +135,10 @@ def main() -> None:
     parser.add_argument(
         "--epoch-threads", type=int, default=1, help="torch threads of the epoch timing (training runs use 1)"
     )
+    parser.add_argument(
+        "--denormals", choices=("flushed", "kept", "both"), default="both",
+        help="time the epochs with denormals flushed to zero (as trainer fit on a CPU), kept, or both",
+    )
     parser.add_argument("--skip-epochs", action="store_true")
     parser.add_argument("--skip-knn", action="store_true")
     parser.add_argument("--knn-only", action="store_true", help=argparse.SUPPRESS)
@@ -133,9 +151,11 @@ def main() -> None:
         print(json.dumps(bench_knn(args.knn_items, args.knn_dim, args.knn_k)))
         return
     if not args.skip_epochs:
-        result = bench_epochs(args.dataset, args.epochs, args.batch_size)
-        print("epoch time (same data, same run, interleaved):")
-        print(json.dumps(result, indent=2))
+        modes = {"flushed": [True], "kept": [False], "both": [True, False]}[args.denormals]
+        for flush_denormals in modes:
+            result = bench_epochs(args.dataset, args.epochs, args.batch_size, flush_denormals)
+            print(f"epoch time (same data, same run, interleaved), denormals {result['denormals']}:")
+            print(json.dumps(result, indent=2))
     if not args.skip_knn:
         command = [
             sys.executable, __file__, "--knn-only", "--knn-items", str(args.knn_items),

@@ -7,7 +7,10 @@ Part 2 (``--big``): one training epoch of ``multikg4rec`` on a synthetic collabo
 ``--triples`` KG triples (default 1,000,000), with its time and peak RSS.
 
     .venv/bin/python tests/benchmarks/bench_multikg4rec.py [--dataset DIR] [--epochs 2] [--big] [--threads 2]
-        [--schedule cpu|gpu] [--batch-size 16384]
+        [--schedule cpu|gpu] [--batch-size 16384] [--keep-denormals]
+
+Every model trains with denormal floats flushed to zero, as ``trainer fit`` trains on a CPU
+(``trainer.loop.denormals_flushed``); ``--keep-denormals`` times them without (the trainer before session 13).
 """
 
 from __future__ import annotations
@@ -131,7 +134,15 @@ def load_dataset(path: str | None):
 def child(args: argparse.Namespace) -> None:
     import torch
 
+    from trainer.loop import denormals_flushed
+
     torch.set_num_threads(args.threads)
+    with denormals_flushed(torch.device("cpu"), not args.keep_denormals):
+        result = _child_result(args)
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def _child_result(args: argparse.Namespace) -> dict:
     if args.big:
         dataset = synthetic_kg_dataset(
             args.triples, args.big_users, args.big_items, args.big_entities, args.big_interactions
@@ -142,7 +153,7 @@ def child(args: argparse.Namespace) -> None:
         result = measure_one(
             args.one, load_dataset(args.dataset), args.epochs, args.batch_size, args.lr, args.schedule
         )
-    print("RESULT " + json.dumps(result), flush=True)
+    return result
 
 
 def run_child(extra: list[str], args: argparse.Namespace) -> dict:
@@ -163,6 +174,8 @@ def run_child(extra: list[str], args: argparse.Namespace) -> dict:
     ]
     if args.dataset:
         command += ["--dataset", args.dataset]
+    if args.keep_denormals:
+        command.append("--keep-denormals")
     output = subprocess.run(command, cwd=REPO, check=True, capture_output=True, text=True).stdout
     return json.loads(next(line for line in output.splitlines() if line.startswith("RESULT "))[7:])
 
@@ -181,6 +194,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--big", action="store_true", help="also run one epoch on a synthetic KG of --triples"
+    )
+    parser.add_argument(
+        "--keep-denormals", action="store_true", help="train without flushing denormals to zero (default: flushed)"
     )
     parser.add_argument("--triples", type=int, default=1_000_000)
     parser.add_argument("--big-users", type=int, default=5_000)

@@ -6,7 +6,10 @@ available here). The per-batch work mirrors ``trainer.loop.fit``: BPR batches wi
 the auxiliary (CLUB) optimiser step when the model has one, then the main Adam step.
 
     .venv/bin/python tests/benchmarks/bench_sand.py [--dataset DIR] [--rounds 5] [--epochs 1] [--threads 1]
-        [--models lightgcn sand_l2 sand_mi sand_l2_bf16 sand_mi_bf16]
+        [--models lightgcn sand_l2 sand_mi sand_l2_bf16 sand_mi_bf16] [--keep-denormals]
+
+On a CPU every model trains with denormal floats flushed to zero, as ``trainer fit`` does
+(``trainer.loop.denormals_flushed``); ``--keep-denormals`` times them without (the trainer before session 13).
 
 The ``*_bf16`` variants (not timed by default) store the standardised features in bfloat16 and run the
 feature projection in bfloat16 (``feature_dtype: bfloat16``). The ``*_no_tcopy`` variants (not timed by
@@ -42,7 +45,7 @@ import numpy as np
 import torch
 
 from trainer.data import load_dataset
-from trainer.loop import NegativeSampler, make_adam
+from trainer.loop import NegativeSampler, denormals_flushed, make_adam
 from trainer.models.base import ModelInputs
 from trainer.models.registry import build_model
 
@@ -210,11 +213,18 @@ def main(argv: list[str] | None = None) -> int:
         "--models", nargs="+", default=DEFAULT_MODELS, choices=list(VARIANTS),
         help="variants to time (the *_bf16 ones store and project the features in bfloat16)",
     )
+    parser.add_argument(
+        "--keep-denormals", action="store_true", help="train without flushing denormals to zero (default: flushed)"
+    )
     parser.add_argument("--memory-only", choices=list(VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    if args.memory_only:
-        return memory_only(args)
+    with denormals_flushed(torch.device(args.device), not args.keep_denormals):
+        return memory_only(args) if args.memory_only else timed(args)
+
+
+def timed(args: argparse.Namespace) -> int:
+    """Interleaved epoch timing of ``args.models``, then each model's peak memory in a fresh subprocess."""
     device = torch.device(args.device)
 
     dataset, inputs = load(args)
@@ -223,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         f"features={ {k: v.shape[1] for k, v in dataset.features.items()} } batch={args.batch_size} "
         f"dim={args.embedding_dim} threads={torch.get_num_threads()} device={device} "
         f"rounds={args.rounds} epochs/round={args.epochs} cpus={os.cpu_count()} "
+        f"denormals={'kept' if args.keep_denormals else 'flushed'} "
         f"loadavg_before={os.getloadavg()[0]:.2f}",
         flush=True,
     )
@@ -294,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
             args.device,
             "--memory-batches",
             str(args.memory_batches),
+            *(["--keep-denormals"] if args.keep_denormals else []),
         ]
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         result = json.loads(output.strip().splitlines()[-1])

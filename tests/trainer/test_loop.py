@@ -138,3 +138,50 @@ def test_hyperparameter_search_needs_no_test_split():
     result = loop.fit(data, RunConfig(model="mf", train=TrainConfig(max_epochs=1, device="cpu")), progress=False,
                  evaluate_test=False)
     assert result.best_epoch == 1
+
+
+def _denormal_product() -> float:
+    """1e-30 * 1e-10 in float32: 1e-40 is a denormal (float32's smallest normal is ~1.2e-38)."""
+    return float(torch.tensor([1e-30], dtype=torch.float32) * torch.tensor([1e-10], dtype=torch.float32))
+
+
+@pytest.mark.skipif(not torch.set_flush_denormal(False), reason="this CPU has no flush-to-zero flags")
+def test_denormals_are_flushed_inside_the_block_and_restored_after():
+    assert not loop.denormals_are_flushed() and _denormal_product() > 0
+    with loop.denormals_flushed(torch.device("cpu")):
+        assert loop.denormals_are_flushed() and _denormal_product() == 0.0
+    assert not loop.denormals_are_flushed() and _denormal_product() > 0
+    with loop.denormals_flushed(torch.device("cpu"), enabled=False):
+        assert not loop.denormals_are_flushed()
+    with loop.denormals_flushed(torch.device("cuda")):  # not a CPU: the CPU's mode is left alone
+        assert not loop.denormals_are_flushed()
+
+
+@pytest.mark.skipif(not torch.set_flush_denormal(False), reason="this CPU has no flush-to-zero flags")
+def test_denormals_flushed_leaves_a_mode_set_by_the_caller_on():
+    torch.set_flush_denormal(True)
+    try:
+        with loop.denormals_flushed(torch.device("cpu")):
+            assert loop.denormals_are_flushed()
+        assert loop.denormals_are_flushed()
+    finally:
+        torch.set_flush_denormal(False)
+
+
+@pytest.mark.skipif(not torch.set_flush_denormal(False), reason="this CPU has no flush-to-zero flags")
+@pytest.mark.parametrize("flush_denormals", [True, False])
+def test_fit_trains_and_evaluates_with_train_flush_denormals(monkeypatch, flush_denormals):
+    data = planted_dataset(n_users=60, n_items=80, seed=1)
+    modes = []
+    real = loop.evaluate_full_ranking
+
+    def spy(*args, **kwargs):
+        modes.append(loop.denormals_are_flushed())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "evaluate_full_ranking", spy)
+    run = RunConfig(model="mf", train=TrainConfig(lr=0.01, batch_size=256, max_epochs=2, device="cpu",
+                                                  flush_denormals=flush_denormals))
+    loop.fit(data, run, progress=False)
+    assert modes == [flush_denormals] * 3  # two valid epochs and the test read
+    assert not loop.denormals_are_flushed()  # restored when fit returns
