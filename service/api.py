@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 
@@ -79,18 +81,36 @@ def check_bearer(credentials: Credentials, token: str) -> None:
         raise UnauthorizedError("missing or wrong bearer token")
 
 
-async def require_write_token(
-    runtime: RuntimeDep, credentials: Annotated[Credentials, Depends(write_bearer)]
-) -> None:
-    """Dependency of the write routes. FastAPI runs it before it validates the body into the route's model, so a
-    refused request is never validated, encoded or written (only a body that is not JSON at all is a 422 first).
-    Async: no thread-pool hop."""
-    token = runtime.settings.write_token
-    if token:
-        check_bearer(credentials, token)
+class WriteTokenFirstRoute(APIRoute):
+    """Route class of the write routes: the bearer token (MODALREC_WRITE_TOKEN, when set) is checked before anything
+    else, before FastAPI parses or validates the body. A refused request is never parsed, validated, encoded
+    or written, and a body that is not JSON at all gets 401 like any other: FastAPI parses a JSON body before it
+    solves the route's dependencies, so a dependency could not see such a request first."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def token_first(request: Request) -> Response:
+            token = request.app.state.runtime.settings.write_token
+            if token:
+                check_bearer(await write_bearer(request), token)
+            return await handler(request)
+
+        return token_first
 
 
-WRITE_AUTH = [Depends(require_write_token)]
+def write_route(path: str, **options: Any) -> Callable[[Callable], Callable]:
+    """``@router.post`` for a write route: WriteTokenFirstRoute does the check; the write_bearer dependency only
+    declares the scheme in OpenAPI (with auto_error=False it refuses nothing)."""
+
+    def register(endpoint: Callable) -> Callable:
+        router.add_api_route(
+            path, endpoint, methods=["POST"], dependencies=[Depends(write_bearer)],
+            route_class_override=WriteTokenFirstRoute, **options,
+        )  # fmt: skip
+        return endpoint
+
+    return register
 
 
 RECOMMEND_OPENAPI = {
@@ -162,12 +182,11 @@ async def recommend(request: Request) -> Response:
     return Response(orjson.dumps(payload), media_type="application/json")
 
 
-@router.post(
+@write_route(
     "/users/{user_id}/events",
     response_model=EventsResponse,
     responses={**UNAUTHORIZED, **ERRORS},
     tags=["serving"],
-    dependencies=WRITE_AUTH,
 )
 async def record_events(user_id: WrittenUserId, body: EventsRequest, runtime: RuntimeDep) -> EventsResponse:
     """Record interactions: the user's seen set (filtered from recommendations) and the event stream.
@@ -177,13 +196,12 @@ async def record_events(user_id: WrittenUserId, body: EventsRequest, runtime: Ru
     return EventsResponse(user_id=user_id, recorded=recorded)
 
 
-@router.post(
+@write_route(
     "/items",
     response_model=NewItemResponse,
     status_code=201,
     responses={**UNAUTHORIZED, **ERRORS},
     tags=["serving"],
-    dependencies=WRITE_AUTH,
 )
 def add_item(body: NewItemRequest, runtime: RuntimeDep) -> NewItemResponse:
     """Add (or replace) a cold-start item from its modality features via the bundle's item encoder; the modality

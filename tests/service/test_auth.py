@@ -97,10 +97,18 @@ def test_a_refused_write_changes_nothing_and_never_reaches_the_runtime(guarded: 
         for headers in REFUSED_HEADERS.values():
             for path, body, _ in WRITES:
                 assert guarded.post(path, json=body, headers=headers).status_code == 401
-        # the token is checked before the body is validated: an invalid body gets 401 too, not 422
+        # the token is checked before the body is parsed or validated: an invalid body, or one that is not JSON at
+        # all, gets 401 too, not 422
         bad_item = {"item_id": "x\ty", "features": {"nope": "text"}, "extra": 1}
         assert guarded.post("/items", json=bad_item).status_code == 401
         assert guarded.post("/users/u1/events", json={"item_ids": []}).status_code == 401
+        for path in ("/items", "/users/u1/events"):
+            for raw in (b"{not json", b"\xff\xfe", b""):
+                refused = guarded.post(path, content=raw, headers={"Content-Type": "application/json"})
+                assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer", (path, raw)
+            # with the token, the same body is parsed and refused as before
+            parsed = guarded.post(path, content=b"{not json", headers={**WRITE_AUTH, "Content-Type": "application/json"})
+            assert parsed.status_code == 422, path
     assert written(guarded, store) == before
     # the same requests with the token do write (the comparison above could see a change)
     assert guarded.post("/items", json=NEW_ITEM, headers=WRITE_AUTH).status_code == 201
