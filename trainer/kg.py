@@ -233,7 +233,7 @@ def filter_kg(
     item_entity: np.ndarray | Tensor,
     min_entity_triples: int = 10,
     min_relation_triples: int = 50,
-) -> tuple[np.ndarray, int, np.ndarray]:
+) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
     """KGAT's KG preprocessing: drop rare entities and relations, then renumber the entities that remain.
 
     A triple is kept when both endpoints are item entities or occur in at least ``min_entity_triples``
@@ -246,7 +246,8 @@ def filter_kg(
         triples: int64 [n, 3]; item_entity: int64 [n_items] (-1 unlinked).
 
     Returns:
-        (triples int64 [m, 3] with new entity ids, new entity count, item_entity int64 [n_items] renumbered).
+        (triples int64 [m, 3] with new entity ids, new entity count, item_entity int64 [n_items] renumbered,
+        kept int64 [new entity count]: the original id of each new entity id).
     """
     triples_np = _as_numpy(triples).astype(np.int64).reshape(-1, 3)
     links = _as_numpy(item_entity).astype(np.int64)
@@ -273,7 +274,7 @@ def filter_kg(
         n_entities,
         int(used.sum()),
     )
-    return renumbered, int(used.sum()), new_links
+    return renumbered, int(used.sum()), new_links, np.flatnonzero(used)
 
 
 def _as_numpy(array: np.ndarray | Tensor) -> np.ndarray:

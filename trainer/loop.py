@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from trainer.config import RunConfig
 from trainer.data.dataset import DatasetError, InteractionDataset
 from trainer.evaluate import evaluate_full_ranking
-from trainer.models.base import BPRBatch, ModelInputs, Recommender
+from trainer.models.base import BPRBatch, ModelInputs, Recommender, RowIds
 from trainer.models.registry import build_model
 from trainer.warm_start import WarmStartReport, WarmStartSource, apply_warm_start
 
@@ -168,7 +168,8 @@ def fit(
     model is built (so the random draws of the run are those of a cold run with the same seed) and before the
     optimiser exists; when it is refused the run trains from its fresh initialisation. The report is logged and
     returned in ``FitResult.warm_start``. Checkpoints record the dataset's ``user_ids`` / ``item_ids`` (the ids of
-    the model's rows), so a later run can warm-start from them.
+    the model's rows) and the keys of the model's other kinds of rows (``row_keys``), so a later run can warm-start
+    from them.
 
     On a CPU, training and evaluation run with denormals flushed to zero unless ``train.flush_denormals`` is off.
     """
@@ -202,14 +203,18 @@ def _fit_on(
     model = build_model(run_config.model, inputs, run_config.model_params)
     warm_report = None
     if warm_start is not None:
-        warm_report = apply_warm_start(model, run_config.model, warm_start, dataset.user_ids, dataset.item_ids)
+        warm_report = apply_warm_start(model, run_config.model, warm_start, RowIds.of(dataset))
         if warm_report.applied:
             logger.info("%s", warm_report.summary())
         else:
             logger.warning("%s; training from scratch", warm_report.summary())
     if checkpoint_path is not None:
+        # the keys of the model's other kinds of rows (Multi-KG4Rec's graph nodes and relations): the user and item
+        # ids are stored as such
+        other_keys = {kind: keys for kind, keys in model.row_keys(RowIds.of(dataset)).items()
+                      if kind not in ("user", "item")}
         checkpoint_extra = {**(checkpoint_extra or {}), "user_ids": list(dataset.user_ids),
-                            "item_ids": list(dataset.item_ids)}
+                            "item_ids": list(dataset.item_ids), "row_keys": other_keys}
     aux_params = model.auxiliary_parameters()
     aux_ids = {id(p) for p in aux_params}
     main_params = [p for p in model.parameters() if id(p) not in aux_ids]

@@ -3,19 +3,21 @@
 :func:`apply_warm_start` is pure (no file I/O) and all-or-nothing. It copies every learned parameter whose meaning
 carries over to the new dataset:
 
-* a parameter the model declares in :meth:`~trainer.models.base.Recommender.row_tables` (one row per user or per
-  item) is copied row by row, matching EXTERNAL ids: the new row of id ``x`` gets the old row of id ``x``; rows of
-  new ids keep their fresh initialisation, old rows of ids no longer in the dataset are dropped. Nothing assumes
-  the new ids extend the old ones;
+* a parameter the model declares in :meth:`~trainer.models.base.Recommender.row_tables` (one row per user, per
+  item, or per node or relation of the model's own graph) is copied row by row, matching EXTERNAL keys
+  (:meth:`~trainer.models.base.Recommender.row_keys`: the user and item ids; for Multi-KG4Rec's node table the
+  entity, item or user id a node stands for, for its relation tables the relation names): the new row of key ``x``
+  gets the old row of key ``x``; rows of new keys keep their fresh initialisation, old rows of keys no longer there
+  are dropped. Nothing assumes the new keys extend the old ones;
 * every other parameter (projections, attention, fusion weights...) must have the same shape and is copied whole;
 * buffers (graphs, features, normalised adjacencies, feature statistics) are never copied: the new model built
   them from the new data.
 
-It refuses, leaving the fresh model exactly as it was, when the model cannot be warm-started
-(:meth:`~trainer.models.base.Recommender.warm_start_unsupported`), the checkpoint is of another model name or other
+It refuses, leaving the fresh model exactly as it was, when the checkpoint is of another model name or other
 model parameters (those it lacks, fields added since it was written, take their defaults, as ``trainer export``
 rebuilds it), a parameter is missing on either side, a shape differs other than along a declared row axis, a
-table's row count does not match its id list, ids repeat, or a value is not finite. Optimiser state is not carried
+table's row count does not match its key list, keys repeat, the checkpoint does not record the keys of a kind of
+row (a Multi-KG4Rec checkpoint written before session 13), or a value is not finite. Optimiser state is not carried
 over (checkpoints do not hold it): the new run starts Adam afresh.
 
 :func:`load_previous_run` reads the source from a run directory (``checkpoint.pt`` and the ids of its rows).
@@ -34,15 +36,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from trainer.models.base import Recommender
+from trainer.models.base import Recommender, RowIds
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class WarmStartSource:
-    """A previous model: registry name, resolved model parameters, state_dict (any device) and the external ids of
-    its user and item rows (row ``i`` of a user table is ``user_ids[i]``). ``origin`` says where it came from."""
+    """A previous model: registry name, resolved model parameters, state_dict (any device), the external ids of its
+    user and item rows (row ``i`` of a user table is ``user_ids[i]``) and the keys of its other kinds of rows
+    (``row_keys``: {kind: keys}, e.g. Multi-KG4Rec's ``node`` and ``relation`` rows). ``origin`` says where it came
+    from."""
 
     model: str
     model_params: dict[str, Any]
@@ -51,6 +55,12 @@ class WarmStartSource:
     item_ids: Sequence[str]
     origin: str = ""
     epoch: int | None = None
+    row_keys: Mapping[str, Sequence[str]] = field(default_factory=dict)
+
+    def keys(self) -> dict[str, list[str]]:
+        """{kind: keys of the previous model's rows of that kind}, user and item rows included."""
+        keys = {kind: [str(x) for x in values] for kind, values in self.row_keys.items()}
+        return {"user": [str(x) for x in self.user_ids], "item": [str(x) for x in self.item_ids], **keys}
 
 
 @dataclass
@@ -63,8 +73,8 @@ class WarmStartReport:
         reason: why it was refused or not attempted; None when applied.
         source: where the previous model came from (``WarmStartSource.origin``).
         copied: parameters copied whole.
-        row_mapped: per-row tables: {name: {"kind", "kept" (rows copied by id), "new" (fresh rows), "dropped" (old
-            rows whose id is gone)}}.
+        row_mapped: per-row tables: {name: {"kind", "kept" (rows copied by key), "new" (fresh rows), "dropped" (old
+            rows whose key is gone)}}.
         skipped: {name: reason} for what was deliberately not copied (buffers).
     """
 
@@ -98,19 +108,16 @@ def _comparable(params: Mapping[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(dict(params), default=str))
 
 
-def _id_rows(ids: Sequence[str], what: str) -> dict[str, int]:
-    rows = {str(identifier): row for row, identifier in enumerate(ids)}
-    if len(rows) != len(ids):
-        raise WarmStartRefused(f"the {what} ids repeat: rows cannot be matched by id")
+def _key_rows(keys: Sequence[str], what: str) -> dict[str, int]:
+    rows = {str(key): row for row, key in enumerate(keys)}
+    if len(rows) != len(keys):
+        raise WarmStartRefused(f"the {what} keys repeat: rows cannot be matched by key")
     return rows
 
 
-def _plan(model: Recommender, model_name: str, source: WarmStartSource, user_ids: Sequence[str],
-          item_ids: Sequence[str]) -> tuple[dict[str, Tensor], WarmStartReport]:
+def _plan(model: Recommender, model_name: str, source: WarmStartSource,
+          ids: RowIds) -> tuple[dict[str, Tensor], WarmStartReport]:
     """The new value of every parameter (on the parameter's device) and the report; raises WarmStartRefused."""
-    unsupported = model.warm_start_unsupported()
-    if unsupported:
-        raise WarmStartRefused(f"model {model_name!r} cannot be warm-started: {unsupported}")
     if source.model != model_name:
         raise WarmStartRefused(f"the previous checkpoint is model {source.model!r}, this run trains {model_name!r}")
     from trainer.models.registry import build_config
@@ -138,21 +145,25 @@ def _plan(model: Recommender, model_name: str, source: WarmStartSource, user_ids
     missing = sorted(set(parameters) - set(source.state_dict))
     if missing:
         raise WarmStartRefused(f"the previous checkpoint lacks parameters: {missing[:5]}")
-    ids = {"user": (list(user_ids), list(source.user_ids)), "item": (list(item_ids), list(source.item_ids))}
-    expected_rows = {"user": model.n_users, "item": model.n_items}
-    for kind, (new_ids, _) in ids.items():
-        if len(new_ids) != expected_rows[kind]:
-            raise WarmStartRefused(f"{len(new_ids)} {kind} ids given for a model with {expected_rows[kind]} {kind}s")
+    for kind, count in (("user", model.n_users), ("item", model.n_items)):
+        given = len(ids.user_ids if kind == "user" else ids.item_ids)
+        if given != count:
+            raise WarmStartRefused(f"{given} {kind} ids given for a model with {count} {kind}s")
+    new_keys, old_keys = model.row_keys(ids), source.keys()
     mappings: dict[str, tuple[list[int], list[int], int]] = {}
     for kind in sorted(set(tables.values())):
-        if kind not in ids:
-            raise WarmStartRefused(f"row_tables() declares an unknown row kind {kind!r}")
-        new_ids, old_ids = ids[kind]
-        old_rows = _id_rows(old_ids, f"previous {kind}")
-        _id_rows(new_ids, f"new {kind}")
-        new_positions = [row for row, identifier in enumerate(new_ids) if str(identifier) in old_rows]
-        old_positions = [old_rows[str(new_ids[row])] for row in new_positions]
-        mappings[kind] = (new_positions, old_positions, len(old_ids) - len(new_positions))
+        if kind not in new_keys:
+            raise WarmStartRefused(f"row_tables() declares row kind {kind!r} but row_keys() gives no keys for it")
+        if kind not in old_keys:
+            raise WarmStartRefused(
+                f"the previous checkpoint does not record the keys of its {kind} rows (checkpoints store them since "
+                "session 13)"
+            )
+        old_rows = _key_rows(old_keys[kind], f"previous {kind}")
+        new_rows = _key_rows(new_keys[kind], f"new {kind}")
+        kept = [(row, old_rows[key]) for key, row in new_rows.items() if key in old_rows]
+        new_positions, old_positions = [new for new, _ in kept], [old for _, old in kept]
+        mappings[kind] = (new_positions, old_positions, len(old_rows) - len(new_positions))
 
     values: dict[str, Tensor] = {}
     report = WarmStartReport(applied=True, source=source.origin)
@@ -173,11 +184,13 @@ def _plan(model: Recommender, model_name: str, source: WarmStartSource, user_ids
             report.copied.append(name)
             continue
         new_positions, old_positions, dropped = mappings[kind]
-        old_ids = ids[kind][1]
-        if old.dim() == 0 or old.shape[0] != len(old_ids) or tuple(old.shape[1:]) != tuple(parameter.shape[1:]):
+        n_old, n_new = len(old_keys[kind]), len(new_keys[kind])
+        if parameter.shape[0] != n_new:
+            raise WarmStartRefused(f"{kind} table {name} has {parameter.shape[0]} rows but row_keys() gives {n_new}")
+        if old.dim() == 0 or old.shape[0] != n_old or tuple(old.shape[1:]) != tuple(parameter.shape[1:]):
             raise WarmStartRefused(
-                f"{kind} table {name}: checkpoint shape {tuple(old.shape)} does not fit {len(old_ids)} previous "
-                f"{kind} ids and rows of shape {tuple(parameter.shape[1:])}"
+                f"{kind} table {name}: checkpoint shape {tuple(old.shape)} does not fit {n_old} previous "
+                f"{kind} keys and rows of shape {tuple(parameter.shape[1:])}"
             )
         value = parameter.detach().clone()
         if new_positions:
@@ -192,16 +205,15 @@ def _plan(model: Recommender, model_name: str, source: WarmStartSource, user_ids
     return values, report
 
 
-def apply_warm_start(model: Recommender, model_name: str, source: WarmStartSource, user_ids: Sequence[str],
-                     item_ids: Sequence[str]) -> WarmStartReport:
-    """Initialise ``model`` (freshly built on the new dataset, whose rows are ``user_ids`` / ``item_ids``) from
-    ``source``; all or nothing. ``model_name`` is the registry name the model was built as (``kgat`` and
+def apply_warm_start(model: Recommender, model_name: str, source: WarmStartSource, ids: RowIds) -> WarmStartReport:
+    """Initialise ``model`` (freshly built on the new dataset, whose row ids are ``ids``) from ``source``; all or
+    nothing. ``model_name`` is the registry name the model was built as (``kgat`` and
     ``multikg4rec`` share a class).
 
     Returns a report; ``applied`` False (with the reason) when refused, and then no parameter has changed.
     """
     try:
-        values, report = _plan(model, model_name, source, user_ids, item_ids)
+        values, report = _plan(model, model_name, source, ids)
     except WarmStartRefused as exc:
         return not_applied(str(exc), source.origin)
     parameters = dict(model.named_parameters())
@@ -245,6 +257,9 @@ def load_previous_run(run_dir: Path, map_location: str | torch.device = "cpu") -
         if user_ids is None:
             return None, f"{path} does not store the ids of its rows and {why}"
         origin += f", row ids from {why}"
+    row_keys = payload.get("row_keys") or {}
+    if not isinstance(row_keys, dict) or not all(isinstance(keys, list | tuple) for keys in row_keys.values()):
+        return None, f"{path} has a malformed row_keys entry (expected {{kind: [key, ...]}})"
     return WarmStartSource(
         model=str(payload["model"]),
         model_params=dict(payload["model_params"]),
@@ -253,6 +268,7 @@ def load_previous_run(run_dir: Path, map_location: str | torch.device = "cpu") -
         item_ids=[str(x) for x in item_ids],
         origin=origin,
         epoch=payload.get("epoch"),
+        row_keys={str(kind): [str(key) for key in keys] for kind, keys in row_keys.items()},
     ), ""
 
 

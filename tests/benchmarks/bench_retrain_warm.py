@@ -89,14 +89,14 @@ def warm_start_valid(dataset, run_config, source) -> float:
 
     from trainer.evaluate import evaluate_full_ranking
     from trainer.loop import compute_representations, seed_everything, select_device
-    from trainer.models.base import ModelInputs
+    from trainer.models.base import ModelInputs, RowIds
     from trainer.models.registry import build_model
     from trainer.warm_start import apply_warm_start
 
     seed_everything(run_config.train.seed)
     device = select_device(run_config.train.device)
     model = build_model(run_config.model, ModelInputs.from_dataset(dataset, device), run_config.model_params)
-    report = apply_warm_start(model, run_config.model, source, dataset.user_ids, dataset.item_ids)
+    report = apply_warm_start(model, run_config.model, source, RowIds.of(dataset))
     if not report.applied:
         raise RuntimeError(report.reason)
     users, items = compute_representations(model)

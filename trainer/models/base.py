@@ -10,20 +10,24 @@ config dataclass; its constructor does no file, argv or network I/O. The trainin
 * optional hooks: :meth:`auxiliary_parameters` / :meth:`auxiliary_loss_terms` (a second optimiser
   step per batch, e.g. SAND's CLUB estimator), :meth:`on_epoch_start`, and :meth:`item_encoder`
   (the model's own cold-start encoder, exported to ONNX; models without one get a feature-neighbour encoder);
-* warm start (``trainer.warm_start``): :meth:`row_tables` names the parameters with one row per user or per item,
-  which are copied row by row by external id; :meth:`warm_start_unsupported` gives the reason a model cannot be
-  warm-started at all.
+* warm start (``trainer.warm_start``): :meth:`row_tables` names the parameters with one row per user, per item
+  or per another keyed thing (Multi-KG4Rec's graph nodes and relations), :meth:`row_keys` gives every row's
+  external key, and the warm start copies those tables row by row by key.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from trainer.data.dataset import InteractionDataset
 
 
 @dataclass
@@ -125,8 +129,34 @@ class BPRBatch:
     neg_items: Tensor
 
 
-RowKind = Literal["user", "item"]
-"""Axis-0 meaning of a per-row parameter table: one row per user or one row per item (in dataset row order)."""
+RowKind = Literal["user", "item", "node", "relation"]
+"""Axis-0 meaning of a per-row parameter table: one row per user or per item (in dataset row order), or per node or
+relation of a model's own graph (in the model's layout, keyed by :meth:`Recommender.row_keys`)."""
+
+
+@dataclass(frozen=True)
+class RowIds:
+    """External ids of a dataset's rows, from which a model derives the keys of its table rows (``row_keys``).
+
+    Attributes:
+        user_ids, item_ids: the dataset's user and item ids, in row order.
+        entity_ids, relation_ids: its knowledge graph's entity and relation ids, in index order (empty without a KG).
+    """
+
+    user_ids: Sequence[str]
+    item_ids: Sequence[str]
+    entity_ids: Sequence[str] = ()
+    relation_ids: Sequence[str] = ()
+
+    @classmethod
+    def of(cls, dataset: InteractionDataset) -> RowIds:
+        kg = dataset.kg
+        return cls(
+            user_ids=list(dataset.user_ids),
+            item_ids=list(dataset.item_ids),
+            entity_ids=list(kg.entity_ids) if kg is not None else [],
+            relation_ids=list(kg.relation_ids) if kg is not None else [],
+        )
 
 
 class ModelInputError(ValueError):
@@ -170,14 +200,17 @@ class Recommender(nn.Module):
 
     def row_tables(self) -> dict[str, RowKind]:
         """Parameters (``named_parameters()`` names) whose axis 0 has one row per user (``"user"``) or per item
-        (``"item"``), row ``i`` being dataset row ``i``. A warm start copies these row by row, matching external
-        ids; every other parameter is copied whole, so a per-user or per-item table missing here would be copied
-        by position. Default: none (a model without such tables)."""
+        (``"item"``), row ``i`` being dataset row ``i``, or one row per node or relation of the model's own graph
+        (``"node"``, ``"relation"``). A warm start copies these row by row, matching the keys of :meth:`row_keys`;
+        every other parameter is copied whole, so a per-row table missing here would be copied by position.
+        Default: none (a model without such tables)."""
         return {}
 
-    def warm_start_unsupported(self) -> str | None:
-        """Why this model cannot be warm-started from a previous checkpoint, or None (default) when it can."""
-        return None
+    def row_keys(self, ids: RowIds) -> dict[str, list[str]]:
+        """The external key of every row of each row kind :meth:`row_tables` uses, in row order, for a model built on
+        the dataset whose ids are ``ids``. Default: ``user`` rows are the user ids, ``item`` rows the item ids; a
+        model with ``node`` or ``relation`` tables returns their keys too (unique within a kind)."""
+        return {"user": [str(x) for x in ids.user_ids], "item": [str(x) for x in ids.item_ids]}
 
     def item_encoder(self) -> nn.Module | None:
         """The model's own cold-start encoder: a module mapping {modality: float [B, dim_m]} to item embeddings

@@ -46,7 +46,15 @@ from trainer.kg import (
     transr_loss,
 )
 from trainer.losses import bpr_loss, l2_reg
-from trainer.models.base import BPRBatch, ModelConfig, ModelInputError, ModelInputs, Recommender
+from trainer.models.base import (
+    BPRBatch,
+    ModelConfig,
+    ModelInputError,
+    ModelInputs,
+    Recommender,
+    RowIds,
+    RowKind,
+)
 from trainer.modules.multikg4rec_transformer import BiTransformer, leaky_projection
 
 logger = logging.getLogger(__name__)
@@ -254,9 +262,10 @@ class MultiKG4Rec(Recommender):
         if kg is None:
             logger.warning("no knowledge graph: Multi-KG4Rec runs on the user-item part of the CKG only")
         triples, n_entities, n_dataset_relations, item_entity = None, 0, 0, None
+        kept_entities = np.zeros(0, dtype=np.int64)
         if kg is not None:
             n_dataset_relations = kg.n_relations
-            triples, n_entities, item_entity = filter_kg(
+            triples, n_entities, item_entity, kept_entities = filter_kg(
                 kg.triples,
                 kg.n_entities,
                 kg.item_entity,
@@ -267,6 +276,10 @@ class MultiKG4Rec(Recommender):
             inputs.train_matrix, triples, n_entities, n_dataset_relations, item_entity
         )
         self.n_nodes = ckg.n_nodes
+        # what each node and relation row stands for (row_keys; numpy, CPU, not saved: rebuilt with the model)
+        self._node_layout = (kept_entities, ckg.item_node, ckg.user_node)
+        self._n_dataset_relations = n_dataset_relations
+        self._has_same_entity_relation = ckg.same_entity_relation is not None
         # from the CKG, not the dataset: it adds the "same entity as" relation when items share an entity
         self.n_kg_relations = ckg.n_kg_relations
         self.n_relations = ckg.n_relations
@@ -503,15 +516,35 @@ class MultiKG4Rec(Recommender):
             "kg_reg": self.config.kg_reg_weight * l2_reg(e_h, relation_table[relations], e_t, e_c),
         }
 
-    def warm_start_unsupported(self) -> str | None:
-        """Multi-KG4Rec and KGAT are trained from scratch by a warm-start retrain (the reason returned here)."""
-        return (
-            f"{type(self).__name__} keeps users, items and KG entities in one node table (node_embedding) whose row "
-            "layout is computed at build time from the filtered KG (entities renumbered by filter_kg), the item order "
-            "(an item holds its entity's row or gets a row of its own after the entities) and the user count "
-            "(users last); the checkpoint does not record that layout, so its rows cannot be matched to the new "
-            "table by external id"
-        )
+    def row_tables(self) -> dict[str, RowKind]:
+        return {
+            "node_embedding.weight": "node",
+            "relation_embedding.weight": "relation",
+            "relation_projection": "relation",
+        }
+
+    def row_keys(self, ids: RowIds) -> dict[str, list[str]]:
+        """Keys of the node rows (``entity:<id>`` for a KG entity, also when an item holds its node, ``item:<id>`` for
+        an item with a node of its own, ``user:<id>``) and of the relation rows (``interact``, ``interacted by``,
+        ``kg:<relation id>``, ``same entity as``, each KG one also as ``inverse <key>``); ``ids`` must be those of the
+        dataset the model was built on."""
+        kept_entities, item_node, user_node = self._node_layout
+        if len(ids.entity_ids) < (int(kept_entities.max()) + 1 if len(kept_entities) else 0):
+            raise ValueError(f"{len(ids.entity_ids)} entity ids given for a KG with entity index {kept_entities.max()}")
+        if len(ids.relation_ids) != self._n_dataset_relations:
+            raise ValueError(f"{len(ids.relation_ids)} relation ids given for a KG of {self._n_dataset_relations}")
+        nodes = [f"entity:{ids.entity_ids[e]}" for e in kept_entities]
+        nodes += [""] * (self.n_nodes - len(nodes))
+        for row, node in enumerate(item_node):
+            if node >= len(kept_entities):  # an item with a node of its own
+                nodes[node] = f"item:{ids.item_ids[row]}"
+        for row, node in enumerate(user_node):
+            nodes[node] = f"user:{ids.user_ids[row]}"
+        kg_relations = [f"kg:{name}" for name in ids.relation_ids]
+        if self._has_same_entity_relation:
+            kg_relations.append("same entity as")
+        relations = ["interact", "interacted by", *kg_relations, *(f"inverse {key}" for key in kg_relations)]
+        return {"node": nodes, "relation": relations}
 
     def item_encoder(self) -> nn.Module | None:
         """``ColdStartItemEncoder`` with ``cold_start_encoder: multimodal``; None (the export's feature-neighbour
