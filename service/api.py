@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import logging
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
@@ -15,6 +16,7 @@ from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 
+from service.app import is_loopback_host
 from service.errors import ConflictError, ForbiddenError, UnauthorizedError
 from service.runtime import ReloadRefused, Runtime
 from service.schemas import (
@@ -38,6 +40,7 @@ from service.schemas import (
 )
 from service.store import StoreUnavailable
 
+logger = logging.getLogger(__name__)
 router = APIRouter()
 DEFAULT_RECOMMEND_REQUEST = RecommendRequest()
 
@@ -91,12 +94,35 @@ class WriteTokenFirstRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def token_first(request: Request) -> Response:
-            token = request.app.state.runtime.settings.write_token
-            if token:
-                check_bearer(await write_bearer(request), token)
+            settings = request.app.state.runtime.settings
+            if settings.write_token:
+                check_bearer(await write_bearer(request), settings.write_token)
+            else:
+                warn_once_about_an_open_write(request, settings.host)
             return await handler(request)
 
         return token_first
+
+
+def warn_once_about_an_open_write(request: Request, configured_host: str) -> None:
+    """Log, once per app, an unauthenticated write that reached this process on an address other than loopback.
+
+    The start-up warning (``service.app.warn_if_writes_are_open``) reads ``MODALREC_HOST`` and cannot see the address
+    of a server started another way (``uvicorn service.app:create_app_from_env --factory --host 0.0.0.0``); a
+    request's ``server`` is the local address the connection arrived on. Not repeated when the start-up warning
+    already fired."""
+    state = request.app.state
+    if getattr(state, "open_write_warned", False) or not is_loopback_host(configured_host):
+        return
+    server = request.scope.get("server")
+    if not server or is_loopback_host(str(server[0])):
+        return
+    state.open_write_warned = True
+    logger.warning(
+        "an unauthenticated %s %s arrived on %s: MODALREC_WRITE_TOKEN is not set, so anyone who can reach that "
+        "address can add items and record events; set MODALREC_WRITE_TOKEN to require a bearer token",
+        request.method, request.url.path, server[0],
+    )  # fmt: skip
 
 
 def write_route(path: str, **options: Any) -> Callable[[Callable], Callable]:

@@ -199,6 +199,34 @@ def test_open_writes_on_a_reachable_host_log_a_warning(bundle_root, caplog) -> N
             assert "MODALREC_WRITE_TOKEN" in warnings[0]
 
 
+def test_an_open_write_arriving_beyond_loopback_is_logged_once(bundle_root, caplog) -> None:
+    """A server started as ``uvicorn ... --host 0.0.0.0`` leaves MODALREC_HOST at its loopback default, so the start-up
+    warning is silent; the first unauthenticated write that arrives on another address says it, once."""
+    app = create_app(make_settings(bundle_root, host="127.0.0.1"), store=MemoryStore(), registry=CollectorRegistry())
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == "service.api"]
+
+    with caplog.at_level(logging.WARNING, logger="service.api"):
+        with TestClient(app, base_url="http://127.0.0.1:8000") as local:  # the connection's local address
+            assert local.post("/users/u1/events", json=EVENTS).status_code == 200
+        assert warnings() == []
+        with TestClient(app, base_url="http://10.1.2.3:8000") as remote:
+            assert remote.post("/users/u1/events", json=EVENTS).status_code == 200
+            assert remote.post("/items", json=NEW_ITEM).status_code == 201
+            assert remote.post("/recommend/u1", json={"k": 2}).status_code == 200  # reads are not writes
+        assert len(warnings()) == 1
+        assert "10.1.2.3" in warnings()[0] and "/users/u1/events" in warnings()[0]
+        assert "MODALREC_WRITE_TOKEN" in warnings()[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="service.api"):  # with the token set there is nothing to warn about
+        guarded = create_app(make_settings(bundle_root, host="127.0.0.1", write_token=WRITE_TOKEN),
+                             store=MemoryStore(), registry=CollectorRegistry())
+        with TestClient(guarded, base_url="http://10.1.2.3:8000") as remote:
+            assert remote.post("/users/u1/events", json=EVENTS, headers=WRITE_AUTH).status_code == 200
+        assert warnings() == []
+
+
 UNSENDABLE_TOKENS = {  # an Authorization header can never carry these exactly: every request would get 401
     "whitespace only": " ",
     "a tab": "\t",
