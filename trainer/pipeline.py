@@ -109,6 +109,7 @@ def run_fit_config(
         "dataset": dataset.name,
         "dataset_path": str(Path(dataset_path).resolve()),
         "dataset_summary": dataset.summary(),
+        "dataset_fingerprint": dataset.fingerprint(),
         **({"derived_dataset": derived_dataset} if derived_dataset else {}),
         "seed": run_config.train.seed,
         "device": result.device,
@@ -275,9 +276,15 @@ def _comparable_config(config: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(comparable))
 
 
-def finished_run(run_dir: Path, run_config: RunConfig, dataset_path: Path) -> dict[str, Any] | None:
+def finished_run(run_dir: Path, run_config: RunConfig, dataset_path: Path,
+                 fingerprint: str | None = None) -> dict[str, Any] | None:
     """The metrics.json payload of a run that finished in ``run_dir`` with the same config on the same dataset;
     None when nothing finished there (no metrics.json: never started, or stopped before exporting).
+
+    The same dataset: the same path and, when both are known, the same content (``fingerprint``, the dataset's
+    :meth:`~trainer.data.dataset.InteractionDataset.fingerprint`, against the one the run recorded): a directory
+    rebuilt with other features since the run trained is another dataset. A run from before runs recorded their
+    fingerprint (session 13) is matched by path only, with a warning.
 
     Raises:
         ValueError: ``run_dir`` holds a finished run of another config or dataset (it is left as it is).
@@ -293,7 +300,12 @@ def finished_run(run_dir: Path, run_config: RunConfig, dataset_path: Path) -> di
     )
     found = _comparable_config(metrics["config"])
     same_dataset = metrics["dataset_path"] == str(Path(dataset_path).resolve())
-    if found != wanted or not same_dataset:
+    recorded = metrics.get("dataset_fingerprint")
+    same_content = fingerprint is None or recorded is None or recorded == fingerprint
+    if fingerprint is not None and recorded is None:
+        logger.warning("%s records no dataset fingerprint (trained before session 13): reused on the strength of "
+                       "its dataset path alone", run_dir)
+    if found != wanted or not same_dataset or not same_content:
         differences = sorted(
             f"{section}.{key}"
             for section in ("model_params", "train", "export")
@@ -304,6 +316,8 @@ def finished_run(run_dir: Path, run_config: RunConfig, dataset_path: Path) -> di
             differences.insert(0, "model")
         if not same_dataset:
             differences.insert(0, "dataset")
+        elif not same_content:
+            differences.insert(0, f"dataset content: fingerprint {recorded[:12]}… then, {fingerprint[:12]}… now")
         raise ValueError(
             f"{run_dir} holds a finished run with another setting ({', '.join(differences)}); "
             "resume only reuses identical runs: use another --out"
@@ -342,6 +356,7 @@ def _compare_one(dataset: InteractionDataset, dataset_path: Path, label: str, mo
         "best_epoch": metrics["best_epoch"],
         "seconds_per_epoch": metrics["seconds_per_epoch"],
         "device": metrics["device"],
+        "dataset_fingerprint": metrics.get("dataset_fingerprint"),
     }
     logger.info("compare %s seed %d: %s", label, seed, row)
     return row
@@ -392,8 +407,9 @@ def compare(
         build_config(run_config.model, run_config.model_params)
     dataset = load_dataset_dir(dataset_path)
     # every finished run to reuse is looked up (and a mismatching one refused) before anything trains
+    fingerprint = dataset.fingerprint()
     finished = [
-        finished_run(run_dir, run_config, dataset_path) if resume else None
+        finished_run(run_dir, run_config, dataset_path, fingerprint) if resume else None
         for (_, _, _, _, run_dir), run_config in zip(runs, run_configs, strict=True)
     ]
     work = [
@@ -405,7 +421,21 @@ def compare(
     table = markdown_table(rows)
     if len(labels) > 1:
         table += "\n\n" + difference_table(rows, baseline)
+    table += "\n\n" + fingerprint_line(rows)
     return rows, table
+
+
+def fingerprint_line(rows: list[dict[str, Any]]) -> str:
+    """Which data the rows were trained on: one dataset fingerprint, or each with the runs that recorded it."""
+    seen: dict[str, list[str]] = {}
+    for row in rows:
+        key = row.get("dataset_fingerprint") or "not recorded (a run from before session 13)"
+        seen.setdefault(key, []).append(f"{row['label']}/{row['seed']}")
+    if len(seen) == 1:
+        return f"Dataset fingerprint (sha256 of ids, splits, features and KG): {next(iter(seen))}"
+    return "Dataset fingerprints differ between runs: " + "; ".join(
+        f"{key}: {', '.join(runs)}" for key, runs in seen.items()
+    )
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:

@@ -228,3 +228,31 @@ def test_an_interrupted_refit_leaves_the_finished_run_in_its_directory_whole(tmp
     assert json.loads((out / "metrics.json").read_text())["model"] == "lightgcn" == second["model"]
     assert torch.load(out / "checkpoint.pt", weights_only=False)["model"] == "lightgcn"
     assert not (out / "checkpoint.pt.partial").exists()
+
+
+def test_compare_resume_refuses_a_run_trained_on_other_data_at_the_same_path(tmp_path, capsys):
+    """The dataset directory is rebuilt with other features (another encoder version, say) after a run finished:
+    the run's recorded fingerprint no longer matches, so --resume refuses to count it as a run on this data."""
+    import json
+
+    import numpy as np
+
+    data_dir = _planted_dir(tmp_path)
+    feature_file = data_dir / "text_feat.npy"
+    np.save(feature_file, np.random.default_rng(0).normal(size=(50, 8)).astype(np.float32))
+    out = tmp_path / "cmp"
+    common = ["compare", "--dataset", str(data_dir), "--out", str(out), "--seeds", "1", "--device", "cpu",
+              "--variant", "a=mf", "--max-epochs", "2"]
+    assert main(common) == 0
+    rows = json.loads((out / "compare.json").read_text())
+    recorded = json.loads((out / "a" / "seed1" / "metrics.json").read_text())["dataset_fingerprint"]
+    assert len(recorded) == 64 and rows[0]["dataset_fingerprint"] == recorded
+    assert f"Dataset fingerprint (sha256 of ids, splits, features and KG): {recorded}" in capsys.readouterr().out
+    assert main([*common, "--resume"]) == 0  # same data: reused
+    capsys.readouterr()
+    features = np.load(feature_file)
+    features[0, 0] += 1.0
+    np.save(feature_file, features)
+    assert main([*common, "--resume"]) == 2
+    error = capsys.readouterr().err
+    assert "another setting (dataset content: fingerprint" in error and recorded[:12] in error

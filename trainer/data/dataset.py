@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -121,6 +123,36 @@ class InteractionDataset:
                 raise DatasetError(f"feature '{modality}' contains NaN or inf (first at item row {bad_row})")
         if self.kg is not None:
             self.kg.validate(self.n_items)
+
+    def fingerprint(self) -> str:
+        """sha256 (hex) of everything a model is built, trained and evaluated from: the ids, the three splits, the
+        features and the KG, not the name. Two runs with the same fingerprint saw the same data; a dataset directory
+        rebuilt with other features (another encoder version, say) gets another one."""
+        digest = hashlib.sha256()
+
+        def add(label: str, payload: bytes) -> None:
+            digest.update(f"{label}:{len(payload)}:".encode())
+            digest.update(payload)
+
+        add("users", json.dumps(list(self.user_ids)).encode())
+        add("items", json.dumps(list(self.item_ids)).encode())
+        for split_name in ("train", "valid", "test"):
+            matrix = sp.csr_matrix(getattr(self, split_name), dtype=np.float32, copy=True)
+            matrix.sum_duplicates()
+            matrix.sort_indices()
+            for part in ("indptr", "indices"):
+                add(f"{split_name}.{part}", np.ascontiguousarray(getattr(matrix, part), dtype=np.int64).tobytes())
+            add(f"{split_name}.data", np.ascontiguousarray(matrix.data, dtype=np.float32).tobytes())
+        for modality in sorted(self.features):
+            matrix = np.ascontiguousarray(self.features[modality], dtype=np.float32)
+            add(f"features.{modality}.shape", json.dumps(list(matrix.shape)).encode())
+            add(f"features.{modality}", matrix.tobytes())
+        if self.kg is not None:
+            add("kg.triples", np.ascontiguousarray(self.kg.triples, dtype=np.int64).tobytes())
+            add("kg.item_entity", np.ascontiguousarray(self.kg.item_entity, dtype=np.int64).tobytes())
+            add("kg.entities", json.dumps(list(self.kg.entity_ids)).encode())
+            add("kg.relations", json.dumps(list(self.kg.relation_ids)).encode())
+        return digest.hexdigest()
 
     def summary(self) -> dict[str, object]:
         return {

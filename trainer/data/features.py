@@ -185,6 +185,22 @@ def kg_tfidf_svd(
     return reduced, description
 
 
+FEATURE_PACKAGES = ("numpy", "scipy", "scikit-learn", "torch", "sentence-transformers", "transformers", "tokenizers")
+
+
+def package_versions(names: Sequence[str] = FEATURE_PACKAGES) -> dict[str, str | None]:
+    """Installed version of each package (None when it is not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions: dict[str, str | None] = {}
+    for name in names:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
 def _directory_sha256(directory: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(p for p in directory.rglob("*") if p.is_file()):
@@ -311,6 +327,9 @@ def build_features(
         "kg_random_state": KG_RANDOM_STATE,
         "text": text_description,
         "format_version": FEATURES_FORMAT_VERSION,
+        # the features are a function of these packages too (the encoder's kernels, sklearn's SVD): another version
+        # is another build, and the manifest says which versions made the files
+        "versions": package_versions(),
     }
     build_key = hashlib.sha256(
         json.dumps({"inputs": inputs, "params": params}, sort_keys=True).encode()
@@ -378,6 +397,11 @@ def build_features(
             "n_relations": dataset.kg.n_relations,
             "n_triples": int(len(dataset.kg.triples)),
             "n_linked_items": int((dataset.kg.item_entity >= 0).sum()),
+        },
+        "versions": params["versions"],
+        "files_sha256": {
+            "text_feat.npy": hashlib.sha256(text_features.tobytes()).hexdigest(),
+            "kg_feat.npy": hashlib.sha256(kg_features.tobytes()).hexdigest(),
         },
         "build_key": build_key,
     }

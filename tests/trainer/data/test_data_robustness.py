@@ -92,3 +92,31 @@ def test_superscript_digits_are_ids_not_integers(tmp_path):
     write_mmrec(tmp_path / "sup", [("u1", "1", 0), ("u1", "²", 0), ("u1", "3", 1), ("u1", "4", 2)])
     dataset = load_dataset(tmp_path / "sup")
     assert sorted(dataset.item_ids) == sorted(["1", "²", "3", "4"])
+
+
+def test_the_fingerprint_follows_the_content_and_nothing_else():
+    import dataclasses
+
+    from trainer.data.synthetic import planted_dataset
+
+    data = planted_dataset(n_users=20, n_items=30, interactions_per_user=6, seed=0)
+    fingerprint = data.fingerprint()
+    assert len(fingerprint) == 64
+    assert planted_dataset(n_users=20, n_items=30, interactions_per_user=6, seed=0).fingerprint() == fingerprint
+    assert dataclasses.replace(data, name="renamed").fingerprint() == fingerprint
+    coo = data.train.tocoo()  # the same matrix in another sparse format and index order
+    assert dataclasses.replace(data, train=coo.tocsc().tocsr()).fingerprint() == fingerprint
+    first = sorted(data.features)[0]
+    nudged = {**data.features, first: data.features[first].copy()}
+    nudged[first][3, 1] = np.nextafter(nudged[first][3, 1], np.float32(np.inf))  # one float, one ulp
+    changes = {
+        "a feature value": dataclasses.replace(data, features=nudged),
+        "a modality dropped": dataclasses.replace(data, features={first: data.features[first]}),
+        "train and valid swapped": dataclasses.replace(data, train=data.valid, valid=data.train),
+        "an item id": dataclasses.replace(data, item_ids=["other", *data.item_ids[1:]]),
+        "a KG triple": dataclasses.replace(data, kg=dataclasses.replace(data.kg, triples=data.kg.triples[1:])),
+        "no KG": dataclasses.replace(data, kg=None),
+    }
+    assert len(data.features) >= 2 and data.kg is not None
+    for what, changed in changes.items():
+        assert changed.fingerprint() != fingerprint, what
