@@ -149,7 +149,11 @@ def _plan(model: Recommender, model_name: str, source: WarmStartSource,
         given = len(ids.user_ids if kind == "user" else ids.item_ids)
         if given != count:
             raise WarmStartRefused(f"{given} {kind} ids given for a model with {count} {kind}s")
-    new_keys, old_keys = model.row_keys(ids), source.keys()
+    try:
+        new_keys = model.row_keys(ids)
+    except ValueError as exc:  # ids that are not those of the model's dataset
+        raise WarmStartRefused(f"the new rows' keys cannot be built: {exc}") from exc
+    old_keys = source.keys()
     mappings: dict[str, tuple[list[int], list[int], int]] = {}
     for kind in sorted(set(tables.values())):
         if kind not in new_keys:

@@ -557,3 +557,14 @@ def test_warm_start_on_cuda_from_a_checkpoint_loaded_on_either_device(map_locati
                     train=TrainConfig(lr=1e-2, batch_size=256, max_epochs=1, patience=5, seed=3, device="cuda"))
     result = fit(data, run, progress=False, evaluate_test=False, warm_start=source)
     assert result.warm_start.applied and all(p.device.type == "cuda" for p in result.model.parameters())
+
+
+def test_ids_that_do_not_fit_the_model_s_kg_refuse_instead_of_failing():
+    old = _tiny_kg_model(item_entity=[0, 0, -1], triples=[(0, 0, 2)], n_entities=3, n_relations=1)
+    new = _tiny_kg_model(item_entity=[0, 0, -1], triples=[(0, 0, 2)], n_entities=3, n_relations=1)
+    ids = RowIds(["u0", "u1"], ["i0", "i1", "i2"], ["e_a", "e_b", "e_c"], ["r1"])
+    source = _source(old, "kgat", ids.user_ids, ids.item_ids, row_keys=old.row_keys(ids))
+    before = _snapshot(new)
+    report = apply_warm_start(new, "kgat", source, RowIds(ids.user_ids, ids.item_ids, ids.entity_ids, []))
+    assert not report.applied and "keys cannot be built" in report.reason and "relation ids" in report.reason
+    _assert_unchanged(new, before)
