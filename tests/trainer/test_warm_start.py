@@ -354,6 +354,8 @@ def test_multikg4rec_row_keys_name_what_each_node_and_relation_stands_for():
     ids = RowIds(user_ids=["u0", "u1"], item_ids=["i0", "i1", "i2"], entity_ids=["e_a", "e_b", "e_c"],
                  relation_ids=["r1"])
     assert model.row_keys(ids) == {
+        "user": ["u0", "u1"],
+        "item": ["i0", "i1", "i2"],
         "node": ["entity:e_a", "entity:e_c", "item:i1", "item:i2", "user:u0", "user:u1"],
         "relation": ["interact", "interacted by", "kg:r1", "same entity as", "inverse kg:r1",
                      "inverse same entity as"],
@@ -372,8 +374,7 @@ def test_multikg4rec_warm_start_keeps_known_nodes_and_relations_and_starts_new_o
                          n_users=3)
     new_ids = RowIds(["u1", "u9", "u0"], ["i0", "i1", "i2", "i3"], ["e_a", "e_c", "e_d"], ["r2", "r1"])
     fresh = _snapshot(new)
-    source = _source(old, "kgat", old_ids.user_ids, old_ids.item_ids,
-                     row_keys={k: v for k, v in old.row_keys(old_ids).items()})
+    source = _source(old, "kgat", old_ids.user_ids, old_ids.item_ids, row_keys=old.row_keys(old_ids))
     report = apply_warm_start(new, "kgat", source, new_ids)
     assert report.applied, report.reason
     old_keys, new_keys = old.row_keys(old_ids), new.row_keys(new_ids)
@@ -438,8 +439,8 @@ def test_a_kgat_checkpoint_records_its_node_and_relation_keys_and_a_second_fit_w
     first = fit(planted, run, progress=False, checkpoint_path=tmp_path / "checkpoint.pt", evaluate_test=False)
     source, why = load_previous_run(tmp_path)
     assert source is not None, why
-    assert source.row_keys == {k: v for k, v in first.model.row_keys(RowIds.of(planted)).items()}
-    assert set(source.row_keys) == {"node", "relation"}
+    keys = first.model.row_keys(RowIds.of(planted))
+    assert source.row_keys == {"node": keys["node"], "relation": keys["relation"]}  # user and item ids stored as such
     frozen = dataclasses.replace(run, train=dataclasses.replace(run.train, lr=0.0))
     second = fit(planted, frozen, progress=False, evaluate_test=False, warm_start=source)
     assert second.warm_start.applied, second.warm_start.reason

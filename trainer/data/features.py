@@ -399,9 +399,10 @@ def build_features(
             "n_linked_items": int((dataset.kg.item_entity >= 0).sum()),
         },
         "versions": params["versions"],
-        "files_sha256": {
-            "text_feat.npy": hashlib.sha256(text_features.tobytes()).hexdigest(),
-            "kg_feat.npy": hashlib.sha256(kg_features.tobytes()).hexdigest(),
+        # sha256 of each feature matrix's float32 values (row-major bytes, without the .npy header)
+        "features_sha256": {
+            "text": hashlib.sha256(text_features.tobytes()).hexdigest(),
+            "kg": hashlib.sha256(np.ascontiguousarray(kg_features, dtype=np.float32).tobytes()).hexdigest(),
         },
         "build_key": build_key,
     }

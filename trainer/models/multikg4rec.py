@@ -544,7 +544,7 @@ class MultiKG4Rec(Recommender):
         if self._has_same_entity_relation:
             kg_relations.append("same entity as")
         relations = ["interact", "interacted by", *kg_relations, *(f"inverse {key}" for key in kg_relations)]
-        return {"node": nodes, "relation": relations}
+        return {**super().row_keys(ids), "node": nodes, "relation": relations}
 
     def item_encoder(self) -> nn.Module | None:
         """``ColdStartItemEncoder`` with ``cold_start_encoder: multimodal``; None (the export's feature-neighbour

@@ -108,6 +108,26 @@ def test_build_features_writes_a_dataset_that_loads_back(tmp_path):
     manifest = json.loads((out / "features.json").read_text())
     assert manifest["split"]["seed"] == 3 and manifest["modalities"]["kg"]["zero_rows"] == 1
     assert manifest["n_items"] == 10  # item 11 is listed in .item but never rated
+    # what made the features and what they are: package versions (part of the build key) and each matrix's sha256
+    from trainer.data.features import package_versions
+
+    assert manifest["versions"] == package_versions() and manifest["versions"]["numpy"] == np.__version__
+    for modality in ("text", "kg"):
+        values = np.ascontiguousarray(built.features[modality], dtype=np.float32).tobytes()
+        assert manifest["features_sha256"][modality] == hashlib.sha256(values).hexdigest()
+
+
+def test_another_package_version_is_another_features_build(tmp_path, monkeypatch):
+    import trainer.data.features as features_module
+
+    raw = small_movielens(tmp_path / "raw")
+    out = build_features(raw, tmp_path / "mm", svd_dim=3, text_encoder=fake_text_encoder)
+    key = json.loads((out / "features.json").read_text())["build_key"]
+    real = features_module.package_versions
+    monkeypatch.setattr(features_module, "package_versions", lambda: {**real(), "scikit-learn": "0.0-other"})
+    build_features(raw, out, svd_dim=3, text_encoder=fake_text_encoder)
+    rebuilt = json.loads((out / "features.json").read_text())
+    assert rebuilt["build_key"] != key and rebuilt["versions"]["scikit-learn"] == "0.0-other"
 
 
 def test_build_features_is_deterministic_idempotent_and_refuses_foreign_dirs(tmp_path):
