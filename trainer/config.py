@@ -68,9 +68,10 @@ class TrainConfig:
     """Optimisation and early-stopping settings (MMRec defaults).
 
     ``flush_denormals``: on a CPU, train with denormal floats flushed to zero (``trainer.loop.denormals_flushed``).
-    Attention that collapses onto one modality (LUDP's and SAND's user attention do) scales that modality's
-    gradients by softmax weights near 1e-30, and matrix products over such values run up to a hundred times
-    slower on x86 CPUs. Values below 1.2e-38 become 0; no effect on a GPU.
+    Attention that collapses onto one modality (LUDP's and SAND's user attention do) scales the other modalities'
+    gradients by softmax weights near 1e-30, and a matrix product over such values ran about 150 times slower on
+    the project's x86 sandbox (tests/benchmarks/bench_denormals.py). Values below 1.2e-38 become 0; no effect on a
+    GPU.
     """
 
     lr: float = 1e-3

@@ -66,7 +66,8 @@ def denormals_flushed(device: torch.device, enabled: bool = True):
     on CPUs without the flags, or when ``enabled`` is False). The previous mode is restored on exit.
 
     The slowdown it avoids is real in this project: a matrix product whose operands produce denormals (gradients
-    scaled by a softmax weight near 1e-30) ran 170x slower on the 2-core sandbox.
+    scaled by a softmax weight near 1e-30) ran about 150x slower on the 2-core sandbox
+    (tests/benchmarks/bench_denormals.py).
     """
     if not enabled or device.type != "cpu" or denormals_are_flushed():
         yield
