@@ -202,9 +202,10 @@ def _fit_on(
     seed_everything(cfg.seed)
     inputs = ModelInputs.from_dataset(dataset, device)
     model = build_model(run_config.model, inputs, run_config.model_params)
+    row_ids = RowIds.of(dataset)
     warm_report = None
     if warm_start is not None:
-        warm_report = apply_warm_start(model, run_config.model, warm_start, RowIds.of(dataset))
+        warm_report = apply_warm_start(model, run_config.model, warm_start, row_ids)
         if warm_report.applied:
             logger.info("%s", warm_report.summary())
         else:
@@ -212,7 +213,7 @@ def _fit_on(
     if checkpoint_path is not None:
         # the keys of the model's other kinds of rows (Multi-KG4Rec's graph nodes and relations): the user and item
         # ids are stored as such
-        other_keys = {kind: keys for kind, keys in model.row_keys(RowIds.of(dataset)).items()
+        other_keys = {kind: keys for kind, keys in model.row_keys(row_ids).items()
                       if kind not in ("user", "item")}
         checkpoint_extra = {**(checkpoint_extra or {}), "user_ids": list(dataset.user_ids),
                             "item_ids": list(dataset.item_ids), "row_keys": other_keys}

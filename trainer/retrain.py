@@ -13,10 +13,10 @@ atomically before training): later runs train on that log plus the stream, and e
 from the stream are not lost.
 
 ``warm_start=True`` (CLI ``--warm-start``) starts training from the previous run's ``<out>/checkpoint.pt`` instead of
-a fresh initialisation (``trainer.warm_start``; docs/retrain.md): rows of users and items are matched by external
-id, new ones start fresh. Without a usable previous checkpoint (none, unreadable, another model or model_params,
-a model that cannot be warm-started) the run trains from scratch and says why in the log, metrics.json and the
-returned report. Off by default: a cold retrain is a function of the dataset, the events and the config alone.
+a fresh initialisation (``trainer.warm_start``; docs/retrain.md): rows of users and items (and Multi-KG4Rec's graph
+nodes and relations) are matched by external key, new ones start fresh. Without a usable previous checkpoint (none,
+unreadable, another model or model_params, a Multi-KG4Rec checkpoint without its row keys) the run trains from
+scratch and says why in the log, metrics.json and the returned report. Off by default: a cold retrain is a function of the dataset, the events and the config alone.
 """
 
 from __future__ import annotations
