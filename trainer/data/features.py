@@ -13,8 +13,9 @@ Output directory ``DIR`` (``name = DIR.name``), read back by :func:`trainer.data
 - ``features.json``: how each modality was built, the split counts, input checksums.
 Feature rows follow the items sorted by integer item id, as the MMRec reader expects.
 
-The build is deterministic (same bytes for the same inputs and parameters on the same machine; text
-encoding runs single-threaded) and atomic (written to a temporary sibling directory, then renamed). A
+The build is deterministic (same bytes for the same inputs and parameters on the same machine, whatever
+its thread count: text encoding and the kg SVD run single-threaded) and atomic (written to a temporary
+sibling directory, then renamed). A
 directory that already holds the same build is left untouched; an earlier build with other inputs or
 parameters is replaced; any other existing directory is refused.
 """
@@ -43,6 +44,8 @@ from trainer.data.recbole import read_item_table
 logger = logging.getLogger(__name__)
 
 FEATURES_FORMAT_VERSION = 1
+# BLAS/OpenMP threads of the kg SVD: fixed, so that the bytes do not follow the machine's thread count
+KG_SVD_THREADS = 1
 TEXT_FIELDS = {"title": "movie_title", "year": "release_year", "genres": "class"}
 KG_RANDOM_STATE = 2024
 TextEncoder = Callable[[Sequence[str]], np.ndarray]
@@ -143,10 +146,14 @@ def kg_tfidf_svd(
     """TF-IDF of :func:`kg_neighbour_tokens` reduced by truncated SVD to float32 [n_items, dim].
 
     Rows are L2-normalised; items without neighbours get zero rows. Returns the matrix and a description.
+    The SVD runs with the BLAS/OpenMP pools limited to one thread: with the machine's thread count it rounded
+    differently (ml-100k: 15 of 430,592 float32 values one ulp apart between 1 and 2 threads), and models trained on
+    the two builds took different trajectories.
     """
     from sklearn.decomposition import TruncatedSVD
     from sklearn.feature_extraction.text import TfidfTransformer
     from sklearn.preprocessing import normalize
+    from threadpoolctl import threadpool_info, threadpool_limits
 
     documents = kg_neighbour_tokens(kg, n_items)
     vocabulary = {token: col for col, token in enumerate(sorted({t for doc in documents for t in doc}))}
@@ -162,7 +169,8 @@ def kg_tfidf_svd(
         counts
     )
     svd = TruncatedSVD(n_components=dim, algorithm="randomized", n_iter=7, random_state=random_state)
-    reduced = normalize(svd.fit_transform(tfidf), norm="l2").astype(np.float32)
+    with threadpool_limits(limits=KG_SVD_THREADS):
+        reduced = normalize(svd.fit_transform(tfidf), norm="l2").astype(np.float32)
     has_tokens = np.array([bool(doc) for doc in documents])
     reduced[~has_tokens] = 0.0
     description = {
@@ -175,6 +183,15 @@ def kg_tfidf_svd(
             "algorithm": "randomized",
             "n_iter": 7,
             "random_state": random_state,
+            "threads": KG_SVD_THREADS,
+            # the BLAS kernels that ran it: another CPU architecture may still round differently
+            "blas": sorted(
+                {
+                    f"{pool.get('internal_api')} {pool.get('version')} {pool.get('architecture')}"
+                    for pool in threadpool_info()
+                    if pool.get("user_api") == "blas"
+                }
+            ),
             "explained_variance_ratio_sum": round(float(svd.explained_variance_ratio_.sum()), 6),
         },
         "dim": dim,
@@ -325,6 +342,7 @@ def build_features(
         "split_seed": split_seed,
         "svd_dim": svd_dim,
         "kg_random_state": KG_RANDOM_STATE,
+        "kg_svd_threads": KG_SVD_THREADS,
         "text": text_description,
         "format_version": FEATURES_FORMAT_VERSION,
         # the features are a function of these packages too (the encoder's kernels, sklearn's SVD): another version

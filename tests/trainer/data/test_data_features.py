@@ -188,3 +188,32 @@ def test_an_mmrec_directory_written_from_a_dataset_reads_back_with_each_items_ow
     for name, matrix in data.features.items():
         for row, item in enumerate(back.item_ids):
             np.testing.assert_array_equal(back.features[name][row], matrix[data.item_ids.index(item)])
+
+
+
+def test_kg_svd_bytes_do_not_follow_the_machines_thread_count(shared_datasets):
+    """Fresh processes with OMP_NUM_THREADS=1 and =2 (BLAS pools sized at start-up, as `trainer features` meets them)
+    give the same kg bytes. Before the SVD was pinned to one thread they rounded 15 of ml-100k's 430,592 values one
+    ulp apart."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import hashlib, sys\n"
+        "from trainer.data import load_dataset\n"
+        "from trainer.data.features import kg_tfidf_svd\n"
+        "full = load_dataset(sys.argv[1])\n"
+        "features, info = kg_tfidf_svd(full.kg, full.n_items, 256)\n"
+        "print(info['svd'].get('threads'), hashlib.sha256(features.tobytes()).hexdigest())\n"
+    )
+    outputs = []
+    for threads in ("1", "2"):
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}
+        done = subprocess.run(
+            [sys.executable, "-c", script, str(shared_datasets / "ml-100k")],
+            env=env, capture_output=True, text=True, timeout=300, check=True,
+        )
+        outputs.append(done.stdout.split())
+    assert outputs[0][1] == outputs[1][1]
+    assert outputs[0][0] == outputs[1][0] == "1"
