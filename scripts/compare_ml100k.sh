@@ -4,12 +4,15 @@
 # about 36 min for the main comparison, 58 min for the families). Results: OUT/main/compare.md and
 # OUT/{sand,ludp,mkg}/compare.md (mean ± std, and differences with 95% Welch intervals over seeds).
 # The families reuse the full models' runs of the main comparison (linked, then `compare --resume`).
+# STEPS picks which comparisons run (default: all four, "main sand ludp mkg"; the families need main's runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/compare_ml100k}
+STEPS=${STEPS:-main sand ludp mkg}
 C=trainer/configs/ml-100k-mm
 [ -d data/ml-100k-mm ] || .venv/bin/python -m trainer features --dataset ../shared/datasets/ml-100k --out data/ml-100k-mm
 compare() {  # out-subdir, then variants
+  case " $STEPS " in *" $1 "*) ;; *) return 0 ;; esac
   local out=$OUT/$1; shift
   OMP_NUM_THREADS=1 .venv/bin/python -W ignore -m trainer compare --dataset data/ml-100k-mm --out "$out" \
     --seeds 1 2 3 4 5 --jobs 2 --max-epochs 200 --resume "$@" > "$out.log" 2>&1
