@@ -68,6 +68,16 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("--split-seed", type=int, default=2024)
     features.add_argument("--text-model", type=Path, default=None, help="sentence-transformers model directory")
 
+    perturb = sub.add_parser(
+        "perturb",
+        help="copy a dataset directory with N feature values moved by one ulp (how far float noise alone moves a "
+             "result: compare the same seeds on both)",
+    )
+    perturb.add_argument("--dataset", required=True, type=Path, help="dataset directory with <modality>_feat.npy")
+    perturb.add_argument("--out", required=True, type=Path, help="directory to create (must not exist)")
+    perturb.add_argument("--values", required=True, type=int, help="how many nonzero feature values to move")
+    perturb.add_argument("--seed", type=int, default=0, help="seed of the choice of values and directions")
+
     cmp = sub.add_parser("compare", help="train variants × seeds and print a mean ± std table")
     cmp.add_argument("--dataset", required=True, type=Path)
     cmp.add_argument("--out", required=True, type=Path)
@@ -214,6 +224,13 @@ def _cmd_features(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_perturb(args: argparse.Namespace) -> int:
+    from trainer.data.perturb import perturb_features
+
+    print(json.dumps(perturb_features(args.dataset, args.out, args.values, seed=args.seed), indent=2))
+    return 0
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
     from trainer.pipeline import compare
 
@@ -338,6 +355,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "fit": _cmd_fit, "evaluate": _cmd_evaluate, "export": _cmd_export, "features": _cmd_features,
+    "perturb": _cmd_perturb,
     "compare": _cmd_compare, "tune": _cmd_tune, "demo": _cmd_demo, "explain": _cmd_explain, "retrain": _cmd_retrain,
     "coldstart": _cmd_coldstart, "models": _cmd_models,
 }

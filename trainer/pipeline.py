@@ -425,6 +425,46 @@ def compare(
     return rows, table
 
 
+def perturbation_table(base_rows: list[dict[str, Any]], perturbed_rows: list[dict[str, Any]],
+                       confidence: float = 0.95) -> str:
+    """Markdown table of how far a change of the data alone (e.g. a `trainer perturb` copy) moves each variant: the
+    same label and seed trained on both, test R@20 paired by seed. Columns: the mean on each, the mean absolute
+    per-seed change, the mean change with its paired t interval, the base runs' seed std (for scale) and how many
+    seeds stopped at another epoch. Labels or seeds present on one side only are left out."""
+    from scipy import stats
+
+    def by_key(rows: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
+        return {(row["label"], int(row["seed"])): row for row in rows}
+
+    base, perturbed = by_key(base_rows), by_key(perturbed_rows)
+    labels = [label for label in dict.fromkeys(row["label"] for row in base_rows)
+              if any(key[0] == label for key in perturbed)]
+    lines = [
+        "| variant | seeds | test R@20 | test R@20, perturbed | mean abs. change | mean change (95% CI, paired) "
+        "| seed std | other best epoch |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for label in labels:
+        seeds = sorted(seed for (name, seed) in base if name == label and (name, seed) in perturbed)
+        before = [float(base[(label, seed)]["test_recall@20"]) for seed in seeds]
+        after = [float(perturbed[(label, seed)]["test_recall@20"]) for seed in seeds]
+        changes = [b - a for a, b in zip(before, after, strict=True)]
+        mean_change = statistics.fmean(changes)
+        if len(changes) > 1 and statistics.stdev(changes) > 0:
+            half = float(stats.t.ppf(0.5 + confidence / 2, len(changes) - 1)) * statistics.stdev(changes) / math.sqrt(
+                len(changes))
+            interval = f"{mean_change:+.4f} [{mean_change - half:+.4f}, {mean_change + half:+.4f}]"
+        else:
+            interval = f"{mean_change:+.4f}"
+        moved_epochs = sum(base[(label, s)]["best_epoch"] != perturbed[(label, s)]["best_epoch"] for s in seeds)
+        lines.append(
+            f"| {label} | {','.join(map(str, seeds))} | {statistics.fmean(before):.4f} | {statistics.fmean(after):.4f} "
+            f"| {statistics.fmean(abs(c) for c in changes):.4f} | {interval} | {mean_std(before)[1]:.4f} "
+            f"| {moved_epochs} of {len(seeds)} |"
+        )
+    return "\n".join(lines)
+
+
 def fingerprint_line(rows: list[dict[str, Any]]) -> str:
     """Which data the rows were trained on: one dataset fingerprint, or each with the runs that recorded it."""
     seen: dict[str, list[str]] = {}

@@ -71,3 +71,25 @@ def test_compare_refuses_repeated_seeds(tmp_path):
     with pytest.raises(ValueError, match=r"seeds must be distinct, got \[1, 2, 1\]"):
         compare(tmp_path / "no-dataset", tmp_path / "out", ["a=mf"], [1, 2, 1])
     assert not (tmp_path / "out").exists()
+
+
+def test_perturbation_table_pairs_seeds_hand_checked():
+    from trainer.pipeline import perturbation_table
+
+    def row(label, seed, test, epoch):
+        return {"label": label, "seed": seed, "test_recall@20": test, "best_epoch": epoch}
+
+    base = [row("A", 1, 0.30, 10), row("A", 2, 0.32, 12), row("A", 3, 0.34, 14), row("B", 1, 0.5, 5),
+            row("only-base", 1, 0.1, 1)]
+    perturbed = [row("A", 1, 0.31, 10), row("A", 2, 0.30, 15), row("A", 3, 0.36, 14), row("B", 1, 0.5, 5),
+                 row("A", 9, 0.9, 9)]
+    lines = perturbation_table(base, perturbed).splitlines()
+    assert len(lines) == 4  # header, rule, A, B; "only-base" and A's seed 9 have no pair
+    cells = [c.strip() for c in lines[2].strip("|").split("|")]
+    # changes +0.01, -0.02, +0.02: mean abs 0.0167, mean +0.00333, sd 0.020817, t(0.975, 2) = 4.302653
+    # -> half-width 4.302653 * 0.020817 / sqrt(3) = 0.051713
+    assert cells[:5] == ["A", "1,2,3", "0.3200", "0.3233", "0.0167"]
+    assert cells[5] == "+0.0033 [-0.0484, +0.0550]"
+    assert cells[6] == "0.0200" and cells[7] == "1 of 3"
+    b_cells = [c.strip() for c in lines[3].strip("|").split("|")]
+    assert b_cells[4:] == ["0.0000", "+0.0000", "0.0000", "0 of 1"]
