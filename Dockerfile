@@ -5,7 +5,7 @@
 
 FROM python:3.11-slim AS source
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY service ./service
 COPY trainer ./trainer
 
@@ -14,7 +14,7 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 COPY --from=source /app /app
-RUN pip install "/app[serve]" && pip uninstall -y modalrec
+RUN pip install -c /app/constraints.txt "/app[serve]" && pip uninstall -y modalrec
 
 FROM python:3.11-slim AS serve
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PATH=/opt/venv/bin:$PATH \
@@ -34,5 +34,5 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_
 WORKDIR /app
 COPY --from=source /app /app
 # serve extras too: the export step builds the FAISS index (service.index.build_index_file)
-RUN pip install -e "/app[train,serve]"
+RUN pip install -c /app/constraints.txt -e "/app[train,serve]"
 CMD ["python", "-m", "trainer", "--help"]

@@ -4,14 +4,20 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench-eval clean-venv
+.PHONY: demo test lint bench-eval clean-venv constraints
 
-$(STAMP): pyproject.toml
+# every package at the version in constraints.txt (the versions the feature build and the quoted figures used)
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	# torch first and pinned: on these machines 2.13.0 is a local CPU wheel; any other torch pulls CUDA wheels.
-	$(PY) -m pip install --disable-pip-version-check -q torch==2.13.0
-	$(PY) -m pip install --disable-pip-version-check -q -e '.[train,serve,dev]'
+	$(PY) -m pip install --disable-pip-version-check -q -c constraints.txt torch==2.13.0
+	$(PY) -m pip install --disable-pip-version-check -q -c constraints.txt -e '.[train,serve,dev]'
 	touch $(STAMP)
+
+# rewrite constraints.txt from the venv (after an intended upgrade; then rebuild features and rerun the figures)
+constraints: $(STAMP)
+	{ sed -n '/^#/p' constraints.txt; $(PY) -m pip freeze --disable-pip-version-check --exclude-editable \
+	  | sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > constraints.txt.new && mv constraints.txt.new constraints.txt
 
 demo: $(STAMP)
 	PY=$(PY) scripts/demo.sh

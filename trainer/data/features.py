@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 from collections.abc import Callable, Sequence
@@ -218,6 +219,38 @@ def package_versions(names: Sequence[str] = FEATURE_PACKAGES) -> dict[str, str |
     return versions
 
 
+CONSTRAINTS_FILE = Path(__file__).resolve().parents[2] / "constraints.txt"
+
+
+def _normalised_name(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def pinned_versions(path: Path = CONSTRAINTS_FILE) -> dict[str, str] | None:
+    """``name==version`` lines of a pip constraints file, by normalised name (None when there is no such file:
+    an installed wheel instead of a source checkout)."""
+    if not path.is_file():
+        return None
+    pins = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        name, sep, version = line.split("#", 1)[0].strip().partition("==")
+        if sep and name and version:
+            pins[_normalised_name(name.strip())] = version.strip()
+    return pins
+
+
+def versions_differing_from_pins(
+    installed: dict[str, str | None], pins: dict[str, str]
+) -> dict[str, dict[str, str | None]]:
+    """Packages whose installed version is not the pinned one, ignoring a local label (``2.13.0+cpu`` is 2.13.0)."""
+    differing = {}
+    for name, version in installed.items():
+        pinned = pins.get(_normalised_name(name))
+        if pinned is not None and (version or "").split("+")[0] != pinned.split("+")[0]:
+            differing[name] = {"installed": version, "pinned": pinned}
+    return differing
+
+
 def _directory_sha256(directory: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(p for p in directory.rglob("*") if p.is_file()):
@@ -352,6 +385,13 @@ def build_features(
     build_key = hashlib.sha256(
         json.dumps({"inputs": inputs, "params": params}, sort_keys=True).encode()
     ).hexdigest()
+    pins = pinned_versions()
+    differing = None if pins is None else versions_differing_from_pins(params["versions"], pins)
+    if differing:
+        logger.warning(
+            "installed feature packages differ from %s: %s; the features (and results trained on them) may differ "
+            "from the project's figures", CONSTRAINTS_FILE, differing,
+        )
 
     manifest_path = out_dir / "features.json"
     if out_dir.exists():
@@ -417,6 +457,8 @@ def build_features(
             "n_linked_items": int((dataset.kg.item_entity >= 0).sum()),
         },
         "versions": params["versions"],
+        # installed vs constraints.txt (None: no constraints file beside the package)
+        "versions_differing_from_constraints": differing,
         # sha256 of each feature matrix's float32 values (row-major bytes, without the .npy header)
         "features_sha256": {
             "text": hashlib.sha256(text_features.tobytes()).hexdigest(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -112,12 +113,13 @@ def test_build_features_writes_a_dataset_that_loads_back(tmp_path):
     from trainer.data.features import package_versions
 
     assert manifest["versions"] == package_versions() and manifest["versions"]["numpy"] == np.__version__
+    assert manifest["versions_differing_from_constraints"] == {}
     for modality in ("text", "kg"):
         values = np.ascontiguousarray(built.features[modality], dtype=np.float32).tobytes()
         assert manifest["features_sha256"][modality] == hashlib.sha256(values).hexdigest()
 
 
-def test_another_package_version_is_another_features_build(tmp_path, monkeypatch):
+def test_another_package_version_is_another_features_build(tmp_path, monkeypatch, caplog):
     import trainer.data.features as features_module
 
     raw = small_movielens(tmp_path / "raw")
@@ -125,9 +127,15 @@ def test_another_package_version_is_another_features_build(tmp_path, monkeypatch
     key = json.loads((out / "features.json").read_text())["build_key"]
     real = features_module.package_versions
     monkeypatch.setattr(features_module, "package_versions", lambda: {**real(), "scikit-learn": "0.0-other"})
-    build_features(raw, out, svd_dim=3, text_encoder=fake_text_encoder)
+    with caplog.at_level(logging.WARNING, logger="trainer.data.features"):
+        build_features(raw, out, svd_dim=3, text_encoder=fake_text_encoder)
     rebuilt = json.loads((out / "features.json").read_text())
     assert rebuilt["build_key"] != key and rebuilt["versions"]["scikit-learn"] == "0.0-other"
+    # the environment is pinned (constraints.txt) apart from the patched version, which is reported
+    assert rebuilt["versions_differing_from_constraints"] == {
+        "scikit-learn": {"installed": "0.0-other", "pinned": features_module.pinned_versions()["scikit-learn"]}
+    }
+    assert "differ from" in caplog.text and "scikit-learn" in caplog.text
 
 
 def test_build_features_is_deterministic_idempotent_and_refuses_foreign_dirs(tmp_path):
