@@ -15,9 +15,9 @@ Feature rows follow the items sorted by integer item id, as the MMRec reader exp
 
 The build is deterministic (same bytes for the same inputs and parameters on the same machine, whatever
 its thread count: text encoding and the kg SVD run single-threaded) and atomic (written to a temporary
-sibling directory, then renamed). A
-directory that already holds the same build is left untouched; an earlier build with other inputs or
-parameters is replaced; any other existing directory is refused.
+sibling directory, then renamed). A directory that already holds the same build is left untouched; an earlier
+build with other inputs or parameters is replaced; any other existing directory is refused. Another CPU
+architecture or BLAS build may still round a few values differently (`features.json` names the BLAS kernels).
 """
 
 from __future__ import annotations
