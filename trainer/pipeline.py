@@ -19,6 +19,7 @@ from trainer.config import ExportConfig, RunConfig, merge_overrides, resolve_run
 from trainer.data.dataset import InteractionDataset
 from trainer.export import export_bundle
 from trainer.loop import CHECKPOINT, METRICS, SPLIT_FILE, fit, write_json_atomic, write_split
+from trainer.provenance import code_label, code_version
 from trainer.text_encoder import TEXT_MODALITY, ExportedTextEncoder
 from trainer.warm_start import WarmStartReport, WarmStartSource
 
@@ -110,6 +111,7 @@ def run_fit_config(
         "dataset_path": str(Path(dataset_path).resolve()),
         "dataset_summary": dataset.summary(),
         "dataset_fingerprint": dataset.fingerprint(),
+        "code": code_version(),
         **({"derived_dataset": derived_dataset} if derived_dataset else {}),
         "seed": run_config.train.seed,
         "device": result.device,
@@ -357,6 +359,7 @@ def _compare_one(dataset: InteractionDataset, dataset_path: Path, label: str, mo
         "seconds_per_epoch": metrics["seconds_per_epoch"],
         "device": metrics["device"],
         "dataset_fingerprint": metrics.get("dataset_fingerprint"),
+        "code": code_label(metrics.get("code")),
     }
     logger.info("compare %s seed %d: %s", label, seed, row)
     return row
@@ -421,7 +424,7 @@ def compare(
     table = markdown_table(rows)
     if len(labels) > 1:
         table += "\n\n" + difference_table(rows, baseline)
-    table += "\n\n" + fingerprint_line(rows)
+    table += "\n\n" + fingerprint_line(rows) + "\n\n" + code_line(rows)
     return rows, table
 
 
@@ -476,6 +479,16 @@ def fingerprint_line(rows: list[dict[str, Any]]) -> str:
     return "Dataset fingerprints differ between runs: " + "; ".join(
         f"{key}: {', '.join(runs)}" for key, runs in seen.items()
     )
+
+
+def code_line(rows: list[dict[str, Any]]) -> str:
+    """Which code trained the rows: one commit (``+modified`` with uncommitted changes), or each with its runs."""
+    seen: dict[str, list[str]] = {}
+    for row in rows:
+        seen.setdefault(row.get("code") or "unknown", []).append(f"{row['label']}/{row['seed']}")
+    if len(seen) == 1:
+        return f"Code (git commit of the trainer): {next(iter(seen))}"
+    return "Code differs between runs: " + "; ".join(f"{key}: {', '.join(runs)}" for key, runs in seen.items())
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:

@@ -247,7 +247,14 @@ def test_compare_resume_refuses_a_run_trained_on_other_data_at_the_same_path(tmp
     rows = json.loads((out / "compare.json").read_text())
     recorded = json.loads((out / "a" / "seed1" / "metrics.json").read_text())["dataset_fingerprint"]
     assert len(recorded) == 64 and rows[0]["dataset_fingerprint"] == recorded
-    assert f"Dataset fingerprint (sha256 of ids, splits, features and KG): {recorded}" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"Dataset fingerprint (sha256 of ids, splits, features and KG): {recorded}" in printed
+    # the code that trained it: this checkout's commit (the tests run from the project's git checkout)
+    from trainer.provenance import code_label, code_version
+
+    code = json.loads((out / "a" / "seed1" / "metrics.json").read_text())["code"]
+    assert code == code_version() and rows[0]["code"] == code_label(code)
+    assert f"Code (git commit of the trainer): {code_label(code)}" in printed
     assert main([*common, "--resume"]) == 0  # same data: reused
     capsys.readouterr()
     features = np.load(feature_file)
