@@ -468,27 +468,27 @@ def perturbation_table(base_rows: list[dict[str, Any]], perturbed_rows: list[dic
     return "\n".join(lines)
 
 
-def fingerprint_line(rows: list[dict[str, Any]]) -> str:
-    """Which data the rows were trained on: one dataset fingerprint, or each with the runs that recorded it."""
+def _provenance_line(rows: list[dict[str, Any]], key: str, missing: str, one: str, several: str) -> str:
+    """``one: <value>`` when every row has the same ``row[key]`` (``missing`` where absent), else ``several: `` and
+    each value with the label/seed of its runs."""
     seen: dict[str, list[str]] = {}
     for row in rows:
-        key = row.get("dataset_fingerprint") or "not recorded (a run from before session 13)"
-        seen.setdefault(key, []).append(f"{row['label']}/{row['seed']}")
+        seen.setdefault(row.get(key) or missing, []).append(f"{row['label']}/{row['seed']}")
     if len(seen) == 1:
-        return f"Dataset fingerprint (sha256 of ids, splits, features and KG): {next(iter(seen))}"
-    return "Dataset fingerprints differ between runs: " + "; ".join(
-        f"{key}: {', '.join(runs)}" for key, runs in seen.items()
-    )
+        return f"{one}: {next(iter(seen))}"
+    return f"{several}: " + "; ".join(f"{value}: {', '.join(runs)}" for value, runs in seen.items())
+
+
+def fingerprint_line(rows: list[dict[str, Any]]) -> str:
+    """Which data the rows were trained on: one dataset fingerprint, or each with the runs that recorded it."""
+    return _provenance_line(rows, "dataset_fingerprint", "not recorded (a run from before session 13)",
+                            "Dataset fingerprint (sha256 of ids, splits, features and KG)",
+                            "Dataset fingerprints differ between runs")
 
 
 def code_line(rows: list[dict[str, Any]]) -> str:
     """Which code trained the rows: one commit (``+modified`` with uncommitted changes), or each with its runs."""
-    seen: dict[str, list[str]] = {}
-    for row in rows:
-        seen.setdefault(row.get("code") or "unknown", []).append(f"{row['label']}/{row['seed']}")
-    if len(seen) == 1:
-        return f"Code (git commit of the trainer): {next(iter(seen))}"
-    return "Code differs between runs: " + "; ".join(f"{key}: {', '.join(runs)}" for key, runs in seen.items())
+    return _provenance_line(rows, "code", "unknown", "Code (git commit of the trainer)", "Code differs between runs")
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:

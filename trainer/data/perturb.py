@@ -103,10 +103,13 @@ def perturb_features(dataset_dir: str | Path, out_dir: str | Path, n_values: int
         largest = max(largest, float(np.abs(values[flat] - before).max()))
         moved[modality] = matrix
     manifest_path = source / "features.json"
+    rewritten = {files[m].name for m in moved} | {manifest_path.name}
+    counts = {m: int(len(moves[m][0])) for m in moves}
+    source_fingerprint = dataset.fingerprint()
 
     def fill(tmp_dir: Path) -> None:
         for entry in source.iterdir():
-            if entry.name in {files[m].name for m in moved} or entry == manifest_path:
+            if entry.name in rewritten:
                 continue
             if entry.is_dir():
                 shutil.copytree(entry, tmp_dir / entry.name)
@@ -122,8 +125,8 @@ def perturb_features(dataset_dir: str | Path, out_dir: str | Path, n_values: int
             }
             manifest["perturbation"] = {
                 "source": str(source),
-                "source_fingerprint": dataset.fingerprint(),
-                "values_moved_one_ulp": {m: int(len(moves[m][0])) for m in moves},
+                "source_fingerprint": source_fingerprint,
+                "values_moved_one_ulp": counts,
                 "seed": seed,
             }
             (tmp_dir / "features.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", "utf-8")
@@ -133,9 +136,9 @@ def perturb_features(dataset_dir: str | Path, out_dir: str | Path, n_values: int
     return {
         "source": str(source),
         "out": str(target),
-        "source_fingerprint": dataset.fingerprint(),
+        "source_fingerprint": source_fingerprint,
         "fingerprint": copy.fingerprint(),
-        "values_moved_one_ulp": {m: int(len(moves[m][0])) for m in moves},
+        "values_moved_one_ulp": counts,
         "largest_absolute_change": largest,
         "seed": seed,
     }
