@@ -283,10 +283,11 @@ def finished_run(run_dir: Path, run_config: RunConfig, dataset_path: Path,
     """The metrics.json payload of a run that finished in ``run_dir`` with the same config on the same dataset;
     None when nothing finished there (no metrics.json: never started, or stopped before exporting).
 
-    The same dataset: the same path and, when both are known, the same content (``fingerprint``, the dataset's
-    :meth:`~trainer.data.dataset.InteractionDataset.fingerprint`, against the one the run recorded): a directory
-    rebuilt with other features since the run trained is another dataset. A run from before runs recorded their
-    fingerprint (session 13) is matched by path only, with a warning.
+    The same dataset: when both are known, the same content (``fingerprint``, the dataset's
+    :meth:`~trainer.data.dataset.InteractionDataset.fingerprint`, against the one the run recorded), wherever the
+    directory lies (another checkout or worktree of the same data is the same dataset; a directory rebuilt with other
+    features since the run trained is another one). A run from before runs recorded their fingerprint (session 13)
+    is matched by its dataset path, with a warning.
 
     Raises:
         ValueError: ``run_dir`` holds a finished run of another config or dataset (it is left as it is).
@@ -301,9 +302,11 @@ def finished_run(run_dir: Path, run_config: RunConfig, dataset_path: Path,
         {**run_config.to_dict(), "model_params": dataclasses.asdict(build_config(run_config.model, run_config.model_params))}
     )
     found = _comparable_config(metrics["config"])
-    same_dataset = metrics["dataset_path"] == str(Path(dataset_path).resolve())
     recorded = metrics.get("dataset_fingerprint")
-    same_content = fingerprint is None or recorded is None or recorded == fingerprint
+    if fingerprint is not None and recorded is not None:
+        same_dataset, same_content = True, recorded == fingerprint
+    else:
+        same_dataset, same_content = metrics["dataset_path"] == str(Path(dataset_path).resolve()), True
     if fingerprint is not None and recorded is None:
         logger.warning("%s records no dataset fingerprint (trained before session 13): reused on the strength of "
                        "its dataset path alone", run_dir)

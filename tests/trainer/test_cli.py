@@ -263,3 +263,30 @@ def test_compare_resume_refuses_a_run_trained_on_other_data_at_the_same_path(tmp
     assert main([*common, "--resume"]) == 2
     error = capsys.readouterr().err
     assert "another setting (dataset content: fingerprint" in error and recorded[:12] in error
+
+
+def test_compare_resume_matches_a_run_by_content_wherever_the_dataset_lies(tmp_path, capsys):
+    """The same dataset directory copied elsewhere (another checkout or worktree) has the same fingerprint: its
+    finished runs are reused. A run without a recorded fingerprint (before session 13) is matched by path only."""
+    import json
+    import shutil
+
+    data_dir = _planted_dir(tmp_path)
+    out = tmp_path / "cmp"
+    tail = ["--out", str(out), "--seeds", "1", "--device", "cpu", "--variant", "a=mf", "--max-epochs", "2"]
+    assert main(["compare", "--dataset", str(data_dir), *tail]) == 0
+    checkpoint = out / "a" / "seed1" / "checkpoint.pt"
+    trained_at = checkpoint.stat().st_mtime_ns
+    moved = tmp_path / "elsewhere" / data_dir.name
+    shutil.copytree(data_dir, moved)
+    assert main(["compare", "--dataset", str(moved), *tail, "--resume"]) == 0
+    assert checkpoint.stat().st_mtime_ns == trained_at  # reused, not trained again
+    metrics_path = out / "a" / "seed1" / "metrics.json"
+    metrics = json.loads(metrics_path.read_text())
+    del metrics["dataset_fingerprint"]
+    metrics_path.write_text(json.dumps(metrics))
+    capsys.readouterr()
+    assert main(["compare", "--dataset", str(moved), *tail, "--resume"]) == 2
+    assert "another setting (dataset)" in capsys.readouterr().err
+    assert main(["compare", "--dataset", str(data_dir), *tail, "--resume"]) == 0  # its own path: reused
+    assert checkpoint.stat().st_mtime_ns == trained_at
