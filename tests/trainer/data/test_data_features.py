@@ -225,3 +225,12 @@ def test_kg_svd_bytes_do_not_follow_the_machines_thread_count(shared_datasets):
         outputs.append(done.stdout.split())
     assert outputs[0][1] == outputs[1][1]
     assert outputs[0][0] == outputs[1][0] == "1"
+
+
+def test_the_manifest_can_name_torchs_cpu_kernel_level():
+    """features.json names the SIMD level of torch's CPU kernels (e.g. AVX2, AVX512), which the text encoder ran at."""
+    import torch
+
+    from trainer.data.features import _torch_cpu_capability
+
+    assert _torch_cpu_capability() == torch.backends.cpu.get_cpu_capability() != ""
