@@ -260,6 +260,11 @@ def _torch_cpu_capability() -> str | None:
         return None
 
 
+def feature_sha256(matrix: np.ndarray) -> str:
+    """sha256 (hex) of a feature matrix's float32 values, row-major, without the .npy header (features.json)."""
+    return hashlib.sha256(np.ascontiguousarray(matrix, dtype=np.float32).tobytes()).hexdigest()
+
+
 def _directory_sha256(directory: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(p for p in directory.rglob("*") if p.is_file()):
@@ -472,8 +477,8 @@ def build_features(
         "versions_differing_from_constraints": differing,
         # sha256 of each feature matrix's float32 values (row-major bytes, without the .npy header)
         "features_sha256": {
-            "text": hashlib.sha256(text_features.tobytes()).hexdigest(),
-            "kg": hashlib.sha256(np.ascontiguousarray(kg_features, dtype=np.float32).tobytes()).hexdigest(),
+            "text": feature_sha256(text_features),
+            "kg": feature_sha256(kg_features),
         },
         "build_key": build_key,
     }

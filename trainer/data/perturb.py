@@ -13,7 +13,6 @@ features`` never takes the copy for an up-to-date build. Give the copy the sourc
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from trainer.data.dataset import DatasetError
-from trainer.data.features import write_directory_atomically
+from trainer.data.features import feature_sha256, write_directory_atomically
 from trainer.data.loaders import load_dataset
 from trainer.data.parsing import feature_files
 
@@ -120,9 +119,7 @@ def perturb_features(dataset_dir: str | Path, out_dir: str | Path, n_values: int
         if manifest_path.is_file():
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
             manifest.pop("build_key", None)
-            manifest["features_sha256"] = {
-                m: hashlib.sha256(np.ascontiguousarray(moved.get(m, raw[m])).tobytes()).hexdigest() for m in raw
-            }
+            manifest["features_sha256"] = {m: feature_sha256(moved.get(m, raw[m])) for m in raw}
             manifest["perturbation"] = {
                 "source": str(source),
                 "source_fingerprint": source_fingerprint,
