@@ -1,4 +1,5 @@
-"""Command line: ``python -m trainer fit|evaluate|export|features|compare|tune|demo|explain|retrain|coldstart|models``."""
+"""Command line: ``python -m trainer
+fit|evaluate|export|features|perturb|compare|table|tune|demo|explain|retrain|coldstart|models``."""
 
 from __future__ import annotations
 
@@ -91,7 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--resume", action="store_true",
                      help="reuse runs that already finished under OUT with identical settings (their bundles are evaluated again)")
     cmp.add_argument("--baseline", default=None,
-                     help="variant label the others are compared with (Welch 95%% intervals over seeds; default: the first)")
+                     help="variant label the others are compared with (95%% intervals over seeds, paired by seed when both "
+                          "ran the same seeds, else Welch; default: the first)")
+
+    table = sub.add_parser("table", help="print compare's tables again from its stored rows (compare.json)")
+    table.add_argument("--rows", type=Path, required=True, help="compare.json, or a {family: rows} file with --family")
+    table.add_argument("--family", default=None, help="which group of rows of a {family: rows} file")
+    table.add_argument("--baseline", default=None, help="variant label the others are compared with (default: the first)")
 
     tune = sub.add_parser("tune", help="grid search on VALID Recall@20 (never reads test); write the best preset")
     tune.add_argument("--model", required=True)
@@ -244,6 +251,13 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_table(args: argparse.Namespace) -> int:
+    from trainer.pipeline import compare_report, read_compare_rows
+
+    print(compare_report(read_compare_rows(args.rows, args.family), args.baseline))
+    return 0
+
+
 def _cmd_tune(args: argparse.Namespace) -> int:
     from trainer.pipeline import parse_grid, tune
 
@@ -355,9 +369,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "fit": _cmd_fit, "evaluate": _cmd_evaluate, "export": _cmd_export, "features": _cmd_features,
-    "perturb": _cmd_perturb,
-    "compare": _cmd_compare, "tune": _cmd_tune, "demo": _cmd_demo, "explain": _cmd_explain, "retrain": _cmd_retrain,
-    "coldstart": _cmd_coldstart, "models": _cmd_models,
+    "perturb": _cmd_perturb, "compare": _cmd_compare, "table": _cmd_table, "tune": _cmd_tune, "demo": _cmd_demo,
+    "explain": _cmd_explain, "retrain": _cmd_retrain, "coldstart": _cmd_coldstart, "models": _cmd_models,
 }
 
 

@@ -221,11 +221,12 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def welch_interval(a: list[float], b: list[float], confidence: float = 0.95) -> tuple[float, float, float]:
-    """(mean(a) - mean(b), low, high): Welch's t interval for the difference of two means.
+    """(mean(a) - mean(b), low, high): Welch's t interval for the difference of two means of independent samples.
 
-    The seeds of two variants are independent samples (different models draw different initialisations), so
-    the interval does not pair them. Degrees of freedom by Welch-Satterthwaite. With fewer than two values on
-    a side the interval is (nan, nan); with no spread on either side it is the difference itself.
+    ``compare`` uses it only for variants that did not run the same seeds (:func:`difference_table`): runs with the
+    same seed share their negative samples, and variants of one model class their initialisation, so they are not
+    independent. Degrees of freedom by Welch-Satterthwaite. With fewer than two values on a side the interval is
+    (nan, nan); with no spread on either side it is the difference itself.
     """
     from scipy import stats
 
@@ -238,6 +239,27 @@ def welch_interval(a: list[float], b: list[float], confidence: float = 0.95) -> 
         return difference, difference, difference
     dof = (share_a + share_b) ** 2 / (share_a**2 / (len(a) - 1) + share_b**2 / (len(b) - 1))
     half_width = float(stats.t.ppf(0.5 + confidence / 2, dof)) * standard_error
+    return difference, difference - half_width, difference + half_width
+
+
+def paired_interval(a: list[float], b: list[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """(mean(a - b), low, high): the t interval of the mean of the per-pair differences a[i] - b[i] (n - 1 degrees of
+    freedom), for values paired by seed. Valid whatever the correlation within a pair, which the seed induces (the
+    same negative samples; for variants of one model class the same initialisation); the pairs of different seeds
+    are independent. With fewer than two pairs the interval is (nan, nan); with no spread in the differences it is
+    the difference itself."""
+    from scipy import stats
+
+    if len(a) != len(b):
+        raise ValueError(f"paired values need equal lengths, got {len(a)} and {len(b)}")
+    differences = [x - y for x, y in zip(a, b, strict=True)]
+    difference = statistics.fmean(differences)
+    if len(differences) < 2:
+        return difference, float("nan"), float("nan")
+    standard_error = statistics.stdev(differences) / math.sqrt(len(differences))
+    if standard_error == 0.0:
+        return difference, difference, difference
+    half_width = float(stats.t.ppf(0.5 + confidence / 2, len(differences) - 1)) * standard_error
     return difference, difference - half_width, difference + half_width
 
 
@@ -381,7 +403,7 @@ def compare(
 ) -> tuple[list[dict[str, Any]], str]:
     """Train every variant × seed; recompute test metrics from each bundle; return rows and markdown: the
     mean ± std table and, with two or more variants, the differences to ``baseline`` (default: the first
-    variant) with Welch intervals over seeds (:func:`difference_table`).
+    variant) with 95% intervals over seeds, paired by seed (:func:`difference_table`).
 
     ``jobs`` > 1 trains that many runs at once in separate processes (useful on a GPU, where one small
     run leaves the device mostly idle); every run is still one process with its own seed.
@@ -424,11 +446,35 @@ def compare(
     ]
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = _in_parallel(_compare_one, work, jobs, lambda done: write_json_atomic(out_dir / "compare.json", done))
+    return rows, compare_report(rows, baseline)
+
+
+def compare_report(rows: list[dict[str, Any]], baseline: str | None = None) -> str:
+    """``compare``'s markdown from its rows (``compare.json``): the mean ± std table, the differences to ``baseline``
+    with two or more variants, and the dataset fingerprint and code lines."""
     table = markdown_table(rows)
-    if len(labels) > 1:
+    if len({row["label"] for row in rows}) > 1:
         table += "\n\n" + difference_table(rows, baseline)
-    table += "\n\n" + fingerprint_line(rows) + "\n\n" + code_line(rows)
-    return rows, table
+    return table + "\n\n" + fingerprint_line(rows) + "\n\n" + code_line(rows)
+
+
+def read_compare_rows(path: Path, family: str | None = None) -> list[dict[str, Any]]:
+    """Rows stored by ``compare`` (``compare.json``: a list of rows), or one family's rows of a ``{family: rows}``
+    file (``--family``). Raises ValueError naming the file when it holds neither."""
+    try:
+        stored = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read compare rows from {path}: {exc}") from exc
+    if isinstance(stored, dict):
+        if family is None or family not in stored:
+            raise ValueError(f"{path} holds several groups of rows {sorted(stored)}: name one with --family")
+        stored = stored[family]
+    elif family is not None:
+        raise ValueError(f"{path} holds one list of rows: --family {family!r} does not apply")
+    required = {"label", "seed", "valid_recall@20", "test_recall@20"}
+    if not isinstance(stored, list) or not stored or not all(isinstance(r, dict) and required <= set(r) for r in stored):
+        raise ValueError(f"{path}: expected a non-empty list of compare rows with {sorted(required)}")
+    return stored
 
 
 def perturbation_table(base_rows: list[dict[str, Any]], perturbed_rows: list[dict[str, Any]],
@@ -437,7 +483,6 @@ def perturbation_table(base_rows: list[dict[str, Any]], perturbed_rows: list[dic
     same label and seed trained on both, test R@20 paired by seed. Columns: the mean on each, the mean absolute
     per-seed change, the mean change with its paired t interval, the base runs' seed std (for scale) and how many
     seeds stopped at another epoch. Labels or seeds present on one side only are left out."""
-    from scipy import stats
 
     def by_key(rows: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
         return {(row["label"], int(row["seed"])): row for row in rows}
@@ -455,11 +500,9 @@ def perturbation_table(base_rows: list[dict[str, Any]], perturbed_rows: list[dic
         before = [float(base[(label, seed)]["test_recall@20"]) for seed in seeds]
         after = [float(perturbed[(label, seed)]["test_recall@20"]) for seed in seeds]
         changes = [b - a for a, b in zip(before, after, strict=True)]
-        mean_change = statistics.fmean(changes)
-        if len(changes) > 1 and statistics.stdev(changes) > 0:
-            half = float(stats.t.ppf(0.5 + confidence / 2, len(changes) - 1)) * statistics.stdev(changes) / math.sqrt(
-                len(changes))
-            interval = f"{mean_change:+.4f} [{mean_change - half:+.4f}, {mean_change + half:+.4f}]"
+        mean_change, low, high = paired_interval(after, before, confidence)
+        if len(changes) > 1 and low != high:
+            interval = f"{mean_change:+.4f} [{low:+.4f}, {high:+.4f}]"
         else:
             interval = f"{mean_change:+.4f}"
         moved_epochs = sum(base[(label, s)]["best_epoch"] != perturbed[(label, s)]["best_epoch"] for s in seeds)
@@ -515,39 +558,50 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def difference_interval(rows: list[dict[str, Any]], label: str, baseline: str, key: str,
+                        confidence: float = 0.95) -> tuple[float, float, float, str]:
+    """(mean(label) - mean(baseline), low, high, method) of ``row[key]``: paired by seed (:func:`paired_interval`)
+    when both variants ran the same two or more seeds, else Welch's interval (:func:`welch_interval`)."""
+    def by_seed(name: str) -> dict[int, float]:
+        return {int(row["seed"]): float(row[key]) for row in rows if row["label"] == name}
+
+    ours, theirs = by_seed(label), by_seed(baseline)
+    if set(ours) == set(theirs) and len(ours) > 1:
+        seeds = sorted(ours)
+        return (*paired_interval([ours[s] for s in seeds], [theirs[s] for s in seeds], confidence), "paired")
+    return (*welch_interval(list(ours.values()), list(theirs.values()), confidence), "Welch")
+
+
 def difference_table(rows: list[dict[str, Any]], baseline: str | None = None, confidence: float = 0.95) -> str:
     """Markdown table of every variant's mean valid and test R@20 minus the ``baseline`` variant's (default:
-    the first), each with its Welch interval over seeds (:func:`welch_interval`). "CI excludes 0" says whether
-    the test difference is separable from seed noise at that level; no correction for comparing several
-    variants is applied."""
+    the first), each with its interval over seeds (:func:`difference_interval`: paired by seed when both ran the
+    same seeds, Welch otherwise; the last column says which). "CI excludes 0" says whether the test difference is
+    separable from seed noise at that level; no correction for comparing several variants is applied."""
     labels = list(dict.fromkeys(row["label"] for row in rows))
     baseline = labels[0] if baseline is None else baseline
     if baseline not in labels:
         raise ValueError(f"baseline {baseline!r} is not one of the variants {labels}")
 
-    def values(label: str, key: str) -> list[float]:
-        return [float(row[key]) for row in rows if row["label"] == label]
-
-    def cell(label: str, key: str) -> tuple[str, float, float]:
-        difference, low, high = welch_interval(values(label, key), values(baseline, key), confidence)
-        return f"{difference:+.4f} [{low:+.4f}, {high:+.4f}]", low, high
+    def cell(label: str, key: str) -> tuple[str, float, float, str]:
+        difference, low, high, method = difference_interval(rows, label, baseline, key, confidence)
+        return f"{difference:+.4f} [{low:+.4f}, {high:+.4f}]", low, high, method
 
     percent = f"{100 * confidence:g}%"
     lines = [
         f"| variant | valid R@20 − {baseline} ({percent} CI) | test R@20 − {baseline} ({percent} CI) | "
-        "test CI excludes 0 |",
-        "|---|---|---|---|",
+        "test CI excludes 0 | interval |",
+        "|---|---|---|---|---|",
     ]
     for label in labels:
         if label == baseline:
             continue
-        valid, _, _ = cell(label, "valid_recall@20")
-        test, low, high = cell(label, "test_recall@20")
+        valid, _, _, _ = cell(label, "valid_recall@20")
+        test, low, high, method = cell(label, "test_recall@20")
         if math.isnan(low):
-            verdict = "n/a (one seed)"
+            verdict, method = "n/a (one seed)", "–"
         else:
             verdict = "higher" if low > 0 else "lower" if high < 0 else "no"
-        lines.append(f"| {label} | {valid} | {test} | {verdict} |")
+        lines.append(f"| {label} | {valid} | {test} | {verdict} | {method} |")
     return "\n".join(lines)
 
 

@@ -1,13 +1,15 @@
-"""Welch intervals and the difference table of ``trainer compare`` on hand-checked numbers."""
+"""Paired and Welch intervals, the difference table of ``trainer compare`` and ``trainer table``, on hand-checked
+numbers."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 from scipy import stats
 
-from trainer.pipeline import difference_table, welch_interval
+from trainer.pipeline import difference_interval, difference_table, paired_interval, welch_interval
 
 
 def test_welch_interval_hand_checked():
@@ -51,15 +53,15 @@ def test_difference_table_says_which_differences_exclude_zero():
     assert "− base (95% CI)" in lines[0]
     body = {line.split(" | ")[0].strip("| "): line for line in lines[2:]}
     assert set(body) == {"better", "same", "worse"}  # the baseline has no row of its own
-    assert body["better"].endswith("| higher |") and "+0.1000 [" in body["better"]
-    assert body["same"].endswith("| no |")
-    assert body["worse"].endswith("| lower |") and "-0.1000 [" in body["worse"]
+    assert body["better"].endswith("| higher | paired |") and "+0.1000 [" in body["better"]
+    assert body["same"].endswith("| no | paired |")
+    assert body["worse"].endswith("| lower | paired |") and "-0.1000 [" in body["worse"]
 
 
 def test_difference_table_other_baseline_and_errors():
     rows = _rows("a", [0.3, 0.31], [0.4, 0.41]) + _rows("b", [0.2], [0.3])
     lines = difference_table(rows, baseline="b").splitlines()
-    assert "− b (95% CI)" in lines[0] and lines[2].startswith("| a |") and lines[2].endswith("| n/a (one seed) |")
+    assert "− b (95% CI)" in lines[0] and lines[2].startswith("| a |") and lines[2].endswith("| n/a (one seed) | – |")
     with pytest.raises(ValueError, match="baseline 'c' is not one of the variants"):
         difference_table(rows, baseline="c")
 
@@ -93,3 +95,61 @@ def test_perturbation_table_pairs_seeds_hand_checked():
     assert cells[6] == "0.0200" and cells[7] == "1 of 3"
     b_cells = [c.strip() for c in lines[3].strip("|").split("|")]
     assert b_cells[4:] == ["0.0000", "+0.0000", "0.0000", "0 of 1"]
+
+
+def test_paired_interval_hand_checked():
+    # differences a - b = [0.01, 0.03, 0.02]: mean 0.02, sd 0.01, se 0.01 / sqrt(3) = 0.0057735;
+    # t(0.975, 2) = 4.302653 -> half-width 0.0248414.
+    difference, low, high = paired_interval([0.41, 0.43, 0.42], [0.40, 0.40, 0.40])
+    assert difference == pytest.approx(0.02)
+    assert (low, high) == pytest.approx((0.02 - 0.0248414, 0.02 + 0.0248414), abs=1e-7)
+    reference = stats.ttest_rel([0.41, 0.43, 0.42], [0.40, 0.40, 0.40]).confidence_interval(0.95)
+    assert (low, high) == pytest.approx((reference.low, reference.high), rel=1e-9)
+    assert math.isnan(paired_interval([0.5], [0.4])[1])
+    assert paired_interval([0.3, 0.4], [0.1, 0.2]) == pytest.approx((0.2, 0.2, 0.2))
+    with pytest.raises(ValueError, match="equal lengths"):
+        paired_interval([0.1, 0.2], [0.1])
+
+
+def test_runs_that_share_seeds_are_compared_paired_and_others_by_welch():
+    """Seed-correlated values: each seed moves both variants alike (+0.00, +0.02, -0.02) and 'shifted' is 0.005 above
+    the base in every seed. Paired by seed the difference is exactly 0.005 (no spread), so it is separable; Welch, which
+    treats the seeds as independent, sees the seed spread on both sides and is not. A variant with other seeds than the
+    baseline is compared by Welch."""
+    seed_effect = {1: 0.0, 2: 0.02, 3: -0.02}
+    rows = [{"label": "base", "seed": s, "valid_recall@20": 0.3 + e, "test_recall@20": 0.4 + e}
+            for s, e in seed_effect.items()]
+    rows += [{"label": "shifted", "seed": s, "valid_recall@20": 0.3 + e, "test_recall@20": 0.405 + e}
+             for s, e in seed_effect.items()]
+    rows += [{"label": "other-seeds", "seed": s + 10, "valid_recall@20": 0.3 + e, "test_recall@20": 0.405 + e}
+             for s, e in seed_effect.items()]
+    difference, low, high, method = difference_interval(rows, "shifted", "base", "test_recall@20")
+    assert method == "paired" and difference == pytest.approx(0.005) and low == pytest.approx(0.005)
+    welch = welch_interval([0.405 + e for e in seed_effect.values()], [0.4 + e for e in seed_effect.values()])
+    assert welch[1] < 0 < welch[2]
+    *other, method = difference_interval(rows, "other-seeds", "base", "test_recall@20")
+    assert method == "Welch" and other == pytest.approx(list(welch))
+    body = {line.split(" | ")[0].strip("| "): line for line in difference_table(rows).splitlines()[2:]}
+    assert body["shifted"].endswith("| higher | paired |")
+    assert body["other-seeds"].endswith("| no | Welch |")
+
+
+def test_table_command_reprints_compare_tables_from_stored_rows(tmp_path, capsys):
+    from trainer.cli import main
+
+    rows = _rows("base", [0.30, 0.31, 0.32], [0.40, 0.41, 0.42]) + _rows("better", [0.40, 0.41, 0.42],
+                                                                         [0.50, 0.51, 0.52])
+    for row in rows:
+        row.update({"model": "mf", "test_ndcg@20": 0.3, "best_epoch": 5, "seconds_per_epoch": 0.1})
+    (tmp_path / "compare.json").write_text(json.dumps(rows))
+    (tmp_path / "families.json").write_text(json.dumps({"one": rows}))
+    assert main(["table", "--rows", str(tmp_path / "compare.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "| better | mf | 1,2,3 |" in printed and "| higher | paired |" in printed
+    assert main(["table", "--rows", str(tmp_path / "families.json"), "--family", "one", "--baseline", "better"]) == 0
+    assert "| base |" in capsys.readouterr().out
+    assert main(["table", "--rows", str(tmp_path / "families.json")]) == 2
+    assert "name one with --family" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text(json.dumps([{"label": "x"}]))
+    assert main(["table", "--rows", str(tmp_path / "bad.json")]) == 2
+    assert "expected a non-empty list of compare rows" in capsys.readouterr().err
