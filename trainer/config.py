@@ -72,6 +72,13 @@ class TrainConfig:
     gradients by softmax weights near 1e-30, and a matrix product over such values ran about 150 times slower on
     the project's x86 sandbox (tests/benchmarks/bench_denormals.py). Values below 1.2e-38 become 0; no effect on a
     GPU.
+
+    ``warm_start_lr`` and ``warm_start_shrink`` act only when a warm start is applied (``fit(warm_start=...)``,
+    ``trainer retrain --warm-start``); a run that trains from scratch ignores them. ``warm_start_lr``: Adam's
+    learning rate for such a run (None: ``lr``). ``warm_start_shrink`` (λ in [0, 1]): every value the warm start
+    copies becomes λ·previous + (1 − λ)·fresh initialisation, a shrink towards the initialisation in the spirit of
+    Ash & Adams' shrink-and-perturb (NeurIPS 2020); 1 copies the previous values as they are, 0 is a cold start.
+    Rows the previous model lacks keep their fresh initialisation either way.
     """
 
     lr: float = 1e-3
@@ -87,6 +94,8 @@ class TrainConfig:
     seed: int = 999
     device: str = "auto"
     flush_denormals: bool = True
+    warm_start_lr: float | None = None
+    warm_start_shrink: float = 1.0
 
     def __post_init__(self) -> None:
         from trainer.evaluate import DEFAULT_KS, METRIC_NAMES, metric_key
@@ -100,6 +109,10 @@ class TrainConfig:
             raise ConfigError(f"train.lr must be >= 0, got {self.lr}")
         if not self.weight_decay >= 0:
             raise ConfigError(f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.warm_start_lr is not None and not self.warm_start_lr >= 0:
+            raise ConfigError(f"train.warm_start_lr must be >= 0, got {self.warm_start_lr}")
+        if not 0.0 <= self.warm_start_shrink <= 1.0:
+            raise ConfigError(f"train.warm_start_shrink must be in [0, 1], got {self.warm_start_shrink}")
         if self.max_seconds is not None and not self.max_seconds > 0:
             raise ConfigError(f"train.max_seconds must be > 0, got {self.max_seconds}")
         metrics = [metric_key(name, k) for name in METRIC_NAMES for k in DEFAULT_KS]

@@ -205,7 +205,7 @@ def _fit_on(
     row_ids = RowIds.of(dataset)
     warm_report = None
     if warm_start is not None:
-        warm_report = apply_warm_start(model, run_config.model, warm_start, row_ids)
+        warm_report = apply_warm_start(model, run_config.model, warm_start, row_ids, shrink=cfg.warm_start_shrink)
         if warm_report.applied:
             logger.info("%s", warm_report.summary())
         else:
@@ -220,8 +220,12 @@ def _fit_on(
     aux_params = model.auxiliary_parameters()
     aux_ids = {id(p) for p in aux_params}
     main_params = [p for p in model.parameters() if id(p) not in aux_ids]
-    optimizer = make_adam(main_params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    aux_optimizer = make_adam(aux_params, lr=cfg.lr) if aux_params else None
+    lr = cfg.lr
+    if warm_report is not None and warm_report.applied and cfg.warm_start_lr is not None:
+        lr = cfg.warm_start_lr
+        logger.info("warm-started run: learning rate %g (train.warm_start_lr) instead of %g", lr, cfg.lr)
+    optimizer = make_adam(main_params, lr=lr, weight_decay=cfg.weight_decay)
+    aux_optimizer = make_adam(aux_params, lr=lr) if aux_params else None
     sampler = NegativeSampler(dataset.train, np.random.default_rng(cfg.seed))
     train_and_valid = (dataset.train + dataset.valid).tocsr()
     logger.info("fit %s on %s (%s); %d parameters", run_config.model, dataset.name, device,

@@ -20,6 +20,9 @@ table's row count does not match its key list, keys repeat, the checkpoint does 
 row (a Multi-KG4Rec checkpoint written before session 13), or a value is not finite. Optimiser state is not carried
 over (checkpoints do not hold it): the new run starts Adam afresh.
 
+``shrink`` (λ, ``train.warm_start_shrink``) blends what is copied with the fresh initialisation: a copied value
+becomes λ·previous + (1 − λ)·fresh (λ = 1: the previous value as it is).
+
 :func:`load_previous_run` reads the source from a run directory (``checkpoint.pt`` and the ids of its rows).
 """
 
@@ -76,11 +79,13 @@ class WarmStartReport:
         row_mapped: per-row tables: {name: {"kind", "kept" (rows copied by key), "new" (fresh rows), "dropped" (old
             rows whose key is gone)}}.
         skipped: {name: reason} for what was deliberately not copied (buffers).
+        shrink: λ of the blend with the fresh initialisation (1: copied as they were).
     """
 
     applied: bool
     reason: str | None = None
     source: str = ""
+    shrink: float = 1.0
     copied: list[str] = field(default_factory=list)
     row_mapped: dict[str, dict[str, Any]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
@@ -95,8 +100,9 @@ class WarmStartReport:
             f"{name} ({info['kind']}: {info['kept']} rows kept, {info['new']} new, {info['dropped']} dropped)"
             for name, info in self.row_mapped.items()
         )
-        return (f"warm start from {self.source}: {len(self.copied)} parameters copied, row-mapped {tables or 'none'}; "
-                f"{len(self.skipped)} buffers rebuilt from the new data")
+        blend = "" if self.shrink == 1.0 else f" (blended {self.shrink:g}·previous + {1 - self.shrink:g}·fresh)"
+        return (f"warm start from {self.source}: {len(self.copied)} parameters copied, row-mapped {tables or 'none'}"
+                f"{blend}; {len(self.skipped)} buffers rebuilt from the new data")
 
 
 class WarmStartRefused(ValueError):
@@ -115,9 +121,16 @@ def _key_rows(keys: Sequence[str], what: str) -> dict[str, int]:
     return rows
 
 
+def _blend(previous: Tensor, fresh: Tensor, shrink: float) -> Tensor:
+    """shrink·previous + (1 − shrink)·fresh; ``previous`` itself when shrink is 1."""
+    return previous if shrink == 1.0 else torch.lerp(fresh, previous, shrink)
+
+
 def _plan(model: Recommender, model_name: str, source: WarmStartSource,
-          ids: RowIds) -> tuple[dict[str, Tensor], WarmStartReport]:
+          ids: RowIds, shrink: float = 1.0) -> tuple[dict[str, Tensor], WarmStartReport]:
     """The new value of every parameter (on the parameter's device) and the report; raises WarmStartRefused."""
+    if not 0.0 <= shrink <= 1.0:
+        raise WarmStartRefused(f"shrink must be in [0, 1], got {shrink}")
     if source.model != model_name:
         raise WarmStartRefused(f"the previous checkpoint is model {source.model!r}, this run trains {model_name!r}")
     from trainer.models.registry import build_config
@@ -170,7 +183,7 @@ def _plan(model: Recommender, model_name: str, source: WarmStartSource,
         mappings[kind] = (new_positions, old_positions, len(old_rows) - len(new_positions))
 
     values: dict[str, Tensor] = {}
-    report = WarmStartReport(applied=True, source=source.origin)
+    report = WarmStartReport(applied=True, source=source.origin, shrink=float(shrink))
     for name, parameter in parameters.items():
         old = source.state_dict[name]
         if not isinstance(old, Tensor):
@@ -184,7 +197,8 @@ def _plan(model: Recommender, model_name: str, source: WarmStartSource,
                     f"parameter {name}: checkpoint shape {tuple(old.shape)} != model shape {tuple(parameter.shape)} "
                     "(not a declared per-user/per-item table)"
                 )
-            values[name] = old.detach().to(device=parameter.device, dtype=parameter.dtype)
+            values[name] = _blend(old.detach().to(device=parameter.device, dtype=parameter.dtype),
+                                  parameter.detach(), shrink)
             report.copied.append(name)
             continue
         new_positions, old_positions, dropped = mappings[kind]
@@ -200,7 +214,8 @@ def _plan(model: Recommender, model_name: str, source: WarmStartSource,
         if new_positions:
             device = parameter.device
             source_rows = old.detach().to(device)[torch.as_tensor(old_positions, dtype=torch.long, device=device)]
-            value[torch.as_tensor(new_positions, dtype=torch.long, device=device)] = source_rows.to(parameter.dtype)
+            targets = torch.as_tensor(new_positions, dtype=torch.long, device=device)
+            value[targets] = _blend(source_rows.to(parameter.dtype), value[targets], shrink)
         values[name] = value
         report.row_mapped[name] = {"kind": kind, "kept": len(new_positions),
                                    "new": int(parameter.shape[0]) - len(new_positions), "dropped": dropped}
@@ -209,15 +224,17 @@ def _plan(model: Recommender, model_name: str, source: WarmStartSource,
     return values, report
 
 
-def apply_warm_start(model: Recommender, model_name: str, source: WarmStartSource, ids: RowIds) -> WarmStartReport:
+def apply_warm_start(model: Recommender, model_name: str, source: WarmStartSource, ids: RowIds,
+                     shrink: float = 1.0) -> WarmStartReport:
     """Initialise ``model`` (freshly built on the new dataset, whose row ids are ``ids``) from ``source``; all or
     nothing. ``model_name`` is the registry name the model was built as (``kgat`` and
-    ``multikg4rec`` share a class).
+    ``multikg4rec`` share a class). ``shrink``: λ of λ·previous + (1 − λ)·fresh for every copied value (module
+    docstring).
 
     Returns a report; ``applied`` False (with the reason) when refused, and then no parameter has changed.
     """
     try:
-        values, report = _plan(model, model_name, source, ids)
+        values, report = _plan(model, model_name, source, ids, shrink)
     except WarmStartRefused as exc:
         return not_applied(str(exc), source.origin)
     parameters = dict(model.named_parameters())

@@ -2,7 +2,7 @@
 
     .venv/bin/python tests/benchmarks/bench_retrain_warm.py [--dataset data/ml-100k-mm] [--models lightgcn ludp]
         [--event-fraction 0.2] [--new-user-fraction 0.05] [--split-seed 0] [--seeds 999] [--max-epochs 400]
-        [--threads 2]
+        [--threads 2] [--warm lr_scale=1,shrink=1 [lr_scale=0.3 shrink=0.5 ...]]
 
 Simulated online traffic (``--split-seed``): a random ``--new-user-fraction`` of the users are new: absent from the
 previous ("base") model's dataset, all their train interactions are events; for every other user a random
@@ -19,6 +19,10 @@ cold (fresh initialisation, today's retrain) and warm (from the base checkpoint,
 best valid epoch, total epochs (best + patience, or the ``--max-epochs`` cap), wall seconds of the fit, valid
 Recall@20 at the best epoch, and the warm/cold ratios; plus the warm-started model's valid Recall@20 before any
 training step. The TEST split is never read (``fit(evaluate_test=False)``): nothing here is chosen on it.
+
+``--warm`` runs one warm retrain per setting, all from the same base checkpoint and with the same seed:
+``lr_scale=S`` sets ``train.warm_start_lr`` to S × the preset's lr, ``shrink=L`` sets ``train.warm_start_shrink``
+(λ·previous + (1 − λ)·fresh initialisation). The default is the plain warm start (``lr_scale=1,shrink=1``).
 """
 
 from __future__ import annotations
@@ -69,6 +73,21 @@ def pairs(dataset) -> set[tuple[str, str]]:
     return {(dataset.user_ids[u], dataset.item_ids[i]) for u, i in zip(coo.row, coo.col)}
 
 
+def parse_warm_setting(text: str) -> dict[str, float]:
+    """``"lr_scale=0.3,shrink=0.5"`` -> {"lr_scale": 0.3, "shrink": 0.5}; missing keys default to 1."""
+    setting = {"lr_scale": 1.0, "shrink": 1.0}
+    for part in filter(None, text.split(",")):
+        key, sep, value = part.partition("=")
+        if not sep or key.strip() not in setting:
+            raise argparse.ArgumentTypeError(f"--warm {text!r}: expected lr_scale=S and/or shrink=L, comma-separated")
+        setting[key.strip()] = float(value)
+    return setting
+
+
+def warm_label(setting: dict[str, float]) -> str:
+    return f"warm lr×{setting['lr_scale']:g} λ{setting['shrink']:g}"
+
+
 def one_fit(dataset, run_config, warm_start=None, checkpoint_path=None) -> dict:
     from trainer.loop import fit
 
@@ -84,7 +103,7 @@ def one_fit(dataset, run_config, warm_start=None, checkpoint_path=None) -> dict:
     }
 
 
-def warm_start_valid(dataset, run_config, source) -> float:
+def warm_start_valid(dataset, run_config, source, shrink: float = 1.0) -> float:
     """Valid Recall@20 of the warm-started model before any training step (new rows fresh, graph of the new data)."""
 
     from trainer.evaluate import evaluate_full_ranking
@@ -96,11 +115,27 @@ def warm_start_valid(dataset, run_config, source) -> float:
     seed_everything(run_config.train.seed)
     device = select_device(run_config.train.device)
     model = build_model(run_config.model, ModelInputs.from_dataset(dataset, device), run_config.model_params)
-    report = apply_warm_start(model, run_config.model, source, RowIds.of(dataset))
+    report = apply_warm_start(model, run_config.model, source, RowIds.of(dataset), shrink=shrink)
     if not report.applied:
         raise RuntimeError(report.reason)
     users, items = compute_representations(model)
     return evaluate_full_ranking(users, items, dataset.valid, dataset.train)["recall@20"]
+
+
+def summarise_settings(rows) -> None:
+    """Per model and warm setting: mean over seeds of warm − cold valid R@20 and of the warm/cold wall-time ratio."""
+    import numpy as np
+
+    groups: dict[tuple[str, str], list] = {}
+    for model, _, label, cold, warm in rows:
+        groups.setdefault((model, label), []).append((warm["valid_r20"] - cold["valid_r20"],
+                                                      warm["seconds"] / cold["seconds"]))
+    print("\nper setting (mean over seeds, min..max) | model | warm setting | seeds | warm - cold valid R@20 | "
+          "warm/cold wall s")
+    for (model, label), values in groups.items():
+        gaps, ratios = np.array([v[0] for v in values]), np.array([v[1] for v in values])
+        print(f"  {model} | {label} | {len(values)} | {gaps.mean():+.4f} ({gaps.min():+.4f}..{gaps.max():+.4f}) | "
+              f"{ratios.mean():.2f} ({ratios.min():.2f}..{ratios.max():.2f})")
 
 
 def main() -> int:
@@ -114,6 +149,8 @@ def main() -> int:
     parser.add_argument("--max-epochs", type=int, default=400)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu | cuda[:N] | auto: where every run trains")
+    parser.add_argument("--warm", type=parse_warm_setting, nargs="+", default=[parse_warm_setting("")],
+                        help="warm-start settings, one warm retrain each: lr_scale=S,shrink=L")
     args = parser.parse_args()
 
     import torch
@@ -148,32 +185,39 @@ def main() -> int:
                 source, why = load_previous_run(Path(tmp))
                 if source is None:
                     raise RuntimeError(why)
-            at_start = warm_start_valid(retrain_data, run_config, source)
             cold = one_fit(retrain_data, run_config)
-            warm = one_fit(retrain_data, run_config, warm_start=source)
-            assert warm["warm_start"].applied, warm["warm_start"].reason
-            rows.append((model, seed, run_config.train, base_run, cold, warm, at_start))
             print(f"\n{model} seed {seed} (lr {run_config.train.lr}, patience {run_config.train.patience}, "
                   f"max epochs {run_config.train.max_epochs})")
             print(f"  base (train minus events): best epoch {base_run['best_epoch']}, {base_run['epochs']} epochs, "
                   f"{base_run['seconds']:.1f} s, valid R@20 {base_run['valid_r20']:.4f}")
+            print("  | retrain | epochs to best valid | total epochs | wall s | valid R@20 (best) | valid R@20 before "
+                  "training | warm/cold: best, total, s |")
+            print("  |---|---|---|---|---|---|---|")
+            print(f"  | cold | {cold['best_epoch']} | {cold['epochs']} | {cold['seconds']:.1f} | "
+                  f"{cold['valid_r20']:.4f} | | |")
+            for setting in args.warm:
+                warm_config = dataclasses.replace(run_config, train=dataclasses.replace(
+                    run_config.train, warm_start_lr=run_config.train.lr * setting["lr_scale"],
+                    warm_start_shrink=setting["shrink"]))
+                at_start = warm_start_valid(retrain_data, warm_config, source, setting["shrink"])
+                warm = one_fit(retrain_data, warm_config, warm_start=source)
+                assert warm["warm_start"].applied, warm["warm_start"].reason
+                rows.append((model, seed, warm_label(setting), cold, warm))
+                print(f"  | {warm_label(setting)} | {warm['best_epoch']} | {warm['epochs']} | {warm['seconds']:.1f} | "
+                      f"{warm['valid_r20']:.4f} ({warm['valid_r20'] - cold['valid_r20']:+.4f}) | {at_start:.4f} | "
+                      f"{warm['best_epoch'] / cold['best_epoch']:.2f}, {warm['epochs'] / cold['epochs']:.2f}, "
+                      f"{warm['seconds'] / cold['seconds']:.2f} |", flush=True)
             print(f"  warm start: {warm['warm_start'].summary()}")
-            print(f"  warm-started model before training: valid R@20 {at_start:.4f}")
-            print("  | retrain | epochs to best valid | total epochs | wall s | valid R@20 (best) |")
-            print("  |---|---|---|---|---|")
-            for label, run in (("cold", cold), ("warm", warm)):
-                print(f"  | {label} | {run['best_epoch']} | {run['epochs']} | {run['seconds']:.1f} | "
-                      f"{run['valid_r20']:.4f} |")
-            print(f"  | warm/cold | {warm['best_epoch'] / cold['best_epoch']:.2f} | "
-                  f"{warm['epochs'] / cold['epochs']:.2f} | {warm['seconds'] / cold['seconds']:.2f} | "
-                  f"{warm['valid_r20'] - cold['valid_r20']:+.4f} (warm - cold) |")
     if len(rows) > 1:
-        print("\nsummary | model | seed | cold best/total/s/R@20 | warm best/total/s/R@20 | ratios best, total, s")
-        for model, seed, _, _, cold, warm, _ in rows:
-            print(f"  {model} | {seed} | {cold['best_epoch']}/{cold['epochs']}/{cold['seconds']:.1f}/"
+        print("\nsummary | model | seed | warm setting | cold best/total/s/R@20 | warm best/total/s/R@20 | "
+              "warm - cold R@20 | ratios best, total, s")
+        for model, seed, label, cold, warm in rows:
+            print(f"  {model} | {seed} | {label} | {cold['best_epoch']}/{cold['epochs']}/{cold['seconds']:.1f}/"
                   f"{cold['valid_r20']:.4f} | {warm['best_epoch']}/{warm['epochs']}/{warm['seconds']:.1f}/"
-                  f"{warm['valid_r20']:.4f} | {warm['best_epoch'] / cold['best_epoch']:.2f}, "
-                  f"{warm['epochs'] / cold['epochs']:.2f}, {warm['seconds'] / cold['seconds']:.2f}")
+                  f"{warm['valid_r20']:.4f} | {warm['valid_r20'] - cold['valid_r20']:+.4f} | "
+                  f"{warm['best_epoch'] / cold['best_epoch']:.2f}, {warm['epochs'] / cold['epochs']:.2f}, "
+                  f"{warm['seconds'] / cold['seconds']:.2f}")
+        summarise_settings(rows)
     return 0
 
 

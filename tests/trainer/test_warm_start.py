@@ -147,6 +147,57 @@ def test_shared_parameters_are_copied_whole_and_buffers_stay_those_of_the_new_da
     assert torch.equal(new.user_feature_preference.weight[0], old.user_feature_preference.weight[29])
 
 
+def test_shrink_blends_copied_values_with_the_fresh_initialisation_and_new_rows_stay_fresh():
+    """λ = 0.25 on LightGCN+SAND: a whole parameter becomes 0.25·old + 0.75·fresh, a kept row likewise; a new row and
+    the buffers stay the fresh model's; λ = 0 leaves every parameter at its fresh value."""
+    old_data = planted_dataset(n_users=30, n_items=40, interactions_per_user=8, with_kg=False, seed=0)
+    new_data = dataclasses.replace(old_data, user_ids=[*old_data.user_ids[:-1], "new-user"])
+    inputs = ModelInputs.from_dataset(new_data, torch.device("cpu"))
+    torch.manual_seed(0)
+    old = build_model("lightgcn_sand", inputs, {"embedding_dim": 32})
+    with torch.no_grad():
+        for parameter in old.parameters():
+            parameter.add_(1.0)
+    source = _source(old, "lightgcn_sand", old_data.user_ids, old_data.item_ids)
+    for shrink in (0.25, 0.0):
+        torch.manual_seed(1)
+        new = build_model("lightgcn_sand", inputs, {"embedding_dim": 32})
+        fresh = _snapshot(new)
+        report = apply_warm_start(new, "lightgcn_sand", source, RowIds.of(new_data), shrink=shrink)
+        assert report.applied and report.shrink == shrink, report.reason
+        assert f"blended {shrink:g}·previous" in report.summary()
+        old_parameters = dict(old.named_parameters())
+        for name in report.copied:
+            expected = shrink * old_parameters[name].detach() + (1 - shrink) * fresh[name]
+            torch.testing.assert_close(dict(new.named_parameters())[name].detach(), expected, rtol=1e-6, atol=1e-6)
+        users, old_users = new.user_embedding.weight.detach(), old.user_embedding.weight.detach()
+        torch.testing.assert_close(users[:29], shrink * old_users[:29] + (1 - shrink) * fresh["user_embedding.weight"][:29])
+        assert torch.equal(users[29], fresh["user_embedding.weight"][29])  # "new-user": no previous row
+        for name, value in new.named_buffers():
+            assert _same(value, fresh[name]) if name in fresh else True, name
+        if shrink == 0.0:
+            for name, parameter in new.named_parameters():
+                assert torch.equal(parameter.detach(), fresh[name]), name
+
+
+def test_a_shrink_outside_0_1_refuses_and_leaves_the_model_untouched():
+    old, new, ids_u, ids_i = _lightgcn_pair()
+    before = _snapshot(new)
+    report = apply_warm_start(new, "lightgcn", _source(old, "lightgcn", ids_u, ids_i), RowIds(ids_u, ids_i), shrink=1.5)
+    assert not report.applied and "shrink must be in [0, 1]" in report.reason
+    _assert_unchanged(new, before)
+
+
+@pytest.mark.parametrize("field, value, message", [("warm_start_shrink", -0.1, "warm_start_shrink must be in [0, 1]"),
+                                                   ("warm_start_shrink", 1.01, "warm_start_shrink must be in [0, 1]"),
+                                                   ("warm_start_lr", -1e-3, "warm_start_lr must be >= 0")])
+def test_warm_start_train_settings_are_checked(field, value, message):
+    from trainer.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        TrainConfig(**{field: value})
+
+
 # ------------------------------------------------------------------------------------------ refusals
 def _lightgcn_pair():
     ids_u, ids_i = [f"u{k}" for k in range(8)], [f"i{k}" for k in range(9)]
@@ -431,6 +482,32 @@ def test_fit_applies_the_warm_start_before_training_and_checkpoints_record_their
     assert second.valid["recall@20"] == pytest.approx(first.history[payload["epoch"] - 1]["valid"]["recall@20"])
     refused = fit(planted, _tiny_run(model="mf", max_epochs=1), progress=False, evaluate_test=False, warm_start=source)
     assert not refused.warm_start.applied and "'lightgcn'" in refused.warm_start.reason
+
+
+def test_fit_trains_a_warm_started_run_at_warm_start_lr_and_a_cold_one_at_lr(tmp_path, planted):
+    """lr 0.01 and warm_start_lr 0: the warm-started run keeps the previous model exactly (no step moves it). lr 0 and
+    warm_start_lr 0.01 with a refused warm start: the run ignores warm_start_lr and keeps its fresh initialisation."""
+    from trainer.loop import seed_everything
+
+    fit(planted, _tiny_run(), progress=False, checkpoint_path=tmp_path / "checkpoint.pt", evaluate_test=False)
+    payload = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    source, why = load_previous_run(tmp_path)
+    assert source is not None, why
+    run = _tiny_run(max_epochs=1)
+    run.train.warm_start_lr = 0.0
+    warm = fit(planted, run, progress=False, evaluate_test=False, warm_start=source)
+    assert warm.warm_start.applied, warm.warm_start.reason
+    for name, value in warm.model.named_parameters():
+        assert torch.equal(value.detach(), payload["state_dict"][name]), name
+
+    refused_run = _tiny_run(model="mf", max_epochs=1)
+    refused_run.train.lr, refused_run.train.warm_start_lr = 0.0, 1e-2
+    refused = fit(planted, refused_run, progress=False, evaluate_test=False, warm_start=source)
+    assert not refused.warm_start.applied
+    seed_everything(refused_run.train.seed)  # as fit seeds before building the model
+    initial = build_model("mf", ModelInputs.from_dataset(planted, torch.device("cpu")), {"embedding_dim": 16})
+    for name, value in refused.model.named_parameters():
+        assert torch.equal(value.detach(), dict(initial.named_parameters())[name]), name
 
 
 def test_a_kgat_checkpoint_records_its_node_and_relation_keys_and_a_second_fit_warm_starts_from_it(tmp_path, planted):
