@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from collections.abc import Callable, Coroutine
@@ -198,7 +199,11 @@ async def recommend(request: Request) -> Response:
     except ValidationError as exc:
         raise RequestValidationError([_body_error(error) for error in exc.errors(include_url=False)]) from None
     runtime: Runtime = request.app.state.runtime
-    result, version = runtime.recommend(user_id, body.k, body.exclude_seen, body.exclude, body.new_items)
+    # the store read (Redis: a blocking socket call) and the search run in the runtime's request threads, not on the
+    # event loop: a slow or hung Redis, or a costly search, must not stall the worker's other requests
+    result, version = await asyncio.get_running_loop().run_in_executor(
+        runtime.request_executor(), runtime.recommend, user_id, body.k, body.exclude_seen, body.exclude, body.new_items
+    )
     payload = {
         "user_id": user_id,
         "items": [{"item_id": i, "score": s} for i, s in zip(result.item_ids, result.scores, strict=True)],
@@ -214,10 +219,11 @@ async def recommend(request: Request) -> Response:
     responses={**UNAUTHORIZED, **ERRORS},
     tags=["serving"],
 )
-async def record_events(user_id: WrittenUserId, body: EventsRequest, runtime: RuntimeDep) -> EventsResponse:
+def record_events(user_id: WrittenUserId, body: EventsRequest, runtime: RuntimeDep) -> EventsResponse:
     """Record interactions: the user's seen set (filtered from recommendations) and the event stream.
 
     Bearer token (MODALREC_WRITE_TOKEN) when one is set."""
+    # a plain def: FastAPI runs it in the thread pool, so the blocking store write never stalls the event loop
     recorded = runtime.record_events(user_id, body.item_ids, body.type)
     return EventsResponse(user_id=user_id, recorded=recorded)
 
@@ -240,10 +246,11 @@ def add_item(body: NewItemRequest, runtime: RuntimeDep) -> NewItemResponse:
 
 
 @router.get("/items/{item_id}/similar", response_model=SimilarResponse, responses=ERRORS, tags=["serving"])
-async def similar_items(
+def similar_items(
     item_id: ItemIdPath, runtime: RuntimeDep, k: Annotated[int, Query(ge=1, le=MAX_K)] = 20
 ) -> SimilarResponse:
     """Items nearest to ``item_id`` by inner product of item embeddings (the item itself excluded)."""
+    # a plain def (thread pool): an unknown id syncs with the store first, a blocking call
     ids, scores, version = runtime.similar(item_id, k)
     return SimilarResponse(
         item_id=item_id,

@@ -33,10 +33,11 @@ logger = logging.getLogger(__name__)
 
 
 def pin_threads(threads: int) -> None:
-    """One FAISS/OpenMP pool of ``threads`` per worker (the CLI also sets OMP_NUM_THREADS)."""
-    import faiss
+    """One FAISS/OpenMP pool of ``threads`` per worker (the CLI also sets OMP_NUM_THREADS). This pins the calling
+    thread; the thread-pool threads that serve requests pin themselves (``service.index.pin_omp_threads``)."""
+    from service.index import pin_omp_threads
 
-    faiss.omp_set_num_threads(threads)
+    pin_omp_threads(threads)
 
 
 class ObservabilityMiddleware:

@@ -338,6 +338,8 @@ def _check_manifest(manifest: Any) -> None:
         )
     if not isinstance(manifest.get("files"), dict):
         raise BundleError("manifest has no 'files' table")
+    for name in manifest["files"]:
+        _check_file_name(name)
     version = manifest.get("version")
     if not isinstance(version, str) or not version:
         raise BundleError(f"manifest 'version' must be a non-empty string, got {version!r}")
@@ -350,6 +352,24 @@ def _check_manifest(manifest: Any) -> None:
         isinstance(dim, int) and not isinstance(dim, bool) and dim > 0 for dim in modalities.values()
     ):
         raise BundleError(f"manifest 'modalities' must map names to positive dimensions, got {modalities!r}")
+
+
+def _check_file_name(name: object) -> None:
+    """A manifest file name must name a file directly inside the bundle directory: the names are joined to the
+    bundle path (checksummed, loaded), so an absolute name or one with a separator or ``..`` would read files
+    elsewhere on the machine."""
+    if (
+        not isinstance(name, str)
+        or name in ("", ".", "..")
+        or "/" in name
+        or "\\" in name
+        or "\x00" in name
+        or os.path.isabs(name)
+    ):
+        raise BundleError(
+            f"manifest file name {name!r} is not a plain file name inside the bundle (absolute paths, '/', '\\', "
+            "'.' and '..' are refused)"
+        )
 
 
 def load_bundle(path: str | os.PathLike[str], verify: bool = True) -> Bundle:

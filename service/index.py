@@ -9,9 +9,12 @@ the largest inner products, and k-means builds its cells in that L2 space (an in
 quantizer over the raw items needed far more probes for the same recall). The IVF scan inside
 the probed cells is exact and the returned scores are recomputed as ``q.x`` from the embeddings.
 ``docs/service.md`` has the measurements behind the choice. Items added online
-(cold start, ``POST /items``) live in a small *delta* ``IndexIDMap2(IndexFlatIP)`` with ids
-``n, n+1, ...``. Mutations rebuild the delta copy-on-write under one lock and publish it with a single
-attribute assignment, so searches never take a lock and never see a half-built index.
+(cold start, ``POST /items``) live in a *delta*: growable buffers of their rows ``n, n+1, ...`` and vectors,
+searched exactly with ``faiss.knn`` (the routine ``IndexFlatIP`` runs, on the buffer itself). Mutations happen under
+one lock and are published with a single attribute assignment of an immutable snapshot (the buffers and a count), so
+searches never take a lock and never see a half-written vector: new items are appended past the end of every
+published snapshot (amortised O(1), the buffers double when full), and replacing an item's vector copies the
+buffer first (copy-on-write; one copy per batch, :meth:`ItemIndex.upsert_many`).
 
 ``build_index_file`` is what the trainer's export calls (when faiss is importable) to ship
 ``item_index.faiss`` in the bundle, so that large catalogues are not indexed at service start-up.
@@ -22,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +41,19 @@ DEFAULT_EF_CONSTRUCTION = 80
 DEFAULT_LARGE_INDEX = "ivf"
 DEFAULT_IVF_NPROBE = 32
 LARGE_INDEX_KINDS = ("ivf", "hnsw")
+
+
+_thread_settings = threading.local()
+
+
+def pin_omp_threads(threads: int | None) -> None:
+    """Give FAISS ``threads`` OpenMP threads in the calling thread (None: leave it). ``omp_set_num_threads`` holds
+    only for the thread that calls it, and searches run in the server's thread pool and the reload watcher: each of
+    them sets it on its first FAISS call (unpinned, a pool thread used a team of one thread per core, and on a busy
+    machine a single-query search took milliseconds instead of 0.1 ms)."""
+    if threads is not None and getattr(_thread_settings, "omp_threads", None) != threads:
+        faiss.omp_set_num_threads(threads)
+        _thread_settings.omp_threads = threads
 
 
 class IndexMismatchError(ValueError):
@@ -184,12 +201,24 @@ def load_index_file(path: Path, n_items: int, dim: int) -> faiss.IndexIDMap2:
 
 @dataclass(frozen=True)
 class _Delta:
-    """Online items: ids [m] (rows >= n_main), vectors [m, dim], their flat index (None when m == 0)."""
+    """A published snapshot of the online items: entries ``0..n-1`` of the buffers ``ids`` int64 [capacity] (rows
+    >= n_main) and ``vectors`` float32 [capacity, dim]. Entries below ``n`` never change once published (appends
+    write past it, replacements copy the buffer first)."""
 
-    ids: np.ndarray
-    vectors: np.ndarray
-    position: dict[int, int]
-    index: faiss.IndexIDMap2 | None
+    ids_buffer: np.ndarray
+    vectors_buffer: np.ndarray
+    n: int
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self.ids_buffer[: self.n]
+
+    @property
+    def vectors(self) -> np.ndarray:
+        return self.vectors_buffer[: self.n]
+
+
+_EMPTY_CAPACITY = 16
 
 
 class ItemIndex:
@@ -200,6 +229,7 @@ class ItemIndex:
         main_embeddings: float32 [n_main, dim], the same vectors (exact fallback, vector lookups).
         ef_search: HNSW search depth (raised to ``k`` when ``k`` is larger).
         nprobe: IVF cells scanned per query; None = the depth stored in the index.
+        threads: FAISS OpenMP threads of every thread that searches (:func:`pin_omp_threads`); None = leave them.
     """
 
     def __init__(
@@ -208,6 +238,7 @@ class ItemIndex:
         main_embeddings: np.ndarray,
         ef_search: int = 128,
         nprobe: int | None = None,
+        threads: int | None = None,
     ) -> None:
         self.kind = index_kind(main)
         index_dim = main_embeddings.shape[1] + (1 if self.kind == "ivf" else 0)
@@ -221,43 +252,84 @@ class ItemIndex:
         )
         self.dim = int(main_embeddings.shape[1])
         self.n_main = int(main.ntotal)
+        self.threads = threads
         self._lock = threading.Lock()
-        self._delta = _Delta(np.zeros(0, dtype=np.int64), np.zeros((0, self.dim), dtype=np.float32), {}, None)
+        self._delta = _Delta(np.zeros(0, dtype=np.int64), np.zeros((0, self.dim), dtype=np.float32), 0)
+        # online row -> its entry in the delta buffers; only ever extended, under the lock, before the snapshot that
+        # holds the entry is published (an entry >= a snapshot's n is not part of that snapshot)
+        self._position: dict[int, int] = {}
 
     @property
     def size(self) -> int:
-        return self.n_main + len(self._delta.ids)
+        return self.n_main + self._delta.n
 
     @property
     def n_online(self) -> int:
-        return len(self._delta.ids)
+        return self._delta.n
 
     def vector(self, row: int) -> np.ndarray:
         """Embedding float32 [dim] of item row ``row`` (bundle or online)."""
         if 0 <= row < self.n_main:
             return self.main_embeddings[row]
         delta = self._delta
-        return delta.vectors[delta.position[row]]
+        position = self._position[row]
+        if position >= delta.n:
+            raise KeyError(row)
+        return delta.vectors_buffer[position]
 
     def upsert(self, row: int, vector: np.ndarray) -> None:
         """Add (or replace) online item ``row`` (>= n_main) with ``vector`` float32 [dim]."""
-        vector = np.ascontiguousarray(vector, dtype=np.float32).reshape(1, -1)
-        if row < self.n_main:
-            raise IndexMismatchError(f"row {row} belongs to the bundle; online items start at {self.n_main}")
-        if vector.shape[1] != self.dim or not np.isfinite(vector).all():
+        self.upsert_many([row], np.asarray(vector, dtype=np.float32).reshape(1, -1))
+
+    def upsert_many(self, rows: Sequence[int] | np.ndarray, vectors: np.ndarray) -> None:
+        """Add or replace online items ``rows`` (each >= n_main) with ``vectors`` float32 [len(rows), dim], published
+        at once; the same as upserting them one by one in this order (a row given twice: its last vector), at the
+        cost of one append per new row (amortised O(1)) and at most one buffer copy for all replaced rows.
+
+        Raises:
+            IndexMismatchError: a row of the bundle, or vectors that are not finite or not [len(rows), dim]; nothing
+                is changed then.
+        """
+        row_list = [int(r) for r in np.asarray(rows, dtype=np.int64).reshape(-1).tolist()]
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim == 1:
+            vectors = vectors.reshape(1, -1)
+        if vectors.ndim != 2 or vectors.shape[0] != len(row_list):
+            raise IndexMismatchError(f"{len(row_list)} rows but vectors of shape {vectors.shape}")
+        for row in row_list:
+            if row < self.n_main:
+                raise IndexMismatchError(f"row {row} belongs to the bundle; online items start at {self.n_main}")
+        if vectors.shape[1] != self.dim or not np.isfinite(vectors).all():
             raise IndexMismatchError(f"online item vector must be finite with dim {self.dim}")
+        if not row_list:
+            return
+        last = {row: i for i, row in enumerate(row_list)}  # row -> its last vector in the batch
         with self._lock:
             old = self._delta
-            if row in old.position:
-                vectors = old.vectors.copy()
-                vectors[old.position[row]] = vector[0]
-                ids = old.ids
-            else:
-                vectors = np.concatenate([old.vectors, vector])
-                ids = np.concatenate([old.ids, np.array([row], dtype=np.int64)])
-            index = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
-            index.add_with_ids(vectors, ids)
-            self._delta = _Delta(ids, vectors, {int(r): p for p, r in enumerate(ids)}, index)
+            position = self._position
+            ids_buffer, vectors_buffer, n = old.ids_buffer, old.vectors_buffer, old.n
+            replaced = [(position[row], i) for row, i in last.items() if row in position]
+            fresh = [(row, i) for row, i in last.items() if row not in position]
+            if replaced:  # copy-on-write: published snapshots keep the vectors they were searched with
+                copied = np.empty_like(vectors_buffer)
+                copied[:n] = vectors_buffer[:n]
+                vectors_buffer = copied
+                for entry, i in replaced:
+                    vectors_buffer[entry] = vectors[i]
+            end = n + len(fresh)
+            if end > len(ids_buffer):  # grow by doubling: amortised O(1) per appended item
+                capacity = max(end, 2 * len(ids_buffer), _EMPTY_CAPACITY)
+                grown_ids = np.empty(capacity, dtype=np.int64)
+                grown_vectors = np.empty((capacity, self.dim), dtype=np.float32)
+                grown_ids[:n] = ids_buffer[:n]
+                grown_vectors[:n] = vectors_buffer[:n]
+                ids_buffer, vectors_buffer = grown_ids, grown_vectors
+            if fresh:  # past the end of every published snapshot that shares these buffers
+                ids_buffer[n:end] = [row for row, _ in fresh]
+                vectors_buffer[n:end] = vectors[[i for _, i in fresh]]
+                for offset, (row, _) in enumerate(fresh):
+                    position[row] = n + offset
+            self._delta = _Delta(ids_buffer, vectors_buffer, end)
 
     def search(
         self, query: np.ndarray, k: int, exclude: np.ndarray | None = None
@@ -269,6 +341,7 @@ class ItemIndex:
         Returns (rows int64 [k'], scores float32 [k']) best first with ``k' = min(k, size - |exclude|)``;
         if the approximate index returns fewer survivors than that, the search is redone exactly.
         """
+        pin_omp_threads(self.threads)
         query = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
         delta = self._delta
         excluded: set[int] = set()
@@ -276,17 +349,19 @@ class ItemIndex:
             # A Python set: the candidate list is only k + |exclude| long, and set lookups on it are
             # several times cheaper than np.unique + np.isin at serving sizes.
             excluded = set(np.asarray(exclude, dtype=np.int64).tolist())
+            position, n_delta = self._position, delta.n
             n_excluded_existing = sum(
-                1 for r in excluded if 0 <= r < self.n_main or r in delta.position
+                1 for r in excluded if 0 <= r < self.n_main or position.get(r, n_delta) < n_delta
             )
         else:
             n_excluded_existing = 0
-        expected = min(k, self.n_main + len(delta.ids) - n_excluded_existing)
+        expected = min(k, self.n_main + delta.n - n_excluded_existing)
         fetch = k + n_excluded_existing
         rows, scores = self._search_main(query, fetch)
-        if delta.index is not None:
-            d_scores, d_rows = delta.index.search(query, min(fetch, len(delta.ids)))
-            rows = np.concatenate([rows, d_rows[0]])
+        if delta.n:
+            d_scores, d_entries = faiss.knn(query, delta.vectors, min(fetch, delta.n), faiss.METRIC_INNER_PRODUCT)
+            entries = d_entries[0]
+            rows = np.concatenate([rows, np.where(entries >= 0, delta.ids[entries], -1)])
             scores = np.concatenate([scores, d_scores[0]])
             order = np.argsort(-scores, kind="stable")
             rows, scores = rows[order], scores[order]
@@ -328,7 +403,8 @@ class ItemIndex:
     def _exact(
         self, query: np.ndarray, k: int, exclude: np.ndarray | None, delta: _Delta
     ) -> tuple[np.ndarray, np.ndarray]:
-        scores = np.concatenate([self.main_embeddings @ query, delta.vectors @ query])
+        with np.errstate(over="ignore", invalid="ignore"):  # overflowing scores are dropped by the caller
+            scores = np.concatenate([self.main_embeddings @ query, delta.vectors @ query])
         rows = np.concatenate([np.arange(self.n_main, dtype=np.int64), delta.ids])
         return _exact_top_k(rows, scores, k, exclude)
 

@@ -43,6 +43,7 @@ LATENCY_BUCKETS = (
 # ModalrecReloadFailed alert missed every process's first refused bundle)
 RELOAD_TRIGGERS = ("startup", "poll", "pubsub", "admin")
 FALLBACK_KINDS = ("popularity", "folded_in")
+SCORED_ROUTES = ("/recommend/{user_id}", "/items/{item_id}/similar")
 
 
 def multiprocess_enabled() -> bool:
@@ -75,6 +76,12 @@ class ServiceMetrics:
         self.reserved_new_items = Counter(
             "modalrec_reserved_new_items",
             "Online (POST /items) items placed in a recommendation by the reserved new-item places",
+            registry=r,
+        )
+        self.nonfinite_scores_dropped = Counter(
+            "modalrec_nonfinite_scores_dropped",
+            "Candidates left out of a response because their score was NaN or infinite",
+            ["route"],
             registry=r,
         )
         self.text_encode_duration = Histogram(
@@ -124,6 +131,8 @@ class ServiceMetrics:
             self.reload_failures.labels(trigger)
         for kind in FALLBACK_KINDS:
             self.fallbacks.labels(kind)
+        for route in SCORED_ROUTES:
+            self.nonfinite_scores_dropped.labels(route)
         self._model_labels: tuple[str, str, str] | None = None
 
     def set_model(self, version: str, model: str, dataset: str) -> None:

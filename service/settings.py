@@ -29,7 +29,18 @@ class Settings(BaseSettings):
         default=None, description="e.g. redis://127.0.0.1:6379/0; unset = MemoryStore"
     )
     redis_prefix: str = "modalrec:"
-    redis_seen_ttl_s: int = Field(default=30 * 24 * 3600, ge=1, description="TTL of a user's online seen set")
+    redis_seen_ttl_s: int = Field(
+        default=30 * 24 * 3600,
+        ge=1,
+        description="TTL of a user's online seen set, refreshed on each event (Redis and the in-process MemoryStore)",
+    )
+    seen_max_items: int = Field(
+        default=1000,
+        ge=1,
+        le=100_000,
+        description="online seen items kept per user, the most recent ones (older ones are dropped when events "
+        "are recorded); bounds what every /recommend reads and over-fetches",
+    )
     redis_stream_maxlen: int = Field(
         default=1_000_000, ge=1, description="approximate cap of the event stream"
     )
@@ -66,6 +77,12 @@ class Settings(BaseSettings):
     threads_per_worker: int = Field(
         default=1, ge=1, description="FAISS OpenMP and onnxruntime threads per worker"
     )
+    recommend_threads: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="threads per worker that run /recommend's store read and search off the event loop",
+    )
 
     new_item_slots: int = Field(
         default=0,
@@ -73,6 +90,13 @@ class Settings(BaseSettings):
         le=1000,
         description="places of each top-k reserved for the best-scoring items added online (POST /items); "
         "a request's `new_items` overrides it; 0 = plain ranking",
+    )
+
+    online_item_max_norm_factor: float = Field(
+        default=10.0,
+        ge=1.0,
+        description="POST /items (and stored items re-applied at start-up/reload) refuses an encoded item vector whose "
+        "norm exceeds this multiple of the largest item-embedding norm of the served bundle",
     )
 
     max_body_bytes: int = Field(default=1 << 20, ge=1024, description="requests with larger bodies get 413")

@@ -15,6 +15,7 @@ graph models (LightGCN, LUDP, SAND) do to build user representations from item r
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +25,14 @@ import numpy as np
 
 from service.bundle import TEXT_ENCODER, TOKENIZER, Bundle, BundleError
 from service.encoder import EncoderError, FeatureError, ItemEncoder, TextEncoder
-from service.index import INDEX_FILE, IndexMismatchError, ItemIndex, build_index, load_index_file
+from service.index import (
+    INDEX_FILE,
+    IndexMismatchError,
+    ItemIndex,
+    build_index,
+    load_index_file,
+    pin_omp_threads,
+)
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -39,6 +47,7 @@ class Recommendation:
     scores: list[float]
     fallback: str | None
     reserved_new_items: int = 0  # online items that entered the list through the reserved places
+    dropped_nonfinite: int = 0  # candidates left out because their score was NaN or infinite
 
 
 @dataclass
@@ -55,6 +64,9 @@ class ServingState:
     online_features: dict[str, Mapping[str, Sequence[float]]] = field(default_factory=dict)
     loaded_at: float = field(default_factory=time.time)
     text_encoder: TextEncoder | None = None
+    # largest norm an encoded online item may have: online_item_max_norm_factor x the largest item-embedding norm of
+    # the bundle (inf for a bundle without items or with all-zero items)
+    max_online_item_norm: float = math.inf
 
     @property
     def version(self) -> str:
@@ -67,6 +79,7 @@ class ServingState:
         Raises:
             BundleError: the index file or the encoder does not match the bundle.
         """
+        pin_omp_threads(settings.threads_per_worker)  # reloads run in the watcher or a pool thread
         index_file = bundle.file(INDEX_FILE)
         try:
             if index_file is not None:
@@ -89,7 +102,11 @@ class ServingState:
                     large_kind=settings.large_index,
                 )
             index = ItemIndex(
-                main, bundle.item_embeddings, ef_search=settings.hnsw_ef_search, nprobe=settings.ivf_nprobe
+                main,
+                bundle.item_embeddings,
+                ef_search=settings.hnsw_ef_search,
+                nprobe=settings.ivf_nprobe,
+                threads=settings.threads_per_worker,
             )
         except IndexMismatchError as exc:
             raise BundleError(str(exc)) from exc
@@ -111,6 +128,7 @@ class ServingState:
             item_ids=list(bundle.item_ids),
             item_rows={i: r for r, i in enumerate(bundle.item_ids)},
             popularity_order=np.argsort(-bundle.popularity, kind="stable"),
+            max_online_item_norm=_max_online_item_norm(bundle.item_embeddings, settings.online_item_max_norm_factor),
         )
 
     def warm(self, n_queries: int = 8) -> None:
@@ -179,11 +197,26 @@ class ServingState:
         return resolved
 
     def encode(self, features: Mapping[str, Sequence[float]]) -> np.ndarray:
+        """The item encoder's vector for ``features``.
+
+        Raises:
+            FeatureError: no item encoder, features it refuses, or a vector that is not finite or whose norm exceeds
+                ``max_online_item_norm`` (features far outside the catalogue's scale: its scores would dwarf, or
+                overflow, every trained item's).
+        """
         if self.encoder is None:
             raise FeatureError(
                 f"bundle {self.version} has no item encoder (item_encoder.onnx), so new items cannot be added"
             )
-        return self.encoder.encode(features)
+        vector = self.encoder.encode(features)
+        norm = float(np.linalg.norm(vector.astype(np.float64)))
+        if not norm <= self.max_online_item_norm:  # NaN and inf included
+            raise FeatureError(
+                f"the features encode to an item vector of norm {norm:.3g}; bundle {self.version} accepts at most "
+                f"{self.max_online_item_norm:.3g} (online_item_max_norm_factor x its largest item norm): the "
+                "feature values are far outside the scale of the catalogue's features"
+            )
+        return vector
 
     def upsert_online_item(
         self, item_id: str, features: Mapping[str, Sequence[float]], vector: np.ndarray
@@ -208,8 +241,13 @@ class ServingState:
         return replaced
 
     def apply_online_items(self, items: Mapping[str, Mapping[str, Sequence[float]]]) -> int:
-        """Re-apply stored online items to this (new) state; items now in the bundle are skipped."""
-        applied = 0
+        """Apply stored online items to this state in one batch (caller holds the mutation lock, or the state is not
+        published yet); items now in the bundle and items already held with the same features are skipped.
+
+        The same result as upserting them one by one in ``items`` order (new ids get the next rows in that order,
+        known online ids are replaced), at the cost of one index update for the whole batch.
+        """
+        applied: list[tuple[str, Mapping[str, Sequence[float]], np.ndarray]] = []
         for item_id, features in items.items():
             if self.is_bundle_item(item_id):
                 continue
@@ -222,9 +260,25 @@ class ServingState:
                     "online item %r cannot be re-applied to bundle %s: %s", item_id, self.version, exc
                 )
                 continue
-            self.upsert_online_item(item_id, features, vector)
-            applied += 1
-        return applied
+            applied.append((item_id, features, vector))
+        if not applied:
+            return 0
+        first_new_row = len(self.item_ids)
+        fresh = [item_id for item_id, _, _ in applied if item_id not in self.item_rows]
+        new_rows = {item_id: first_new_row + offset for offset, item_id in enumerate(fresh)}
+        rows = [self.item_rows.get(item_id, new_rows.get(item_id)) for item_id, _, _ in applied]
+        # Readers do not lock, so publish as upsert_online_item does: row -> id before the index can return the rows,
+        # id -> row only once the index holds the vectors.
+        self.item_ids.extend(fresh)
+        try:
+            self.index.upsert_many(rows, np.stack([vector for _, _, vector in applied]))
+        except Exception:
+            del self.item_ids[first_new_row:]
+            raise
+        self.item_rows.update(new_rows)
+        for item_id, features, _ in applied:
+            self.online_features[item_id] = features
+        return len(applied)
 
     # -- queries --------------------------------------------------------------------------------
     def rows_of(self, item_ids: Iterable[str]) -> list[int]:
@@ -263,7 +317,13 @@ class ServingState:
                 parts.append(np.asarray(online_rows, dtype=np.int64))
         else:
             rows, scores = self.popular(k, exclude_rows)
-            return Recommendation([self.item_ids[r] for r in rows], scores, FALLBACK_POPULARITY)
+            kept = [(r, s) for r, s in zip(rows, scores, strict=True) if math.isfinite(s)]
+            return Recommendation(
+                [self.item_ids[r] for r, _ in kept],
+                [s for _, s in kept],
+                FALLBACK_POPULARITY,
+                dropped_nonfinite=len(rows) - len(kept),
+            )
         excluded = np.concatenate(parts) if len(parts) > 1 else parts[0]
         rows, scores_arr = self.index.search(query, k, excluded)
         reserved = 0
@@ -271,8 +331,11 @@ class ServingState:
             rows, scores_arr, reserved = self._reserve_online(
                 query, rows, scores_arr, k, min(new_item_slots, k), excluded
             )
+        rows, scores_arr, dropped = _finite_only(rows, scores_arr)
         item_ids = self.item_ids
-        return Recommendation([item_ids[r] for r in rows.tolist()], scores_arr.tolist(), fallback, reserved)
+        return Recommendation(
+            [item_ids[r] for r in rows.tolist()], scores_arr.tolist(), fallback, reserved, dropped_nonfinite=dropped
+        )
 
     def _reserve_online(
         self, query: np.ndarray, rows: np.ndarray, scores: np.ndarray, k: int, slots: int, excluded: np.ndarray
@@ -314,10 +377,34 @@ class ServingState:
                 scores.append(0.0)
         return rows, scores
 
-    def similar(self, item_id: str, k: int) -> tuple[list[str], list[float]]:
+    def similar(self, item_id: str, k: int) -> tuple[list[str], list[float], int]:
+        """(item ids, scores, how many candidates were dropped for a NaN or infinite score)."""
         row = self.item_rows[item_id]
         rows, scores = self.index.search(self.index.vector(row), k, np.asarray([row], dtype=np.int64))
-        return [self.item_ids[r] for r in rows.tolist()], scores.tolist()
+        rows, scores, dropped = _finite_only(rows, scores)
+        return [self.item_ids[r] for r in rows.tolist()], scores.tolist(), dropped
+
+
+def _finite_only(rows: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """``rows``/``scores`` without the entries whose score is NaN or infinite, and how many were dropped: JSON has no
+    such numbers (they were sent as null). With finite bundles and the online norm bound none arise; this is the
+    last line of defence, counted in ``modalrec_nonfinite_scores_dropped_total``."""
+    finite = np.isfinite(scores)
+    if finite.all():
+        return rows, scores, 0
+    return rows[finite], scores[finite], int((~finite).sum())
+
+
+def _max_online_item_norm(item_embeddings: np.ndarray, factor: float) -> float:
+    """``factor`` x the largest row norm of ``item_embeddings`` (computed in float64); inf when there is no row or
+    every row is zero (no scale to compare with)."""
+    if not len(item_embeddings):
+        return math.inf
+    largest = 0.0
+    for start in range(0, len(item_embeddings), 65_536):  # bounded temporary memory for large catalogues
+        block = item_embeddings[start : start + 65_536].astype(np.float64)
+        largest = max(largest, float(np.einsum("ij,ij->i", block, block).max()))
+    return factor * math.sqrt(largest) if largest > 0 else math.inf
 
 
 __all__ = [

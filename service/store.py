@@ -6,8 +6,11 @@ embedded default, one process only). Every failure to reach the backend raises
 
 Redis layout (``<p>`` = the configurable key prefix, ``modalrec:`` by default):
 
-- ``<p>seen:<user_id>``  SET of item ids the user interacted with online (TTL ``seen_ttl_s``, refreshed
-  on every event);
+- ``<p>seen_recent:<user_id>``  ZSET item id -> unix time of the user's latest event with it (plus a microsecond
+  per position within one request), trimmed to the ``seen_max_items`` most recent in the transaction that
+  records the events (TTL ``seen_ttl_s``, refreshed on every event);
+- ``<p>seen:<user_id>``  SET, the unbounded layout written before the cap (legacy, read-only now): read
+  alongside, at most ``seen_max_items`` members (SRANDMEMBER), never written; it disappears with its TTL;
 - ``<p>events``          STREAM, one entry per (user, item) event, fields ``user_id``, ``item_id``,
   ``type``, ``ts`` (unix seconds, float as text); capped approximately at ``stream_maxlen``. The retrain
   job reads this stream (docs/service.md);
@@ -24,13 +27,18 @@ import json
 import logging
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 logger = logging.getLogger(__name__)
 
 ItemFeatures = dict[str, list[float]]
+DEFAULT_SEEN_TTL_S = 30 * 24 * 3600
+DEFAULT_SEEN_MAX_ITEMS = 1000
+# ZSET score step between the items of one request, so that their order (the request's) decides which are the most
+# recent; 1000 items span 1 ms, far below the resolution that matters for "most recent"
+_SEEN_ORDER_STEP_S = 1e-6
 
 
 class StoreUnavailable(RuntimeError):
@@ -45,10 +53,11 @@ class Store(Protocol):
         """True when the backend answers; never raises."""
 
     def get_seen(self, user_id: str) -> set[str]:
-        """Item ids the user interacted with online."""
+        """Item ids the user interacted with online: at most ``seen_max_items``, the most recent."""
 
     def record_events(self, user_id: str, item_ids: Sequence[str], event_type: str, ts: float) -> None:
-        """Add the items to the user's seen set and append one stream entry per item (atomically)."""
+        """Add the items to the user's seen set (keeping its ``seen_max_items`` most recent, later positions of
+        ``item_ids`` counting as more recent) and append one stream entry per item (atomically)."""
 
     def put_item(self, item_id: str, features: Mapping[str, list[float]]) -> None:
         """Persist (or replace) a new item's raw features."""
@@ -72,11 +81,29 @@ class Store(Protocol):
 
 
 class MemoryStore:
-    """In-process store (the default without Redis). Thread-safe; state is lost on restart."""
+    """In-process store (the default without Redis). Thread-safe; state is lost on restart.
 
-    def __init__(self, stream_maxlen: int = 1_000_000) -> None:
+    Seen sets follow the Redis store's rules: at most ``seen_max_items`` per user, the most recent, and a user's set
+    expires ``seen_ttl_s`` after the user's latest event (``clock``: seconds, monotonic by default). Expired users are
+    dropped as later events are recorded (oldest first), so memory holds only users active within the TTL.
+    """
+
+    def __init__(
+        self,
+        stream_maxlen: int = 1_000_000,
+        *,
+        seen_ttl_s: float = DEFAULT_SEEN_TTL_S,
+        seen_max_items: int = DEFAULT_SEEN_MAX_ITEMS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if seen_max_items < 1 or seen_ttl_s <= 0:
+            raise ValueError("seen_max_items must be >= 1 and seen_ttl_s > 0")
         self._lock = threading.Lock()
-        self._seen: dict[str, set[str]] = {}
+        self.seen_ttl_s = seen_ttl_s
+        self.seen_max_items = seen_max_items
+        self._clock = clock
+        # user -> (expiry time, {item id: None} oldest first); users ordered by their latest event = by expiry
+        self._seen: OrderedDict[str, tuple[float, dict[str, None]]] = OrderedDict()
         self.events: deque[dict[str, Any]] = deque(maxlen=stream_maxlen)
         self._items: dict[str, ItemFeatures] = {}
         self._written_at: dict[str, int] = {}
@@ -88,11 +115,30 @@ class MemoryStore:
 
     def get_seen(self, user_id: str) -> set[str]:
         with self._lock:
-            return set(self._seen.get(user_id, ()))
+            entry = self._seen.get(user_id)
+            if entry is None:
+                return set()
+            if entry[0] <= self._clock():
+                del self._seen[user_id]
+                return set()
+            return set(entry[1])
 
     def record_events(self, user_id: str, item_ids: Sequence[str], event_type: str, ts: float) -> None:
         with self._lock:
-            self._seen.setdefault(user_id, set()).update(item_ids)
+            now = self._clock()
+            while self._seen:  # expired users, oldest first (the order is that of their latest event)
+                oldest = next(iter(self._seen))
+                if self._seen[oldest][0] > now:
+                    break
+                del self._seen[oldest]
+            entry = self._seen.pop(user_id, None)
+            items = entry[1] if entry is not None else {}
+            for item_id in item_ids:
+                items.pop(item_id, None)  # seen again: now the most recent
+                items[item_id] = None
+            while len(items) > self.seen_max_items:
+                del items[next(iter(items))]
+            self._seen[user_id] = (now + self.seen_ttl_s, items)
             for item_id in item_ids:
                 self.events.append({"user_id": user_id, "item_id": item_id, "type": event_type, "ts": ts})
 
@@ -139,7 +185,8 @@ class RedisStore:
         url: str,
         *,
         prefix: str = "modalrec:",
-        seen_ttl_s: int = 30 * 24 * 3600,
+        seen_ttl_s: int = DEFAULT_SEEN_TTL_S,
+        seen_max_items: int = DEFAULT_SEEN_MAX_ITEMS,
         stream_maxlen: int = 1_000_000,
         socket_timeout_s: float = 0.2,
         retry_interval_s: float = 1.0,
@@ -154,7 +201,10 @@ class RedisStore:
             decode_responses=True,
         )
         self.prefix = prefix
+        if seen_max_items < 1:
+            raise ValueError("seen_max_items must be >= 1")
         self.seen_ttl_s = seen_ttl_s
+        self.seen_max_items = seen_max_items
         self.stream_maxlen = stream_maxlen
         self.retry_interval_s = retry_interval_s
         self._down_until = 0.0
@@ -167,6 +217,11 @@ class RedisStore:
         self.reload_channel = f"{prefix}reload"
 
     def seen_key(self, user_id: str) -> str:
+        """The user's seen ZSET (item id -> time of the latest event), kept at ``seen_max_items`` members."""
+        return f"{self.prefix}seen_recent:{user_id}"
+
+    def legacy_seen_key(self, user_id: str) -> str:
+        """The unbounded SET older versions wrote: read (a bounded sample), never written; it expires by its TTL."""
         return f"{self.prefix}seen:{user_id}"
 
     def _call(self, operation: Callable[[], Any]) -> Any:
@@ -189,13 +244,31 @@ class RedisStore:
         return ok
 
     def get_seen(self, user_id: str) -> set[str]:
-        return set(self._call(lambda: self.client.smembers(self.seen_key(user_id))))
+        limit = self.seen_max_items
+
+        def read() -> tuple[list[str], list[str]]:
+            pipe = self.client.pipeline(transaction=False)  # one round trip
+            pipe.zrevrange(self.seen_key(user_id), 0, limit - 1)
+            pipe.srandmember(self.legacy_seen_key(user_id), limit)
+            recent, legacy = pipe.execute()
+            return recent, legacy or []
+
+        recent, legacy = self._call(read)
+        seen = set(recent)
+        # a set written before the cap fills what the recent items leave, never past the cap
+        for item_id in legacy:
+            if len(seen) >= limit:
+                break
+            seen.add(item_id)
+        return seen
 
     def record_events(self, user_id: str, item_ids: Sequence[str], event_type: str, ts: float) -> None:
         def write() -> None:
             pipe = self.client.pipeline(transaction=True)
             key = self.seen_key(user_id)
-            pipe.sadd(key, *item_ids)
+            # later positions of one request count as more recent (as in MemoryStore); a repeated item moves up
+            pipe.zadd(key, {item_id: ts + p * _SEEN_ORDER_STEP_S for p, item_id in enumerate(item_ids)})
+            pipe.zremrangebyrank(key, 0, -self.seen_max_items - 1)  # keep the most recent seen_max_items
             pipe.expire(key, self.seen_ttl_s)
             for item_id in item_ids:
                 pipe.xadd(
@@ -309,8 +382,13 @@ def make_store(settings: Any) -> Store:
             settings.redis_url,
             prefix=settings.redis_prefix,
             seen_ttl_s=settings.redis_seen_ttl_s,
+            seen_max_items=settings.seen_max_items,
             stream_maxlen=settings.redis_stream_maxlen,
             socket_timeout_s=settings.redis_socket_timeout_s,
             retry_interval_s=settings.store_retry_interval_s,
         )
-    return MemoryStore(stream_maxlen=settings.redis_stream_maxlen)
+    return MemoryStore(
+        stream_maxlen=settings.redis_stream_maxlen,
+        seen_ttl_s=settings.redis_seen_ttl_s,
+        seen_max_items=settings.seen_max_items,
+    )
