@@ -157,23 +157,39 @@ def rows_with_features(features: Tensor) -> Tensor:
     return features.ne(0).any(dim=1)
 
 
-def ludp_item_graph_weights(similarities: Tensor, binary: bool = False) -> Tensor:
-    """LUDP's edge weights of a kNN item graph: a_ij = s_ij / sqrt(|N_i|) (or 1 / sqrt(|N_i|) if ``binary``).
+ITEM_GRAPH_WEIGHT_MODES = ("similarity", "binary", "mean")
 
-    |N_i| is the number of neighbours kept in row i (the row length of ``similarities`` [n, k]), so that
+
+def ludp_item_graph_weights(similarities: Tensor, mode: str = "similarity", scale: float = 1.0) -> Tensor:
+    """Edge weights [n, k] of LUDP's kNN item graph from the kept similarities [n, k] (row i: item i's neighbours).
+
+    ``similarity`` (the paper's): a_ij = s_ij / sqrt(|N_i|); ``binary``: a_ij = 1 / sqrt(|N_i|); ``mean`` (our
+    variant, not the paper's): a_ij = max(s_ij, 0) / sum_j max(s_ij, 0), a similarity-weighted mean of the neighbours
+    (each row sums to one, so H keeps the scale of an ID embedding instead of ~sqrt(k) times it). Every weight is then
+    multiplied by ``scale``.
+
+    |N_i| is the number of neighbours kept in row i (the row length of ``similarities``), so that
     h_i^(l+1) = sum_j a_ij h_j^(l) is the paper's sum over N_i scaled by 1 / sqrt(|N_i|), with the kept
     similarity values weighting the neighbours.
 
     A row whose similarities are all 0 (an item with all-zero features, e.g. no KG facts) has no neighbours: top-k
-    picked its k "neighbours" by tie order alone, so with ``binary`` its edges get weight 0 too.
+    picked its k "neighbours" by tie order alone, so its edges get weight 0 in every mode.
     """
     if similarities.ndim != 2:
         raise ValueError(f"expected similarities [n, k], got shape {tuple(similarities.shape)}")
-    scale = similarities.shape[1] ** -0.5
-    if binary:
+    if mode not in ITEM_GRAPH_WEIGHT_MODES:
+        raise ValueError(f"item graph weights must be one of {ITEM_GRAPH_WEIGHT_MODES}, got {mode!r}")
+    if mode == "mean":
+        positive = similarities.clamp_min(0)
+        total = positive.sum(dim=1, keepdim=True)
+        weights = torch.where(total > 0, positive / total.clamp_min(1e-12), torch.zeros_like(positive))
+    elif mode == "binary":
         has_neighbours = (similarities != 0).any(dim=1, keepdim=True)
-        return torch.where(has_neighbours, scale, 0.0).to(similarities.dtype).expand_as(similarities).contiguous()
-    return similarities * scale
+        weights = torch.where(has_neighbours, similarities.shape[1] ** -0.5, 0.0).to(similarities.dtype)
+        weights = weights.expand_as(similarities).contiguous()
+    else:
+        weights = similarities * similarities.shape[1] ** -0.5
+    return weights if scale == 1.0 else weights * scale
 
 
 def knn_to_torch_sparse_csr(neighbours: Tensor, weights: Tensor, n_columns: int) -> Tensor:

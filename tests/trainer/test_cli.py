@@ -290,3 +290,27 @@ def test_compare_resume_matches_a_run_by_content_wherever_the_dataset_lies(tmp_p
     assert "another setting (dataset)" in capsys.readouterr().err
     assert main(["compare", "--dataset", str(data_dir), *tail, "--resume"]) == 0  # its own path: reused
     assert checkpoint.stat().st_mtime_ns == trained_at
+
+
+def test_every_shipped_preset_is_a_valid_config_for_a_registered_model():
+    """A preset with a misspelt field or a wrong type would only fail when someone trains with it."""
+    from trainer.config import PRESET_DIR, ConfigError, resolve_run_config
+    from trainer.models.registry import MODELS, build_config
+
+    presets = sorted(PRESET_DIR.rglob("*.yaml"))
+    assert len(presets) > 20
+    for preset in presets:
+        dataset = preset.parent.name if preset.parent != PRESET_DIR else None
+        accepted = []
+        for model in MODELS:
+            try:
+                run = resolve_run_config(model, dataset, preset)
+                build_config(model, run.model_params)
+            except (ConfigError, ValueError):
+                continue
+            accepted.append(model)
+        assert accepted, f"{preset.relative_to(PRESET_DIR)} is valid for no registered model"
+    run = resolve_run_config("ludp", "ml-100k-mm", PRESET_DIR / "ml-100k-mm" / "ludp_item_graph_mean.yaml")
+    config = build_config("ludp", run.model_params)
+    assert (config.item_graph_weights, config.item_graph_scale, config.user_graph) == ("mean", 0.2, False)
+    assert (run.train.lr, run.train.weight_decay, run.train.patience) == (0.005, 1e-6, 20)

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from trainer.graphs import (
+    ITEM_GRAPH_WEIGHT_MODES,
     csr_transpose,
     knn_graph,
     knn_to_torch_sparse_csr,
@@ -43,7 +44,6 @@ logger = logging.getLogger(__name__)
 FUSIONS = ("attention", "sum", "concat")
 LAYER_COMBINATIONS = ("sum", "mean")
 COLD_START_ENCODERS = ("neighbour_mean", "item_graph")
-ITEM_GRAPH_WEIGHTS = ("similarity", "binary")
 
 
 @dataclass
@@ -60,7 +60,12 @@ class LUDPConfig(ModelConfig):
         fusion: how per-modality representations are combined: attention | sum | concat (concat + linear).
         knn_k: neighbours kept per item in each modality's kNN graph.
         item_graph_layers: propagation layers on the item graphs (H is the last layer's output).
-        item_graph_weights: similarity (a_ij = s_ij / sqrt(|N_i|)) or binary (a_ij = 1 / sqrt(|N_i|)).
+        item_graph_weights: similarity (a_ij = s_ij / sqrt(|N_i|), the paper's), binary (a_ij = 1 / sqrt(|N_i|)) or
+            mean (our variant: a_ij = s_ij / sum_j s_ij, a similarity-weighted mean of the neighbours).
+        item_graph_scale: every item-graph edge weight is multiplied by this (1 = as above; with
+            ``item_graph_layers`` L, H scales by its L-th power). With ``mean`` weights and a scale below one, the
+            item graph adds a small feature-neighbour term to LightGCN's item embedding instead of dominating it
+            (docs/results/ludp.md, session 16).
         negative_slope: LeakyReLU slope of the user preference graph.
         modalities: the modalities to use (None: every modality of the dataset).
         cold_start_encoder: what ``item_encoder()`` gives a new item. ``neighbour_mean`` (default since session
@@ -84,6 +89,7 @@ class LUDPConfig(ModelConfig):
     knn_k: int = 10
     item_graph_layers: int = 1
     item_graph_weights: str = "similarity"
+    item_graph_scale: float = 1.0
     negative_slope: float = 0.01
     modalities: list[str] | None = None
     cold_start_encoder: str = "neighbour_mean"
@@ -104,10 +110,12 @@ class LUDPConfig(ModelConfig):
             raise ModelInputError(
                 f"LUDP layer_combination must be one of {LAYER_COMBINATIONS}, got {self.layer_combination!r}"
             )
-        if self.item_graph_weights not in ITEM_GRAPH_WEIGHTS:
+        if self.item_graph_weights not in ITEM_GRAPH_WEIGHT_MODES:
             raise ModelInputError(
-                f"LUDP item_graph_weights must be one of {ITEM_GRAPH_WEIGHTS}, got {self.item_graph_weights!r}"
+                f"LUDP item_graph_weights must be one of {ITEM_GRAPH_WEIGHT_MODES}, got {self.item_graph_weights!r}"
             )
+        if not self.item_graph_scale > 0:
+            raise ModelInputError(f"LUDP item_graph_scale must be > 0, got {self.item_graph_scale}")
         for name in ("embedding_dim", "knn_k", "item_graph_layers"):
             if getattr(self, name) < 1:
                 raise ModelInputError(f"LUDP {name} must be >= 1, got {getattr(self, name)}")
@@ -278,7 +286,7 @@ class LUDP(Recommender):
         all_neighbours, all_weights = [], []
         for index, name in enumerate(self.modalities):
             neighbours, similarities = knn_graph(inputs.features[name], config.knn_k)
-            weights = ludp_item_graph_weights(similarities, binary=config.item_graph_weights == "binary")
+            weights = ludp_item_graph_weights(similarities, config.item_graph_weights, config.item_graph_scale)
             all_neighbours.append(neighbours)
             all_weights.append(weights)
             graph = knn_to_torch_sparse_csr(neighbours, weights, inputs.n_items)
@@ -455,7 +463,8 @@ class LUDP(Recommender):
         tables = self.item_modal_representations(self.config.item_graph_layers - 1)
         return LUDPItemGraphEncoder(
             neighbour_tables=tables.detach().clone(),
-            binary=self.config.item_graph_weights == "binary",
+            weight_mode=self.config.item_graph_weights,
+            weight_scale=self.config.item_graph_scale,
             fusion=self.item_fusion,
             **self._feature_neighbour_arguments(self.config.knn_k),
         )
@@ -480,18 +489,20 @@ class LUDPItemGraphEncoder(FeatureNeighbourSearch):
         used_positions: list[int],
         n_inputs: int,
         k: int,
-        binary: bool,
+        weight_mode: str,
+        weight_scale: float,
         fusion: ModalityFusion,
     ) -> None:
         super().__init__(unit_features, used_positions, n_inputs, k)
-        self.binary = binary
+        self.weight_mode = weight_mode
+        self.weight_scale = weight_scale
         self.register_buffer("neighbour_tables", neighbour_tables)  # [M, n_items, d]
         self.fusion = copy.deepcopy(fusion).requires_grad_(False)
 
     def forward(self, *features: Tensor) -> Tensor:
         stacked = torch.stack(
             [
-                (ludp_item_graph_weights(values, self.binary).unsqueeze(-1) * self.neighbour_tables[m][neighbours]).sum(1)
+                (ludp_item_graph_weights(values, self.weight_mode, self.weight_scale).unsqueeze(-1) * self.neighbour_tables[m][neighbours]).sum(1)
                 for m, (values, neighbours) in enumerate(self._neighbours(features))
             ],
             dim=0,

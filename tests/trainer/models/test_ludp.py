@@ -73,13 +73,53 @@ def test_ludp_normalisation_divides_similarities_by_sqrt_neighbour_count():
     _, similarities = knn_graph(FEATURES, k=2)
     weights = ludp_item_graph_weights(similarities)
     torch.testing.assert_close(weights, torch.tensor(EXPECTED_SIMILARITIES) / math.sqrt(2))
-    binary = ludp_item_graph_weights(similarities, binary=True)
+    binary = ludp_item_graph_weights(similarities, "binary")
     torch.testing.assert_close(binary, torch.full((4, 2), 1 / math.sqrt(2)))
-    # an all-zero feature row is similar to nothing: its top-k are tie order only, so no edges, binary or not
+    # an all-zero feature row is similar to nothing: its top-k are tie order only, so no edges in any mode
     _, with_zero_row = knn_graph(torch.cat([FEATURES, torch.zeros(1, FEATURES.shape[1])]), k=2)
-    assert torch.equal(ludp_item_graph_weights(with_zero_row, binary=True)[4], torch.zeros(2))
-    assert torch.equal(ludp_item_graph_weights(with_zero_row)[4], torch.zeros(2))
-    assert (ludp_item_graph_weights(with_zero_row, binary=True)[:4] == 1 / math.sqrt(2)).all()
+    for mode in ("similarity", "binary", "mean"):
+        assert torch.equal(ludp_item_graph_weights(with_zero_row, mode)[4], torch.zeros(2)), mode
+    assert (ludp_item_graph_weights(with_zero_row, "binary")[:4] == 1 / math.sqrt(2)).all()
+    with pytest.raises(ValueError, match="one of"):
+        ludp_item_graph_weights(similarities, "sqrt")
+
+
+def test_mean_item_graph_weights_are_the_similarity_weighted_mean_times_the_scale():
+    _, similarities = knn_graph(FEATURES, k=2)
+    expected = torch.tensor([[0.8 / 1.4, 0.6 / 1.4], [0.8 / 1.28, 0.48 / 1.28], [0.64 / 1.24, 0.6 / 1.24],
+                             [0.64 / 1.0, 0.36 / 1.0]])  # fmt: skip
+    torch.testing.assert_close(ludp_item_graph_weights(similarities, "mean"), expected)
+    torch.testing.assert_close(ludp_item_graph_weights(similarities, "mean", scale=0.2), 0.2 * expected)
+    torch.testing.assert_close(
+        ludp_item_graph_weights(similarities, "similarity", scale=0.5), torch.tensor(EXPECTED_SIMILARITIES) / (2 * math.sqrt(2))
+    )
+    # a negative similarity among the kept ones counts as zero: the weights stay a convex combination
+    mixed = torch.tensor([[0.5, -0.5], [0.0, 0.0], [-0.2, -0.4]])
+    torch.testing.assert_close(
+        ludp_item_graph_weights(mixed, "mean"), torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
+    )
+    with pytest.raises(ValueError, match="item_graph_scale"):
+        LUDPConfig(item_graph_scale=0.0)
+    with pytest.raises(ValueError, match="item_graph_weights"):
+        LUDPConfig(item_graph_weights="sqrt")
+
+
+def test_mean_item_graph_propagation_is_the_hand_computed_scaled_mean():
+    torch.manual_seed(0)
+    config = LUDPConfig(embedding_dim=3, knn_k=2, item_graph_weights="mean", item_graph_scale=0.2)
+    model = LUDP(tiny_inputs({"text": FEATURES}), config)
+    e = model.item_embedding.weight.detach()
+    with torch.no_grad():
+        h = model.item_modal_representations()[0]
+    expected = 0.2 * torch.stack(
+        [
+            (0.8 * e[1] + 0.6 * e[2]) / 1.4,
+            (0.8 * e[0] + 0.48 * e[2]) / 1.28,
+            (0.64 * e[3] + 0.6 * e[0]) / 1.24,
+            (0.64 * e[2] + 0.36 * e[1]) / 1.0,
+        ]
+    )
+    torch.testing.assert_close(h, expected)
 
 
 def test_knn_sparse_matrix_places_weights_at_neighbours():
@@ -340,9 +380,16 @@ def test_cold_start_encoder_is_the_similarity_weighted_mean_of_neighbour_embeddi
 
 @pytest.mark.parametrize("fusion", ["attention", "sum", "concat"])
 @pytest.mark.parametrize("layers", [1, 2])
-def test_item_graph_cold_start_encoder_is_the_models_item_graph_part_for_a_node_without_interactions(fusion, layers):
+@pytest.mark.parametrize("weights", ["similarity", "mean"])
+def test_item_graph_cold_start_encoder_is_the_models_item_graph_part_for_a_node_without_interactions(
+    fusion, layers, weights
+):
     torch.manual_seed(0)
-    config = LUDPConfig(embedding_dim=4, knn_k=2, fusion=fusion, item_graph_layers=layers, cold_start_encoder="item_graph")
+    scale = 1.0 if weights == "similarity" else 0.3
+    config = LUDPConfig(
+        embedding_dim=4, knn_k=2, fusion=fusion, item_graph_layers=layers, cold_start_encoder="item_graph",
+        item_graph_weights=weights, item_graph_scale=scale,
+    )  # fmt: skip
     model = LUDP(tiny_inputs(), config).eval()
     with torch.no_grad():
         for param in model.parameters():  # non-trivial fusion parameters (bias starts at zero)
@@ -358,7 +405,8 @@ def test_item_graph_cold_start_encoder_is_the_models_item_graph_part_for_a_node_
             unit = model.unit_features[m]
             x = new[name] / new[name].norm()
             values, neighbours = torch.topk((x @ unit.T)[0], 2)
-            per_modality.append(((values / math.sqrt(2))[:, None] * tables[m][neighbours]).sum(0))
+            edge = values / math.sqrt(2) if weights == "similarity" else scale * values / values.sum()
+            per_modality.append((edge[:, None] * tables[m][neighbours]).sum(0))
         expected = model.item_fusion(torch.stack(per_modality)[:, None, :])[0]  # the model's own fusion
         torch.testing.assert_close(encoder(new["image"], new["text"])[0], expected)
 
@@ -388,10 +436,13 @@ def test_cold_start_encoder_exports_to_onnx(tmp_path):
         test=sp.csr_matrix((3, 4), dtype=np.float32),
         features=features,
     )
-    for encoder_kind in ("neighbour_mean", "item_graph"):
-        config = LUDPConfig(embedding_dim=4, knn_k=2, cold_start_neighbours=2, cold_start_encoder=encoder_kind)
+    for encoder_kind, weights in (("neighbour_mean", "similarity"), ("item_graph", "similarity"), ("item_graph", "mean")):
+        config = LUDPConfig(
+            embedding_dim=4, knn_k=2, cold_start_neighbours=2, cold_start_encoder=encoder_kind,
+            item_graph_weights=weights, item_graph_scale=0.2 if weights == "mean" else 1.0,
+        )  # fmt: skip
         model = LUDP(ModelInputs.from_dataset(dataset, torch.device("cpu")), config)
-        info = export_item_encoder(model.eval(), dataset, tmp_path / f"{encoder_kind}.onnx")
+        info = export_item_encoder(model.eval(), dataset, tmp_path / f"{encoder_kind}_{weights}.onnx")
         assert info is not None and info["inputs"] == {"image": 3, "text": 3}
         assert info["max_abs_error_vs_torch"] < 1e-5
 
