@@ -2,13 +2,13 @@
 # Every model on MovieLens-100K (text + kg) in one comparison, then each multimodal model's variants and ablations
 # against the full model, 5 seeds, the presets of trainer/configs/ml-100k-mm/, two runs at a time (2 CPU cores:
 # about 36 min for the main comparison, 58 min for the families). Results: OUT/main/compare.md and
-# OUT/{sand,ludp,mkg}/compare.md (mean ± std, and differences with 95% Welch intervals over seeds).
+# OUT/{sand,ludp,ludp_item,mkg}/compare.md (mean ± std, and differences with 95% intervals over seeds, paired by seed).
 # The families reuse the full models' runs of the main comparison (linked, then `compare --resume`).
-# STEPS picks which comparisons run (default: all four, "main sand ludp mkg"; the families need main's runs).
+# STEPS picks which comparisons run (default: all five, "main sand ludp ludp_item mkg"; the families need main's runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/compare_ml100k}
-STEPS=${STEPS:-main sand ludp mkg}
+STEPS=${STEPS:-main sand ludp ludp_item mkg}
 C=trainer/configs/ml-100k-mm
 [ -d data/ml-100k-mm ] || .venv/bin/python -m trainer features --dataset ../shared/datasets/ml-100k --out data/ml-100k-mm
 compare() {  # out-subdir, then variants
@@ -23,7 +23,7 @@ reuse() {  # family-subdir, label: link the main comparison's runs of that label
   ln -sfn "../main/$2" "$OUT/$1/$2"
 }
 mkdir -p "$OUT"
-compare main --variant LightGCN=lightgcn --variant LUDP=ludp --variant SAND=sand \
+compare main --variant LightGCN=lightgcn --variant LUDP=ludp --variant LUDP-item=ludp_item --variant SAND=sand \
   --variant "SAND+ID=sand:$C/sand_idgraph.yaml" --variant KGAT=kgat --variant Multi-KG4Rec=multikg4rec
 reuse sand SAND
 compare sand --variant SAND=sand \
@@ -34,6 +34,11 @@ reuse ludp LUDP
 compare ludp --variant LUDP=ludp \
   --variant "no-item-graph=ludp:$C/ludp_no_item_graph.yaml" --variant "no-user-graph=ludp:$C/ludp_no_user_graph.yaml" \
   --variant "fusion-sum=ludp:$C/ludp_fusion_sum.yaml" --variant "fusion-concat=ludp:$C/ludp_fusion_concat.yaml"
+reuse ludp_item LUDP-item
+compare ludp_item --variant LUDP-item=ludp_item \
+  --variant "fusion-sum=ludp_item:$C/ludp_item_fusion_sum.yaml" \
+  --variant "fusion-concat=ludp_item:$C/ludp_item_fusion_concat.yaml" \
+  --variant "text-only=ludp_item:$C/ludp_item_text_only.yaml" --variant "kg-only=ludp_item:$C/ludp_item_kg_only.yaml"
 reuse mkg Multi-KG4Rec
 reuse mkg KGAT
 compare mkg --variant Multi-KG4Rec=multikg4rec \

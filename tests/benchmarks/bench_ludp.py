@@ -2,11 +2,13 @@
 
     .venv/bin/python tests/benchmarks/bench_ludp.py [--dataset data/ml-100k-mm] [--epochs 3]
         [--knn-items 100000] [--knn-dim 384] [--knn-k 10] [--threads 2] [--epoch-threads 1]
-        [--denormals flushed|kept|both]
+        [--denormals flushed|kept|both] [--ludp-config trainer/configs/ml-100k-mm/ludp_item_graph_mean.yaml ...]
 
 Part 1 trains LightGCN and LUDP (registry defaults, batch 2048, Adam) for ``--epochs`` full epochs each,
 interleaved, on ``--epoch-threads`` torch threads (1, as in the training runs: on a shared 2-core machine
 more threads oversubscribe the cores), and prints the median epoch seconds, the ratio, and the process's peak RSS.
+Each ``--ludp-config`` adds one more LUDP, built with that YAML file's ``model_params`` over the registry
+defaults (e.g. the item-graph-only variant), timed in the same interleaved rounds and reported as ``ludp:<file stem>``.
 ``flushed`` times both models with denormal floats flushed to zero, as ``trainer fit`` trains on a CPU
 (``trainer.loop.denormals_flushed``); ``kept`` without (the trainer before session 13); ``both`` (default) runs
 the two one after the other, fresh models each.
@@ -32,20 +34,23 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def bench_epochs(dataset_dir: Path, epochs: int, batch_size: int, flush_denormals: bool) -> dict:
+def bench_epochs(
+    dataset_dir: Path, epochs: int, batch_size: int, flush_denormals: bool, ludp_configs: tuple[Path, ...] | list[Path] = ()
+) -> dict:
     import torch
 
     from trainer.loop import denormals_flushed
 
     with denormals_flushed(torch.device("cpu"), flush_denormals):
-        result = _bench_epochs(dataset_dir, epochs, batch_size)
+        result = _bench_epochs(dataset_dir, epochs, batch_size, ludp_configs)
     return {"denormals": "flushed" if flush_denormals else "kept", **result}
 
 
-def _bench_epochs(dataset_dir: Path, epochs: int, batch_size: int) -> dict:
+def _bench_epochs(dataset_dir: Path, epochs: int, batch_size: int, ludp_configs: list[Path]) -> dict:
     import numpy as np
     import torch
 
+    from trainer.config import read_yaml
     from trainer.loop import NegativeSampler, make_adam
     from trainer.models.base import ModelInputs
     from trainer.models.registry import build_model
@@ -56,6 +61,8 @@ def _bench_epochs(dataset_dir: Path, epochs: int, batch_size: int) -> dict:
     torch.manual_seed(0)
     started = time.perf_counter()
     models = {"lightgcn": build_model("lightgcn", inputs), "ludp": build_model("ludp", inputs)}
+    for path in ludp_configs:
+        models[f"ludp:{path.stem}"] = build_model("ludp", inputs, read_yaml(path).get("model_params") or {})
     build_seconds = time.perf_counter() - started
     optimizers = {name: make_adam(model.parameters(), lr=1e-3) for name, model in models.items()}
     seconds: dict[str, list[float]] = {name: [] for name in models}
@@ -89,6 +96,10 @@ def _bench_epochs(dataset_dir: Path, epochs: int, batch_size: int) -> dict:
         "epoch_cpu_seconds": {name: [round(v, 3) for v in values] for name, values in cpu_seconds.items()},
         "median_epoch_cpu_seconds": {name: round(v, 3) for name, v in median_cpu.items()},
         "ludp_over_lightgcn_cpu": round(median_cpu["ludp"] / median_cpu["lightgcn"], 3),
+        "over_lightgcn": {name: round(median[name] / median["lightgcn"], 3) for name in models if name != "lightgcn"},
+        "over_lightgcn_cpu": {
+            name: round(median_cpu[name] / median_cpu["lightgcn"], 3) for name in models if name != "lightgcn"
+        },
         # the two models' epochs alternate, so epoch e of each ran back to back: one paired ratio per epoch
         "paired_epoch_ratios": [round(a / b, 3) for a, b in zip(seconds["ludp"], seconds["lightgcn"], strict=True)],
         "model_build_seconds_both": round(build_seconds, 3),
@@ -139,6 +150,8 @@ def main() -> None:
         "--denormals", choices=("flushed", "kept", "both"), default="both",
         help="time the epochs with denormals flushed to zero (as trainer fit on a CPU), kept, or both",
     )
+    parser.add_argument("--ludp-config", type=Path, nargs="+", default=[],
+                        help="more LUDP variants to time: YAML files whose model_params overlay the defaults")
     parser.add_argument("--skip-epochs", action="store_true")
     parser.add_argument("--skip-knn", action="store_true")
     parser.add_argument("--knn-only", action="store_true", help=argparse.SUPPRESS)
@@ -153,7 +166,7 @@ def main() -> None:
     if not args.skip_epochs:
         modes = {"flushed": [True], "kept": [False], "both": [True, False]}[args.denormals]
         for flush_denormals in modes:
-            result = bench_epochs(args.dataset, args.epochs, args.batch_size, flush_denormals)
+            result = bench_epochs(args.dataset, args.epochs, args.batch_size, flush_denormals, args.ludp_config)
             print(f"epoch time (same data, same run, interleaved), denormals {result['denormals']}:")
             print(json.dumps(result, indent=2))
     if not args.skip_knn:

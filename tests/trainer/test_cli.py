@@ -310,7 +310,8 @@ def test_every_shipped_preset_is_a_valid_config_for_a_registered_model():
                 continue
             accepted.append(model)
         assert accepted, f"{preset.relative_to(PRESET_DIR)} is valid for no registered model"
-    run = resolve_run_config("ludp", "ml-100k-mm", PRESET_DIR / "ml-100k-mm" / "ludp_item_graph_mean.yaml")
-    config = build_config("ludp", run.model_params)
+    run = resolve_run_config("ludp_item", "ml-100k-mm", PRESET_DIR / "ml-100k-mm" / "ludp_item_kg_only.yaml")
+    config = build_config("ludp_item", run.model_params)
     assert (config.item_graph_weights, config.item_graph_scale, config.user_graph) == ("mean", 0.2, False)
+    assert (config.layer_combination, config.modalities) == ("mean", ["kg"])
     assert (run.train.lr, run.train.weight_decay, run.train.patience) == (0.005, 1e-6, 20)

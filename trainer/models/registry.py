@@ -33,6 +33,11 @@ MODELS: dict[str, ModelSpec] = {
     "multikg4rec": ModelSpec(MultiKG4Rec, description="Multi-KG4Rec: CKG + cross-modal Bi-Transformer + knowledge-aware attention (Wang et al. 2025)"),
     "kgat": ModelSpec(MultiKG4Rec, {"fusion": "none"}, description="KGAT: Multi-KG4Rec without multimodal fusion (the paper's w/o t&v)"),
     "ludp": ModelSpec(LUDP, description="LUDP: item modal kNN graphs + user preference graph on LightGCN (Lei et al. 2023)"),
+    "ludp_item": ModelSpec(
+        LUDP,
+        {"user_graph": False, "item_graph_weights": "mean", "layer_combination": "mean"},
+        description="LUDP's item modal kNN graphs on LightGCN, neighbours averaged (our variant; no user graph)",
+    ),
     "sand": ModelSpec(SAND, description="SAND: separate alignment and distancing of modal-generic/unique parts (2024)"),
     "lightgcn_sand": ModelSpec(LightGCNSAND, description="LightGCN + projected features with SAND's alignment and distancing"),
 }
