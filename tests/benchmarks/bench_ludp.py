@@ -2,13 +2,13 @@
 
     .venv/bin/python tests/benchmarks/bench_ludp.py [--dataset data/ml-100k-mm] [--epochs 3]
         [--knn-items 100000] [--knn-dim 384] [--knn-k 10] [--threads 2] [--epoch-threads 1]
-        [--denormals flushed|kept|both] [--ludp-config trainer/configs/ml-100k-mm/ludp_item_graph_mean.yaml ...]
+        [--denormals flushed|kept|both] [--also ludp_item [MODEL[:CONFIG.yaml] ...]]
 
 Part 1 trains LightGCN and LUDP (registry defaults, batch 2048, Adam) for ``--epochs`` full epochs each,
 interleaved, on ``--epoch-threads`` torch threads (1, as in the training runs: on a shared 2-core machine
 more threads oversubscribe the cores), and prints the median epoch seconds, the ratio, and the process's peak RSS.
-Each ``--ludp-config`` adds one more LUDP, built with that YAML file's ``model_params`` over the registry
-defaults (e.g. the item-graph-only variant), timed in the same interleaved rounds and reported as ``ludp:<file stem>``.
+Each ``--also MODEL[:CONFIG.yaml]`` adds one more model to the same interleaved rounds (e.g. ``ludp_item``), with
+the model parameters ``trainer fit`` would resolve for it on this dataset (model preset, dataset preset, CONFIG).
 ``flushed`` times both models with denormal floats flushed to zero, as ``trainer fit`` trains on a CPU
 (``trainer.loop.denormals_flushed``); ``kept`` without (the trainer before session 13); ``both`` (default) runs
 the two one after the other, fresh models each.
@@ -35,34 +35,36 @@ def peak_rss_mib() -> float:
 
 
 def bench_epochs(
-    dataset_dir: Path, epochs: int, batch_size: int, flush_denormals: bool, ludp_configs: tuple[Path, ...] | list[Path] = ()
+    dataset_dir: Path, epochs: int, batch_size: int, flush_denormals: bool, also: tuple[str, ...] | list[str] = ()
 ) -> dict:
     import torch
 
     from trainer.loop import denormals_flushed
 
     with denormals_flushed(torch.device("cpu"), flush_denormals):
-        result = _bench_epochs(dataset_dir, epochs, batch_size, ludp_configs)
+        result = _bench_epochs(dataset_dir, epochs, batch_size, also)
     return {"denormals": "flushed" if flush_denormals else "kept", **result}
 
 
-def _bench_epochs(dataset_dir: Path, epochs: int, batch_size: int, ludp_configs: list[Path]) -> dict:
+def _bench_epochs(dataset_dir: Path, epochs: int, batch_size: int, also: tuple[str, ...] | list[str]) -> dict:
     import numpy as np
     import torch
 
-    from trainer.config import read_yaml
+    from trainer.config import resolve_run_config
     from trainer.loop import NegativeSampler, make_adam
     from trainer.models.base import ModelInputs
     from trainer.models.registry import build_model
-    from trainer.pipeline import load_dataset_dir
+    from trainer.pipeline import dataset_preset_name, load_dataset_dir
 
     dataset = load_dataset_dir(dataset_dir)
     inputs = ModelInputs.from_dataset(dataset, torch.device("cpu"))
     torch.manual_seed(0)
     started = time.perf_counter()
     models = {"lightgcn": build_model("lightgcn", inputs), "ludp": build_model("ludp", inputs)}
-    for path in ludp_configs:
-        models[f"ludp:{path.stem}"] = build_model("ludp", inputs, read_yaml(path).get("model_params") or {})
+    for spec in also:
+        name, _, config = spec.partition(":")
+        run = resolve_run_config(name, dataset_preset_name(dataset_dir), Path(config) if config else None)
+        models[spec] = build_model(name, inputs, run.model_params)
     build_seconds = time.perf_counter() - started
     optimizers = {name: make_adam(model.parameters(), lr=1e-3) for name, model in models.items()}
     seconds: dict[str, list[float]] = {name: [] for name in models}
@@ -150,8 +152,8 @@ def main() -> None:
         "--denormals", choices=("flushed", "kept", "both"), default="both",
         help="time the epochs with denormals flushed to zero (as trainer fit on a CPU), kept, or both",
     )
-    parser.add_argument("--ludp-config", type=Path, nargs="+", default=[],
-                        help="more LUDP variants to time: YAML files whose model_params overlay the defaults")
+    parser.add_argument("--also", nargs="+", default=[], metavar="MODEL[:CONFIG.yaml]",
+                        help="more models in the same rounds, with the parameters fit resolves for this dataset")
     parser.add_argument("--skip-epochs", action="store_true")
     parser.add_argument("--skip-knn", action="store_true")
     parser.add_argument("--knn-only", action="store_true", help=argparse.SUPPRESS)
@@ -166,7 +168,7 @@ def main() -> None:
     if not args.skip_epochs:
         modes = {"flushed": [True], "kept": [False], "both": [True, False]}[args.denormals]
         for flush_denormals in modes:
-            result = bench_epochs(args.dataset, args.epochs, args.batch_size, flush_denormals, args.ludp_config)
+            result = bench_epochs(args.dataset, args.epochs, args.batch_size, flush_denormals, args.also)
             print(f"epoch time (same data, same run, interleaved), denormals {result['denormals']}:")
             print(json.dumps(result, indent=2))
     if not args.skip_knn:
