@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 import warnings
 from pathlib import Path
@@ -103,6 +104,7 @@ def export_item_encoder(
             )
     finally:
         encoder.to(device)
+    _declare_every_modality(path, {name: int(dataset.features[name].shape[1]) for name in modalities})
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -119,6 +121,33 @@ def export_item_encoder(
         "opset": ONNX_OPSET,
         "max_abs_error_vs_torch": max_error,
     }
+
+
+def _declare_every_modality(path: Path, dims: dict[str, int]) -> None:
+    """Make the ONNX file at ``path`` declare one float32 [batch, dim] input per modality, in ``dims`` order.
+
+    The exporter drops graph inputs the computation never reads: an encoder of a model trained on a subset of the
+    dataset's modalities (e.g. LUDP with ``modalities: [text]``) came out without the others, and the bundle contract
+    (and the service, which feeds every modality by name) expects them all. A declared input that no node reads is
+    valid ONNX; onnxruntime accepts and ignores its values.
+    """
+    import onnx
+
+    graph_model = onnx.load(str(path))
+    declared = {value.name: value for value in graph_model.graph.input}
+    if list(declared) == list(dims):
+        return
+    inputs = [
+        declared.get(name) or onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, ["batch", dim])
+        for name, dim in dims.items()
+    ]
+    extra = [value for name, value in declared.items() if name not in dims]  # none expected; kept, not lost
+    del graph_model.graph.input[:]
+    graph_model.graph.input.extend(inputs + extra)
+    onnx.checker.check_model(graph_model)
+    tmp = path.with_name(path.name + ".tmp")
+    onnx.save(graph_model, str(tmp))
+    os.replace(tmp, path)
 
 
 def export_bundle(

@@ -447,6 +447,36 @@ def test_cold_start_encoder_exports_to_onnx(tmp_path):
         assert info["max_abs_error_vs_torch"] < 1e-5
 
 
+@pytest.mark.parametrize("encoder_kind", ["neighbour_mean", "item_graph"])
+def test_encoder_of_a_model_on_a_subset_of_the_modalities_still_takes_every_modality(tmp_path, encoder_kind):
+    """The ONNX exporter dropped inputs the encoder never reads: LUDP with ``modalities: [text]`` on a text + image
+    dataset failed its export check ("Invalid input name: image"), and the service requires every modality."""
+    from service.encoder import ItemEncoder
+    from trainer.export import export_item_encoder
+
+    torch.manual_seed(0)
+    features = {"image": (FEATURES.flip(1) + 0.1).numpy(), "text": FEATURES.numpy()}
+    dataset = InteractionDataset(
+        name="tiny", user_ids=["u0", "u1", "u2"], item_ids=["i0", "i1", "i2", "i3"], train=TRAIN,
+        valid=sp.csr_matrix((3, 4), dtype=np.float32), test=sp.csr_matrix((3, 4), dtype=np.float32), features=features,
+    )  # fmt: skip
+    config = LUDPConfig(
+        embedding_dim=4, knn_k=2, cold_start_neighbours=2, cold_start_encoder=encoder_kind, modalities=["text"]
+    )
+    model = LUDP(ModelInputs.from_dataset(dataset, torch.device("cpu")), config).eval()
+    path = tmp_path / "item_encoder.onnx"
+    info = export_item_encoder(model, dataset, path)
+    assert info["inputs"] == {"image": 3, "text": 3} and info["max_abs_error_vs_torch"] < 1e-5
+    served = ItemEncoder(path, info["inputs"], dim=4)
+    assert [i.name for i in served.session.get_inputs()] == ["image", "text"]
+    new_text = [1.0, 0.3, 0.0]
+    with torch.no_grad():
+        expected = model.item_encoder()(torch.zeros(1, 3), torch.tensor([new_text]))[0].numpy()
+    for image in ([0.0, 0.0, 0.0], [5.0, -1.0, 2.0]):  # the unused modality's values change nothing
+        got = served.encode({"image": image, "text": new_text})
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_runs_on_cuda():
     inputs = tiny_inputs()
