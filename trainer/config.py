@@ -63,6 +63,10 @@ def typed_values(config_class: type, values: dict[str, Any], what: str) -> dict[
     return checked
 
 
+# TrainConfig fields that act only when a run is warm-started from a previous checkpoint: a run trained from scratch
+# (every compare and tune run) is the same whatever they hold
+WARM_START_ONLY_FIELDS = ("warm_start_lr", "warm_start_shrink")
+
 @dataclass
 class TrainConfig:
     """Optimisation and early-stopping settings (MMRec defaults).

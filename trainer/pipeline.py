@@ -15,7 +15,13 @@ from typing import Any
 import torch
 
 from trainer.bundle_eval import evaluate_bundle_on_split
-from trainer.config import ExportConfig, RunConfig, merge_overrides, resolve_run_config
+from trainer.config import (
+    WARM_START_ONLY_FIELDS,
+    ExportConfig,
+    RunConfig,
+    merge_overrides,
+    resolve_run_config,
+)
 from trainer.data.dataset import InteractionDataset
 from trainer.export import export_bundle
 from trainer.loop import CHECKPOINT, METRICS, SPLIT_FILE, fit, write_json_atomic, write_split
@@ -294,8 +300,10 @@ def _in_parallel(function, jobs: list[tuple], workers: int, on_result) -> list[A
 def _comparable_config(config: dict[str, Any]) -> dict[str, Any]:
     """What must agree for a finished run to stand in for a new one: model, model, training and export parameters
     (not the config files' paths), as JSON would store them. Runs from before the export section had its
-    defaults."""
+    defaults. The training settings of warm-started runs only (``WARM_START_ONLY_FIELDS``) are left out: the runs
+    compared here train from scratch, so they did not act (and runs from before they existed lack them)."""
     comparable = {key: config[key] for key in ("model", "model_params", "train")}
+    comparable["train"] = {k: v for k, v in comparable["train"].items() if k not in WARM_START_ONLY_FIELDS}
     comparable["export"] = {**dataclasses.asdict(ExportConfig()), **(config.get("export") or {})}
     return json.loads(json.dumps(comparable))
 

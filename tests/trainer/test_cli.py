@@ -198,6 +198,17 @@ def test_compare_resume_reuses_finished_runs_and_refuses_other_settings(tmp_path
     assert checkpoint.stat().st_mtime_ns == trained_at
     assert not (out / "c").exists()
     assert json.loads((out / "compare.json").read_text()) == rows
+    # settings that act only on warm-started runs do not matter to these cold runs, nor does their absence from a
+    # run recorded before they existed
+    metrics_path = out / "a" / "seed1" / "metrics.json"
+    metrics = json.loads(metrics_path.read_text())
+    for key in ("warm_start_lr", "warm_start_shrink"):
+        del metrics["config"]["train"][key]
+    metrics_path.write_text(json.dumps(metrics))
+    warm_only = tmp_path / "warm.yaml"
+    warm_only.write_text("train:\n  warm_start_lr: 0.0003\n  warm_start_shrink: 0.5\n")
+    assert main([*common, "--variant", f"a=mf:{warm_only}", "--max-epochs", "2", "--resume"]) == 0
+    assert checkpoint.stat().st_mtime_ns == trained_at
 
 
 def test_an_interrupted_refit_leaves_the_finished_run_in_its_directory_whole(tmp_path, monkeypatch):
