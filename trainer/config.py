@@ -67,6 +67,7 @@ def typed_values(config_class: type, values: dict[str, Any], what: str) -> dict[
 # (every compare and tune run) is the same whatever they hold
 WARM_START_ONLY_FIELDS = ("warm_start_lr", "warm_start_shrink")
 
+
 @dataclass
 class TrainConfig:
     """Optimisation and early-stopping settings (MMRec defaults).

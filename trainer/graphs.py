@@ -165,7 +165,8 @@ def ludp_item_graph_weights(similarities: Tensor, mode: str = "similarity", scal
 
     ``similarity`` (the paper's): a_ij = s_ij / sqrt(|N_i|); ``binary``: a_ij = 1 / sqrt(|N_i|); ``mean`` (our
     variant, not the paper's): a_ij = max(s_ij, 0) / sum_j max(s_ij, 0), a similarity-weighted mean of the neighbours
-    (each row sums to one, so H keeps the scale of an ID embedding instead of ~sqrt(k) times it). Every weight is then
+    (each row sums to one, so H keeps the scale of one ID embedding; the paper's rows sum to about 2 for text and 1.3
+    for kg on ML-100K). Every weight is then
     multiplied by ``scale``.
 
     |N_i| is the number of neighbours kept in row i (the row length of ``similarities``), so that

@@ -61,7 +61,7 @@ class LUDPConfig(ModelConfig):
         knn_k: neighbours kept per item in each modality's kNN graph.
         item_graph_layers: propagation layers on the item graphs (H is the last layer's output).
         item_graph_weights: similarity (a_ij = s_ij / sqrt(|N_i|), the paper's), binary (a_ij = 1 / sqrt(|N_i|)) or
-            mean (our variant: a_ij = s_ij / sum_j s_ij, a similarity-weighted mean of the neighbours).
+            mean (our variant: a_ij = max(s_ij, 0) / sum_j max(s_ij, 0), a similarity-weighted mean of the neighbours).
         item_graph_scale: every item-graph edge weight is multiplied by this (1 = as above; with
             ``item_graph_layers`` L, H scales by its L-th power). With ``mean`` weights and a scale below one, the
             item graph adds a small feature-neighbour term to LightGCN's item embedding instead of dominating it
