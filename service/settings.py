@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.store import DEFAULT_SEEN_MAX_ITEMS, DEFAULT_SEEN_TTL_S
+
 
 class Settings(BaseSettings):
     """Everything the service reads from its environment (``MODALREC_<FIELD>``) or the CLI.
@@ -30,12 +32,12 @@ class Settings(BaseSettings):
     )
     redis_prefix: str = "modalrec:"
     redis_seen_ttl_s: int = Field(
-        default=30 * 24 * 3600,
+        default=DEFAULT_SEEN_TTL_S,
         ge=1,
         description="TTL of a user's online seen set, refreshed on each event (Redis and the in-process MemoryStore)",
     )
     seen_max_items: int = Field(
-        default=1000,
+        default=DEFAULT_SEEN_MAX_ITEMS,
         ge=1,
         le=100_000,
         description="online seen items kept per user, the most recent ones (older ones are dropped when events "
