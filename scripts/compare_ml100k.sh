@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Every model on MovieLens-100K (text + kg) in one comparison, then each multimodal model's variants and ablations
 # against the full model, 5 seeds, the presets of trainer/configs/ml-100k-mm/, two runs at a time (2 CPU cores:
-# about 36 min for the main comparison, 58 min for the families). Results: OUT/main/compare.md and
-# OUT/{sand,ludp,ludp_item,mkg}/compare.md (mean ± std, and differences with 95% intervals over seeds, paired by seed).
-# The families reuse the full models' runs of the main comparison (linked, then `compare --resume`).
-# STEPS picks which comparisons run (default: all five, "main sand ludp ludp_item mkg"; the families need main's runs).
+# about 45 min for the main comparison, 75 min for the families). Results: OUT/main/compare.md and
+# OUT/{sand,sand_lgs,ludp,ludp_item,mkg}/compare.md (mean ± std, and differences with 95% intervals over seeds, paired
+# by seed). The families reuse the full models' runs of the main comparison (linked, then `compare --resume`).
+# STEPS picks which comparisons run (default: all six, "main sand sand_lgs ludp ludp_item mkg"; the families need
+# main's runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/compare_ml100k}
-STEPS=${STEPS:-main sand ludp ludp_item mkg}
+STEPS=${STEPS:-main sand sand_lgs ludp ludp_item mkg}
 C=trainer/configs/ml-100k-mm
 [ -d data/ml-100k-mm ] || .venv/bin/python -m trainer features --dataset ../shared/datasets/ml-100k --out data/ml-100k-mm
 compare() {  # out-subdir, then variants
@@ -24,12 +25,19 @@ reuse() {  # family-subdir, label: link the main comparison's runs of that label
 }
 mkdir -p "$OUT"
 compare main --variant LightGCN=lightgcn --variant LUDP=ludp --variant LUDP-item=ludp_item --variant SAND=sand \
-  --variant "SAND+ID=sand:$C/sand_idgraph.yaml" --variant KGAT=kgat --variant Multi-KG4Rec=multikg4rec
+  --variant "SAND+ID=sand:$C/sand_idgraph.yaml" --variant "SAND-LGS=sand:$C/sand_lightgcn_settings.yaml" \
+  --variant KGAT=kgat --variant Multi-KG4Rec=multikg4rec
 reuse sand SAND
 compare sand --variant SAND=sand \
   --variant "InfoNCE+MI=sand:$C/sand_infonce_mi.yaml" --variant "SoloSim+l2=sand:$C/sand_solosim_l2.yaml" \
   --variant "InfoNCE+l2=sand:$C/sand_infonce_l2.yaml" --variant "wo-align=sand:$C/sand_wo_align.yaml" \
   --variant "wo-distance=sand:$C/sand_wo_distance.yaml" --variant "wo-both=sand:$C/sand_wo_both.yaml"
+reuse sand_lgs SAND-LGS
+compare sand_lgs --variant SAND-LGS=sand:$C/sand_lightgcn_settings.yaml \
+  --variant "wo-align=sand:$C/sand_lightgcn_settings_wo_align.yaml" \
+  --variant "wo-distance=sand:$C/sand_lightgcn_settings_wo_distance.yaml" \
+  --variant "wo-both=sand:$C/sand_lightgcn_settings_wo_both.yaml" \
+  --variant "softmax-attention=sand:$C/sand_lightgcn_settings_softmax_attention.yaml"
 reuse ludp LUDP
 compare ludp --variant LUDP=ludp \
   --variant "no-item-graph=ludp:$C/ludp_no_item_graph.yaml" --variant "no-user-graph=ludp:$C/ludp_no_user_graph.yaml" \

@@ -21,7 +21,17 @@ from trainer.loop import NegativeSampler, compute_representations, fit
 from trainer.models.base import ModelInputs, Recommender
 from trainer.models.registry import MODELS, build_model
 
-MODEL_NAMES = sorted(MODELS)
+# Documented configurations that change a registered model's structure (not just its sizes) pass the suite too:
+# case -> (registry name, model_params).
+CONFIGURED_MODELS = {
+    # trainer/configs/ml-100k-mm/sand_lightgcn_settings.yaml's structural settings (our modifications of SAND)
+    "sand+lightgcn_settings": (
+        "sand",
+        {"item_id_in_graph": True, "user_attention": "uniform", "layer_combination": "mean", "modal_scale": 0.2,
+         "knn_scale": 0.2},
+    ),
+}
+MODEL_NAMES = sorted(MODELS) + sorted(CONFIGURED_MODELS)
 CHANCE_RECALL_AT_10 = 10 / 200
 
 
@@ -41,17 +51,24 @@ CHEAPER = {
 }
 
 
-def _small_params(name: str) -> dict:
+def _model(case: str) -> str:
+    """The registry name of a test case (a registered name or a key of CONFIGURED_MODELS)."""
+    return CONFIGURED_MODELS[case][0] if case in CONFIGURED_MODELS else case
+
+
+def _small_params(case: str) -> dict:
+    name = _model(case)
     config_class = MODELS[name].model_class.config_class
     known = {f.name for f in dataclasses.fields(config_class)}
     params = {"embedding_dim": 32} if "embedding_dim" in known else {}
-    return {**params, **CHEAPER.get(name, {})}
+    configured = CONFIGURED_MODELS[case][1] if case in CONFIGURED_MODELS else {}
+    return {**params, **CHEAPER.get(name, {}), **configured}
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_representations_and_scores(name, inputs, planted):
     torch.manual_seed(0)
-    model = build_model(name, inputs, _small_params(name))
+    model = build_model(_model(name), inputs, _small_params(name))
     assert isinstance(model, Recommender)
     model.eval()
     with torch.no_grad():
@@ -68,7 +85,7 @@ def test_representations_and_scores(name, inputs, planted):
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_loss_terms_are_named_finite_and_differentiable(name, inputs, planted):
     torch.manual_seed(0)
-    model = build_model(name, inputs, _small_params(name))
+    model = build_model(_model(name), inputs, _small_params(name))
     model.train()
     sampler = NegativeSampler(planted.train, np.random.default_rng(0))
     batch = next(sampler.epoch_batches(64, torch.device("cpu")))
@@ -88,9 +105,9 @@ def test_loss_terms_are_named_finite_and_differentiable(name, inputs, planted):
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_state_dict_round_trip_reproduces_representations(name, inputs):
     torch.manual_seed(0)
-    first = build_model(name, inputs, _small_params(name)).eval()
+    first = build_model(_model(name), inputs, _small_params(name)).eval()
     torch.manual_seed(1)
-    second = build_model(name, inputs, _small_params(name)).eval()
+    second = build_model(_model(name), inputs, _small_params(name)).eval()
     second.load_state_dict(first.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(first.representations()[1], second.representations()[1])
@@ -101,7 +118,7 @@ def test_item_encoder_maps_features_to_item_space(name, inputs, planted):
     from trainer.export import cold_start_encoder
 
     torch.manual_seed(0)
-    model = build_model(name, inputs, _small_params(name)).eval()
+    model = build_model(_model(name), inputs, _small_params(name)).eval()
     encoder, source = cold_start_encoder(model, planted)
     # a model without an encoder of its own gets the feature-neighbour mean over its item embeddings
     assert source == ("model" if model.item_encoder() is not None else "feature_neighbour_mean")
@@ -116,7 +133,7 @@ def test_item_encoder_maps_features_to_item_space(name, inputs, planted):
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_trained_model_ranks_planted_items_far_above_chance(name, planted):
     run = RunConfig(
-        model=name,
+        model=_model(name),
         model_params=_small_params(name),
         train=TrainConfig(lr=1e-2, batch_size=512, max_epochs=30, patience=30, eval_every=5, seed=7, device="cpu"),
     )
@@ -137,7 +154,7 @@ def test_trains_on_cuda_exports_and_matches_cpu(name, planted, tmp_path):
     from trainer.export import export_bundle
 
     run = RunConfig(
-        model=name,
+        model=_model(name),
         model_params=_small_params(name),
         train=TrainConfig(lr=1e-2, batch_size=512, max_epochs=3, patience=3, eval_every=1, seed=7, device="cuda"),
     )
@@ -145,10 +162,10 @@ def test_trains_on_cuda_exports_and_matches_cpu(name, planted, tmp_path):
     assert all(p.device.type == "cuda" for p in result.model.parameters())
     users, items = compute_representations(result.model)
     assert users.device.type == "cuda" and items.device.type == "cuda"
-    bundle = export_bundle(result.model, planted, tmp_path / "bundles", name)
+    bundle = export_bundle(result.model, planted, tmp_path / "bundles", _model(name))
     assert (bundle / "manifest.json").exists()
 
-    cpu_model = build_model(name, ModelInputs.from_dataset(planted, torch.device("cpu")), _small_params(name))
+    cpu_model = build_model(_model(name), ModelInputs.from_dataset(planted, torch.device("cpu")), _small_params(name))
     cpu_model.load_state_dict({k: v.cpu() for k, v in result.model.state_dict().items()})
     cpu_users, cpu_items = compute_representations(cpu_model)
     torch.testing.assert_close(cpu_users, users.cpu(), rtol=1e-3, atol=1e-4)

@@ -79,6 +79,18 @@ class SANDConfig(ModelConfig):
             free item ID table E_id is also added to every item's layer-0 row of the user-item graph
             ([g_1 ‖ q_1 ‖ ...] + E_id), so items get a LightGCN-style collaborative embedding besides the
             kNN term H = S^K · E_id.
+        user_attention: how a user's per-modality GCN chunks are weighted: ``softmax`` (default, the paper's
+            a_m = softmax_m(wᵀ tanh(W u_m + b))) or ``uniform`` (OUR MODIFICATION, not in the paper: a_m = 1/M for
+            every user, no attention parameters). On ML-100K the paper's attention puts > 0.99 of every user's
+            weight on one modality within a few epochs (docs/results/sand.md), which silences the other
+            modalities' columns of the scores.
+        layer_combination: ``sum`` (default, the paper's: GCN layers 0..L summed) or ``mean`` (OUR MODIFICATION,
+            LightGCN's: divided by L + 1). H is added after the combination either way.
+        modal_scale: OUR MODIFICATION (default 1.0 = the paper's): factor on the projected modal parts
+            [g_1 ‖ q_1 ‖ ...] where they enter the user-item graph's layer 0 (and hence on the cold-start
+            encoder's output). The alignment and distancing terms see the unscaled parts.
+        knn_scale: OUR MODIFICATION (default 1.0 = the paper's): factor on H = S^K · E_id where it is added to the
+            items (item = GCN + knn_scale · H).
     """
 
     embedding_dim: int = 64
@@ -100,8 +112,14 @@ class SANDConfig(ModelConfig):
     item_id_in_graph: bool = False
     feature_dtype: str = "float32"
     transposed_feature_copy: bool | None = None
+    user_attention: str = "softmax"
+    layer_combination: str = "sum"
+    modal_scale: float = 1.0
+    knn_scale: float = 1.0
 
 
+USER_ATTENTIONS = ("softmax", "uniform")
+LAYER_COMBINATIONS = ("sum", "mean")
 # Storage precision of the standardised item features, the input of the feature projection. bfloat16 halves
 # their memory and runs the projection GEMMs (forward and weight gradient) in bfloat16 with float32 outputs
 # added to the float32 bias; worth it on GPUs and on CPUs with native bfloat16 (AVX512-BF16 / AMX), slower
@@ -161,13 +179,15 @@ class SANDItemEncoder(nn.Module):
     """Cold-start encoder: raw modality features (positional, sorted names) -> [g_1 ‖ q_1 ‖ ...] [B, D].
 
     A new item has no interactions and no kNN-graph neighbourhood in the trained graphs, so it gets the
-    layer-0 term of its GCN representation only (its projected, split features); the propagated user
-    terms and H (which come from interactions and the item ID table) are zero for it.
+    layer-0 term of its GCN representation only (its projected, split features times ``scale``: modal_scale,
+    and 1 / (L + 1) under the layer mean); the propagated user terms and H (which come from interactions and
+    the item ID table) are zero for it.
     """
 
-    def __init__(self, projection: ModalSplitProjection) -> None:
+    def __init__(self, projection: ModalSplitProjection, scale: float = 1.0) -> None:
         super().__init__()
         self.projection = projection
+        self.scale = float(scale)
 
     def forward(self, *features: Tensor) -> Tensor:
         if len(features) != len(self.projection.modalities):
@@ -175,7 +195,8 @@ class SANDItemEncoder(nn.Module):
                 f"expected {len(self.projection.modalities)} inputs {self.projection.modalities}"
             )
         parts = self.projection(dict(zip(self.projection.modalities, features, strict=False)))
-        return ModalSplitProjection.concatenate(parts)
+        encoded = ModalSplitProjection.concatenate(parts)
+        return encoded if self.scale == 1.0 else encoded * self.scale
 
 
 class SANDObjectiveMixin:
@@ -291,8 +312,20 @@ class SAND(SANDObjectiveMixin, Recommender):
         self.item_id_embedding = nn.Embedding(inputs.n_items, config.embedding_dim)
         nn.init.xavier_uniform_(self.user_embedding.weight)
         nn.init.xavier_uniform_(self.item_id_embedding.weight)
-        self.attention = nn.Linear(2 * self.part_dim, config.attention_dim)
-        self.attention_query = nn.Parameter(torch.empty(config.attention_dim).uniform_(-0.1, 0.1))
+        if config.user_attention not in USER_ATTENTIONS:
+            raise ModelInputError(
+                f"user_attention must be one of {USER_ATTENTIONS}, got {config.user_attention!r}"
+            )
+        if config.layer_combination not in LAYER_COMBINATIONS:
+            raise ModelInputError(
+                f"layer_combination must be one of {LAYER_COMBINATIONS}, got {config.layer_combination!r}"
+            )
+        for name in ("modal_scale", "knn_scale"):
+            if not getattr(config, name) > 0:
+                raise ModelInputError(f"{name} must be positive, got {getattr(config, name)!r}")
+        if config.user_attention == "softmax":
+            self.attention = nn.Linear(2 * self.part_dim, config.attention_dim)
+            self.attention_query = nn.Parameter(torch.empty(config.attention_dim).uniform_(-0.1, 0.1))
 
         adjacency = normalized_bipartite_adjacency(inputs.train_matrix)
         self.user_item_graph = SparsePropagation(
@@ -311,10 +344,12 @@ class SAND(SANDObjectiveMixin, Recommender):
     def _propagate(
         self, parts: dict[str, tuple[Tensor, Tensor]] | None = None
     ) -> tuple[Tensor, Tensor, dict[str, tuple[Tensor, Tensor]]]:
-        """(GCN output summed over layers [n_users + n_items, D], H [n_items, D], {m: (E_g, E_q) [n_items, p]})."""
+        """(GCN output combined over layers [n_users + n_items, D], H [n_items, D], {m: (E_g, E_q) [n_items, p]})."""
         if parts is None:
             parts = self._project_all()
         item_ego = ModalSplitProjection.concatenate(parts)
+        if self.config.modal_scale != 1.0:  # our modification (see SANDConfig)
+            item_ego = item_ego * self.config.modal_scale
         if self.config.item_id_in_graph:  # our extension (see SANDConfig)
             item_ego = item_ego + self.item_id_embedding.weight
         ego = torch.cat([self.user_embedding.weight, item_ego], dim=0)
@@ -323,13 +358,19 @@ class SAND(SANDObjectiveMixin, Recommender):
         for _ in range(self.config.n_layers):
             current = self.user_item_graph(current)
             summed = summed + current
+        if self.config.layer_combination == "mean":  # our modification (see SANDConfig)
+            summed = summed / (self.config.n_layers + 1)
         h = self.item_id_embedding.weight
         for _ in range(self.config.knn_layers):
             h = self.item_item_graph(h)
+        if self.config.knn_scale != 1.0:  # our modification (see SANDConfig)
+            h = h * self.config.knn_scale
         return summed, h, parts
 
     def _attend(self, user_rows: Tensor) -> Tensor:
         """User modality attention, row-wise: GCN user rows [B, D] -> [a_1·u_1 ‖ a_2·u_2 ‖ ...] [B, D]."""
+        if self.config.user_attention == "uniform":
+            return user_rows / len(self.modalities)
         stacked = user_rows.reshape(user_rows.shape[0], len(self.modalities), 2 * self.part_dim)  # [B, M, 2p]
         attention = torch.softmax(torch.tanh(self.attention(stacked)) @ self.attention_query, dim=1)  # [B, M]
         return (stacked * attention.unsqueeze(-1)).reshape(user_rows.shape[0], -1)
@@ -395,4 +436,7 @@ class SAND(SANDObjectiveMixin, Recommender):
         return {"user_embedding.weight": "user", "item_id_embedding.weight": "item"}
 
     def item_encoder(self) -> nn.Module:
-        return SANDItemEncoder(self.projection)
+        scale = self.config.modal_scale
+        if self.config.layer_combination == "mean":
+            scale = scale / (self.config.n_layers + 1)
+        return SANDItemEncoder(self.projection, scale)

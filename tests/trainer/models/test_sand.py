@@ -51,12 +51,16 @@ def test_declared_feature_dimension_mismatch_is_a_clear_error():
             "knn_modality_weights",
         ),
         ({"image": 3, "text": 5}, {"embedding_dim": 8, "distance": "kl"}, "distance must be one of"),
+        ({"image": 3, "text": 5}, {"embedding_dim": 8, "user_attention": "max"}, "user_attention must be one of"),
+        ({"image": 3, "text": 5}, {"embedding_dim": 8, "layer_combination": "max"}, "layer_combination must be one"),
+        ({"image": 3, "text": 5}, {"embedding_dim": 8, "modal_scale": 0.0}, "modal_scale must be positive"),
+        ({"image": 3, "text": 5}, {"embedding_dim": 8, "knn_scale": -1.0}, "knn_scale must be positive"),
     ],
 )
 def test_bad_inputs_raise_model_input_error(dims, params, message):
     with pytest.raises(ModelInputError, match=message):
         build_model("sand", _inputs(dims), params)
-    if "knn_modality_weights" not in params:
+    if not {"knn_modality_weights", "user_attention", "layer_combination", "modal_scale", "knn_scale"} & set(params):
         with pytest.raises(ModelInputError, match=message):
             build_model("lightgcn_sand", _inputs(dims), params)
 
@@ -155,6 +159,41 @@ def test_item_encoder_gives_layer_zero_projection_for_cold_items():
     assert cold.shape == (2, 16) and torch.all(cold[:, :8] == 0)
 
 
+@pytest.mark.parametrize(("layer_combination", "modal_scale"), [("sum", 1.0), ("mean", 0.5), ("sum", 0.2)])
+def test_item_encoder_equals_the_model_for_an_item_without_interactions(layer_combination, modal_scale):
+    """With the ID table zeroed, an item nobody interacted with is represented by its features alone; the
+    encoder must give exactly that row, whatever the layer combination and modal scale."""
+    torch.manual_seed(0)
+    inputs = _inputs({"image": 9, "text": 4}, n_items=9)
+    train = inputs.train_matrix.tolil()
+    train[:, 8] = 0
+    inputs = ModelInputs.from_train_matrix(train.tocsr(), features=inputs.features)
+    params = {"embedding_dim": 8, "layer_combination": layer_combination, "modal_scale": modal_scale}
+    model = build_model("sand", inputs, {**params, "item_id_in_graph": True})
+    with torch.no_grad():
+        model.item_id_embedding.weight.zero_()
+        items = model.representations()[1]
+        encoded = model.item_encoder()(inputs.features["image"][8:], inputs.features["text"][8:])
+    torch.testing.assert_close(encoded, items[8:])
+    assert encoded.abs().sum() > 0
+
+
+def test_knn_scale_and_layer_mean_act_on_their_own_terms_only():
+    """item = combine(GCN layers) + knn_scale · H: the layer mean divides the GCN sum by L + 1, knn_scale multiplies
+    H, and neither touches the other term."""
+    torch.manual_seed(0)
+    inputs = _inputs({"image": 9, "text": 4})
+    paper = build_model("sand", inputs, {"embedding_dim": 8, "n_layers": 2})
+    variant = build_model(
+        "sand", inputs, {"embedding_dim": 8, "n_layers": 2, "knn_scale": 0.3, "layer_combination": "mean"}
+    )
+    variant.load_state_dict(paper.state_dict())
+    with torch.no_grad():
+        summed, h, _ = paper._propagate()
+        torch.testing.assert_close(variant.representations()[1], summed[inputs.n_users :] / 3 + 0.3 * h)
+        torch.testing.assert_close(paper.representations()[1], summed[inputs.n_users :] + h)
+
+
 def _angles(degrees: list[float]) -> torch.Tensor:
     radians = torch.tensor(degrees) * torch.pi / 180
     return torch.stack([torch.cos(radians), torch.sin(radians)], dim=1)
@@ -226,6 +265,28 @@ def test_batch_rows_equal_the_full_forward_rows(item_id_in_graph):
         assert (got is None) == (want is None)
         if got is not None:
             torch.testing.assert_close(got, want)
+
+
+def test_uniform_user_attention_weights_every_modality_chunk_by_one_over_m():
+    torch.manual_seed(0)
+    inputs = _inputs({"audio": 3, "image": 9, "text": 4})
+    paper = build_model("sand", inputs, {"embedding_dim": 12})
+    assert paper.config.user_attention == "softmax"  # the paper's attention by default
+    uniform = build_model("sand", inputs, {"embedding_dim": 12, "user_attention": "uniform"})
+    assert not any("attention" in name for name, _ in uniform.named_parameters())
+    uniform.load_state_dict({k: v for k, v in paper.state_dict().items() if "attention" not in k})
+    with torch.no_grad():
+        summed, h, _ = paper._propagate()
+        users, items = uniform.representations()
+        torch.testing.assert_close(users, summed[: inputs.n_users] / 3)
+        torch.testing.assert_close(items, paper.representations()[1])
+        # the paper's weights differ per user; uniform ones do not
+        paper_users = paper.representations()[0].reshape(inputs.n_users, 3, 4)
+        weights = paper_users.norm(dim=-1) / summed[: inputs.n_users].reshape(inputs.n_users, 3, 4).norm(dim=-1)
+        torch.testing.assert_close(weights.sum(-1), torch.ones(inputs.n_users))
+        assert not torch.allclose(weights, torch.full_like(weights, 1 / 3))
+    u, p, n, _ = uniform._batch_forward(BATCH)
+    torch.testing.assert_close(u, users[BATCH.users])
 
 
 def test_item_id_in_graph_extension_adds_the_id_table_to_the_graph_input():
