@@ -13,8 +13,9 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+import yaml
 
-from trainer.config import RunConfig, TrainConfig
+from trainer.config import PRESET_DIR, RunConfig, TrainConfig
 from trainer.data.synthetic import planted_dataset
 from trainer.evaluate import evaluate_full_ranking
 from trainer.loop import NegativeSampler, compute_representations, fit
@@ -24,11 +25,10 @@ from trainer.models.registry import MODELS, build_model
 # Documented configurations that change a registered model's structure (not just its sizes) pass the suite too:
 # case -> (registry name, model_params).
 CONFIGURED_MODELS = {
-    # trainer/configs/ml-100k-mm/sand_lightgcn_settings.yaml's structural settings (our modifications of SAND)
+    # our modifications of SAND, read from the shipped preset so the two cannot drift apart
     "sand+lightgcn_settings": (
         "sand",
-        {"item_id_in_graph": True, "user_attention": "uniform", "layer_combination": "mean", "modal_scale": 0.2,
-         "knn_scale": 0.2},
+        yaml.safe_load((PRESET_DIR / "ml-100k-mm" / "sand_lightgcn_settings.yaml").read_text())["model_params"],
     ),
 }
 MODEL_NAMES = sorted(MODELS) + sorted(CONFIGURED_MODELS)

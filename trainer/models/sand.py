@@ -19,12 +19,15 @@ split into a generic part E_g^m and a unique part E_q^m ([n_items, p] each, p = 
   step per batch, on the same within-modality (generic, unique) pairs the bound is evaluated on).
 
 Ablations: ``align: none`` (w/o alignment), ``distance: none`` (w/o distancing), both (w/o both).
+Our modifications, each off by default (see :class:`SANDConfig`): ``item_id_in_graph``, ``user_attention: uniform``,
+``layer_combination: mean``, ``modal_scale`` and ``knn_scale``.
 Every call of :meth:`representations` recomputes everything from the current parameters (no caches).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -120,6 +123,7 @@ class SANDConfig(ModelConfig):
 
 USER_ATTENTIONS = ("softmax", "uniform")
 LAYER_COMBINATIONS = ("sum", "mean")
+
 # Storage precision of the standardised item features, the input of the feature projection. bfloat16 halves
 # their memory and runs the projection GEMMs (forward and weight gradient) in bfloat16 with float32 outputs
 # added to the float32 bias; worth it on GPUs and on CPUs with native bfloat16 (AVX512-BF16 / AMX), slower
@@ -321,8 +325,9 @@ class SAND(SANDObjectiveMixin, Recommender):
                 f"layer_combination must be one of {LAYER_COMBINATIONS}, got {config.layer_combination!r}"
             )
         for name in ("modal_scale", "knn_scale"):
-            if not getattr(config, name) > 0:
-                raise ModelInputError(f"{name} must be positive, got {getattr(config, name)!r}")
+            value = getattr(config, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ModelInputError(f"{name} must be a positive finite number, got {value!r}")
         if config.user_attention == "softmax":
             self.attention = nn.Linear(2 * self.part_dim, config.attention_dim)
             self.attention_query = nn.Parameter(torch.empty(config.attention_dim).uniform_(-0.1, 0.1))
@@ -344,7 +349,7 @@ class SAND(SANDObjectiveMixin, Recommender):
     def _propagate(
         self, parts: dict[str, tuple[Tensor, Tensor]] | None = None
     ) -> tuple[Tensor, Tensor, dict[str, tuple[Tensor, Tensor]]]:
-        """(GCN output combined over layers [n_users + n_items, D], H [n_items, D], {m: (E_g, E_q) [n_items, p]})."""
+        """(GCN layers combined [n_users + n_items, D], knn_scale · H [n_items, D], {m: (E_g, E_q) [n_items, p]})."""
         if parts is None:
             parts = self._project_all()
         item_ego = ModalSplitProjection.concatenate(parts)

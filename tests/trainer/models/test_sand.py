@@ -53,8 +53,9 @@ def test_declared_feature_dimension_mismatch_is_a_clear_error():
         ({"image": 3, "text": 5}, {"embedding_dim": 8, "distance": "kl"}, "distance must be one of"),
         ({"image": 3, "text": 5}, {"embedding_dim": 8, "user_attention": "max"}, "user_attention must be one of"),
         ({"image": 3, "text": 5}, {"embedding_dim": 8, "layer_combination": "max"}, "layer_combination must be one"),
-        ({"image": 3, "text": 5}, {"embedding_dim": 8, "modal_scale": 0.0}, "modal_scale must be positive"),
-        ({"image": 3, "text": 5}, {"embedding_dim": 8, "knn_scale": -1.0}, "knn_scale must be positive"),
+        ({"image": 3, "text": 5}, {"embedding_dim": 8, "modal_scale": 0.0}, "modal_scale must be a positive finite"),
+        ({"image": 3, "text": 5}, {"embedding_dim": 8, "knn_scale": -1.0}, "knn_scale must be a positive finite"),
+        ({"image": 3, "text": 5}, {"embedding_dim": 8, "modal_scale": float("inf")}, "modal_scale must be a positive"),
     ],
 )
 def test_bad_inputs_raise_model_input_error(dims, params, message):
