@@ -120,6 +120,18 @@ class SANDConfig(ModelConfig):
     modal_scale: float = 1.0
     knn_scale: float = 1.0
 
+    def __post_init__(self) -> None:
+        if self.user_attention not in USER_ATTENTIONS:
+            raise ModelInputError(f"user_attention must be one of {USER_ATTENTIONS}, got {self.user_attention!r}")
+        if self.layer_combination not in LAYER_COMBINATIONS:
+            raise ModelInputError(
+                f"layer_combination must be one of {LAYER_COMBINATIONS}, got {self.layer_combination!r}"
+            )
+        for name in ("modal_scale", "knn_scale"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ModelInputError(f"{name} must be a positive finite number, got {value!r}")
+
 
 USER_ATTENTIONS = ("softmax", "uniform")
 LAYER_COMBINATIONS = ("sum", "mean")
@@ -316,18 +328,6 @@ class SAND(SANDObjectiveMixin, Recommender):
         self.item_id_embedding = nn.Embedding(inputs.n_items, config.embedding_dim)
         nn.init.xavier_uniform_(self.user_embedding.weight)
         nn.init.xavier_uniform_(self.item_id_embedding.weight)
-        if config.user_attention not in USER_ATTENTIONS:
-            raise ModelInputError(
-                f"user_attention must be one of {USER_ATTENTIONS}, got {config.user_attention!r}"
-            )
-        if config.layer_combination not in LAYER_COMBINATIONS:
-            raise ModelInputError(
-                f"layer_combination must be one of {LAYER_COMBINATIONS}, got {config.layer_combination!r}"
-            )
-        for name in ("modal_scale", "knn_scale"):
-            value = getattr(config, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ModelInputError(f"{name} must be a positive finite number, got {value!r}")
         if config.user_attention == "softmax":
             self.attention = nn.Linear(2 * self.part_dim, config.attention_dim)
             self.attention_query = nn.Parameter(torch.empty(config.attention_dim).uniform_(-0.1, 0.1))
