@@ -29,6 +29,9 @@ from torch import Tensor, nn
 if TYPE_CHECKING:
     from trainer.data.dataset import InteractionDataset
 
+# How a LightGCN-style backbone combines its layers 0..L (LUDP and SAND offer both; LightGCN itself takes the mean).
+LAYER_COMBINATIONS = ("sum", "mean")
+
 
 @dataclass
 class ModelConfig:

@@ -36,13 +36,20 @@ from trainer.graphs import (
     to_torch_sparse_csr,
 )
 from trainer.losses import bpr_loss, l2_reg
-from trainer.models.base import BPRBatch, ModelConfig, ModelInputError, ModelInputs, Recommender, RowKind
+from trainer.models.base import (
+    LAYER_COMBINATIONS,
+    BPRBatch,
+    ModelConfig,
+    ModelInputError,
+    ModelInputs,
+    Recommender,
+    RowKind,
+)
 from trainer.modules.cold_start import DEFAULT_NEIGHBOURS, FeatureNeighbourSearch, NeighbourMeanEncoder
 
 logger = logging.getLogger(__name__)
 
 FUSIONS = ("attention", "sum", "concat")
-LAYER_COMBINATIONS = ("sum", "mean")
 COLD_START_ENCODERS = ("neighbour_mean", "item_graph")
 
 

@@ -43,11 +43,21 @@ from trainer.graphs import (
     to_torch_sparse_csr,
 )
 from trainer.losses import bpr_loss, l2_reg
-from trainer.models.base import BPRBatch, ModelConfig, ModelInputError, ModelInputs, Recommender, RowKind
+from trainer.models.base import (
+    LAYER_COMBINATIONS,
+    BPRBatch,
+    ModelConfig,
+    ModelInputError,
+    ModelInputs,
+    Recommender,
+    RowKind,
+)
 from trainer.modules.alignment import ModalSplitProjection, SeparateAlignmentDistancing, select_modalities
 from trainer.modules.sand_sparse import SparsePropagation
 
 logger = logging.getLogger(__name__)
+
+USER_ATTENTIONS = ("softmax", "uniform")
 
 
 @dataclass
@@ -132,9 +142,6 @@ class SANDConfig(ModelConfig):
             if not (math.isfinite(value) and value > 0):
                 raise ModelInputError(f"{name} must be a positive finite number, got {value!r}")
 
-
-USER_ATTENTIONS = ("softmax", "uniform")
-LAYER_COMBINATIONS = ("sum", "mean")
 
 # Storage precision of the standardised item features, the input of the feature projection. bfloat16 halves
 # their memory and runs the projection GEMMs (forward and weight gradient) in bfloat16 with float32 outputs
