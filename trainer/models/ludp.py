@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,6 +74,11 @@ class LUDPConfig(ModelConfig):
             ``item_graph_layers`` L, H scales by its L-th power). With ``mean`` weights and a scale below one, the
             item graph adds a small feature-neighbour term to LightGCN's item embedding instead of dominating it
             (docs/results/ludp.md, session 16).
+        user_graph_scale: OUR MODIFICATION (default 1.0 = the paper's e_u* = E_u + P): factor on the user preference
+            graph's P where it is added to the users, e_u* = E_u + user_graph_scale * P. The modality weights are
+            those of the unscaled P (the factor multiplies the fused vector). P carries e_u once more (p_hat^m =
+            LeakyReLU(W2 p^m) + e_u), so with the layer mean the paper's P gives the ID embedding four times the
+            weight of each propagated layer; a small factor adds the feature term without that.
         negative_slope: LeakyReLU slope of the user preference graph.
         modalities: the modalities to use (None: every modality of the dataset).
         cold_start_encoder: what ``item_encoder()`` gives a new item. ``neighbour_mean`` (default since session
@@ -97,6 +103,7 @@ class LUDPConfig(ModelConfig):
     item_graph_layers: int = 1
     item_graph_weights: str = "similarity"
     item_graph_scale: float = 1.0
+    user_graph_scale: float = 1.0
     negative_slope: float = 0.01
     modalities: list[str] | None = None
     cold_start_encoder: str = "neighbour_mean"
@@ -121,8 +128,10 @@ class LUDPConfig(ModelConfig):
             raise ModelInputError(
                 f"LUDP item_graph_weights must be one of {ITEM_GRAPH_WEIGHT_MODES}, got {self.item_graph_weights!r}"
             )
-        if not self.item_graph_scale > 0:
-            raise ModelInputError(f"LUDP item_graph_scale must be > 0, got {self.item_graph_scale}")
+        for name in ("item_graph_scale", "user_graph_scale"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ModelInputError(f"LUDP {name} must be a positive finite number, got {value!r}")
         for name in ("embedding_dim", "knn_k", "item_graph_layers"):
             if getattr(self, name) < 1:
                 raise ModelInputError(f"LUDP {name} must be >= 1, got {getattr(self, name)}")
@@ -388,8 +397,12 @@ class LUDP(Recommender):
         return self.item_fusion(self.item_modal_representations()) if self.config.item_graph else None
 
     def user_graph_part(self, users: Tensor | None = None) -> Tensor | None:
-        """P [B, d] for ``users`` (all if None), or None when the user graph is switched off."""
-        return self.user_fusion(self.user_modal_representations(users)) if self.config.user_graph else None
+        """user_graph_scale * P [B, d] for ``users`` (all if None), or None when the user graph is switched off."""
+        if not self.config.user_graph:
+            return None
+        fused = self.user_fusion(self.user_modal_representations(users))
+        scale = self.config.user_graph_scale
+        return fused if scale == 1.0 else fused * scale
 
     # ----- contract ----------------------------------------------------------------------------------------
 

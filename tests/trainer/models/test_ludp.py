@@ -259,6 +259,30 @@ def test_representations_are_collaborative_plus_graph_parts():
         torch.testing.assert_close(items, collab_items + model.item_graph_part())
 
 
+@pytest.mark.parametrize("scale", [0.25, 1.0])
+def test_user_graph_scale_multiplies_p_only(scale):
+    inputs = tiny_inputs()
+    torch.manual_seed(0)
+    scaled = LUDP(inputs, LUDPConfig(embedding_dim=4, knn_k=2, layer_combination="mean", user_graph_scale=scale))
+    torch.manual_seed(0)
+    paper = LUDP(inputs, LUDPConfig(embedding_dim=4, knn_k=2, layer_combination="mean"))  # same initial parameters
+    with torch.no_grad():
+        collab_users, collab_items = paper.collaborative()
+        users, items = scaled.representations()
+        torch.testing.assert_close(users, collab_users + scale * paper.user_graph_part())
+        torch.testing.assert_close(items, collab_items + paper.item_graph_part())
+        # the modality weights are those of the unscaled P
+        torch.testing.assert_close(scaled.modality_weights()[0], paper.modality_weights()[0])
+    # the training loss scores with the same scaled users as representations()
+    batch = BPRBatch(torch.tensor([0, 2, 2, 1]), torch.tensor([1, 3, 1, 2]), torch.tensor([2, 0, 0, 3]))
+    users, items = scaled.representations()
+    u = users[batch.users]
+    expected = torch.nn.functional.softplus(
+        (u * items[batch.neg_items]).sum(-1) - (u * items[batch.pos_items]).sum(-1)
+    ).mean()
+    torch.testing.assert_close(scaled.loss_terms(batch)["bpr"], expected)
+
+
 def test_without_both_graphs_ludp_is_lightgcn_summed_over_layers():
     torch.manual_seed(0)
     inputs = tiny_inputs()
@@ -351,6 +375,11 @@ def test_config_and_input_errors_are_clear():
         LUDPConfig(knn_k=0)
     with pytest.raises(ValueError, match="layer_combination"):
         LUDPConfig(layer_combination="max")
+    for bad in (0.0, -0.5, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="user_graph_scale"):
+            LUDPConfig(user_graph_scale=bad)
+        with pytest.raises(ValueError, match="item_graph_scale"):
+            LUDPConfig(item_graph_scale=bad)
     with pytest.raises(ModelInputError, match="audio"):
         LUDP(tiny_inputs(), LUDPConfig(modalities=["audio"]))
     with pytest.raises(ModelInputError, match="at least one"):
