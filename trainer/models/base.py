@@ -17,6 +17,7 @@ config dataclass; its constructor does no file, argv or network I/O. The trainin
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
@@ -39,6 +40,13 @@ class ModelConfig:
 
     embedding_dim: int = 64
     reg_weight: float = 1e-4
+
+    def require_positive_finite(self, *names: str, prefix: str = "") -> None:
+        """Raise ModelInputError unless each named field (a scale factor) is a finite number above zero."""
+        for name in names:
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ModelInputError(f"{prefix}{name} must be a positive finite number, got {value!r}")
 
 
 @dataclass

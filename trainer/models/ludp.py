@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -128,10 +127,7 @@ class LUDPConfig(ModelConfig):
             raise ModelInputError(
                 f"LUDP item_graph_weights must be one of {ITEM_GRAPH_WEIGHT_MODES}, got {self.item_graph_weights!r}"
             )
-        for name in ("item_graph_scale", "user_graph_scale"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ModelInputError(f"LUDP {name} must be a positive finite number, got {value!r}")
+        self.require_positive_finite("item_graph_scale", "user_graph_scale", prefix="LUDP ")
         for name in ("embedding_dim", "knn_k", "item_graph_layers"):
             if getattr(self, name) < 1:
                 raise ModelInputError(f"LUDP {name} must be >= 1, got {getattr(self, name)}")

@@ -27,7 +27,6 @@ Every call of :meth:`representations` recomputes everything from the current par
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -137,10 +136,7 @@ class SANDConfig(ModelConfig):
             raise ModelInputError(
                 f"layer_combination must be one of {LAYER_COMBINATIONS}, got {self.layer_combination!r}"
             )
-        for name in ("modal_scale", "knn_scale"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ModelInputError(f"{name} must be a positive finite number, got {value!r}")
+        self.require_positive_finite("modal_scale", "knn_scale")
 
 
 # Storage precision of the standardised item features, the input of the feature projection. bfloat16 halves
@@ -252,6 +248,15 @@ class SANDObjectiveMixin:
         with torch.no_grad():
             standardized = self.projection.standardize(features)
         storage = FEATURE_DTYPES[config.feature_dtype]
+        if storage is torch.bfloat16 and inputs.device.type == "cpu":
+            cpu_capability = torch.backends.cpu.get_cpu_capability()
+            if cpu_capability != "AVX512":
+                logger.warning(
+                    "feature_dtype bfloat16 pays off only with native bfloat16 (AVX512-BF16/AMX CPUs, GPUs); torch's "
+                    "CPU kernels here run at %s, and on such a CPU SAND's epoch was ~9x slower than with float32 "
+                    "(docs/results/sand.md, session 18): use float32 on this machine",
+                    cpu_capability,
+                )
         transposed = config.transposed_feature_copy
         if transposed is None:
             transposed = inputs.device.type == "cpu"

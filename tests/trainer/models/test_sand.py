@@ -355,6 +355,19 @@ def test_bfloat16_feature_storage_projects_close_to_float32_and_trains_float32_p
     assert weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize(("capability", "feature_dtype", "warns"), [
+    ("AVX2", "bfloat16", True), ("DEFAULT", "bfloat16", True), ("AVX512", "bfloat16", False), ("AVX2", "float32", False),
+])
+def test_bfloat16_features_on_a_cpu_without_avx512_log_a_warning(monkeypatch, caplog, capability, feature_dtype, warns):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    with caplog.at_level("WARNING", logger="trainer.models.sand"):
+        build_model("sand", _inputs({"image": 64, "text": 16}), {"embedding_dim": 8, "feature_dtype": feature_dtype})
+    warned = [r for r in caplog.records if "bfloat16" in r.getMessage() and r.levelname == "WARNING"]
+    assert bool(warned) == warns
+    if warns:
+        assert capability in warned[0].getMessage()
+
+
 @pytest.mark.parametrize("name", ["sand", "lightgcn_sand"])
 @pytest.mark.parametrize("feature_dtype", ["float32", "bfloat16"])
 def test_transposed_feature_copy_gives_the_same_loss_and_gradients(name, feature_dtype):
