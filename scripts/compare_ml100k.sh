@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every model on MovieLens-100K (text + kg) in one comparison, then each multimodal model's variants and ablations
 # against the full model, 5 seeds, the presets of trainer/configs/ml-100k-mm/, two runs at a time (2 CPU cores:
-# about 45 min for the main comparison, 75 min for the families). Results: OUT/main/compare.md and
+# about 45 min for the main comparison, 100 min for the families). Results: OUT/main/compare.md and
 # OUT/{sand,sand_lgs,ludp,ludp_item,mkg}/compare.md (mean ± std, and differences with 95% intervals over seeds, paired
 # by seed). The families reuse the full models' runs of the main comparison (linked, then `compare --resume`).
 # STEPS picks which comparisons run (default: all six, "main sand sand_lgs ludp ludp_item mkg"; the families need
@@ -37,7 +37,10 @@ compare sand_lgs --variant SAND-LGS=sand:$C/sand_lightgcn_settings.yaml \
   --variant "wo-align=sand:$C/sand_lightgcn_settings_wo_align.yaml" \
   --variant "wo-distance=sand:$C/sand_lightgcn_settings_wo_distance.yaml" \
   --variant "wo-both=sand:$C/sand_lightgcn_settings_wo_both.yaml" \
-  --variant "softmax-attention=sand:$C/sand_lightgcn_settings_softmax_attention.yaml"
+  --variant "softmax-attention=sand:$C/sand_lightgcn_settings_softmax_attention.yaml" \
+  --variant "InfoNCE+MI=sand:$C/sand_lightgcn_settings_infonce_mi.yaml" \
+  --variant "SoloSim+l2=sand:$C/sand_lightgcn_settings_solosim_l2.yaml" \
+  --variant "InfoNCE+l2=sand:$C/sand_lightgcn_settings_infonce_l2.yaml"
 reuse ludp LUDP
 compare ludp --variant LUDP=ludp \
   --variant "no-item-graph=ludp:$C/ludp_no_item_graph.yaml" --variant "no-user-graph=ludp:$C/ludp_no_user_graph.yaml" \
