@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # Every model on MovieLens-100K (text + kg) in one comparison, then each multimodal model's variants and ablations
 # against the full model, 5 seeds, the presets of trainer/configs/ml-100k-mm/, two runs at a time (2 CPU cores:
-# about 45 min for the main comparison, 100 min for the families). Results: OUT/main/compare.md and
-# OUT/{sand,sand_lgs,ludp,ludp_item,mkg}/compare.md (mean ± std, and differences with 95% intervals over seeds, paired
+# about 45 min for the main comparison, 125 min for the families). Results: OUT/main/compare.md and
+# OUT/{sand,sand_lgs,ludp,ludp_item,mkg,mkg_lgs}/compare.md (mean ± std, and differences with 95% intervals over seeds, paired
 # by seed). The families reuse the full models' runs of the main comparison (linked, then `compare --resume`).
-# STEPS picks which comparisons run (default: all six, "main sand sand_lgs ludp ludp_item mkg"; the families need
-# main's runs).
+# STEPS picks which comparisons run (default: all seven, "main sand sand_lgs ludp ludp_item mkg mkg_lgs"; the families
+# need main's runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/compare_ml100k}
-STEPS=${STEPS:-main sand sand_lgs ludp ludp_item mkg}
+STEPS=${STEPS:-main sand sand_lgs ludp ludp_item mkg mkg_lgs}
 C=trainer/configs/ml-100k-mm
 [ -d data/ml-100k-mm ] || .venv/bin/python -m trainer features --dataset ../shared/datasets/ml-100k --out data/ml-100k-mm
 compare() {  # out-subdir, then variants
@@ -55,3 +55,7 @@ reuse mkg KGAT
 compare mkg --variant Multi-KG4Rec=multikg4rec \
   --variant "text->kg=multikg4rec:$C/multikg4rec_text_to_kg.yaml" \
   --variant "kg->text=multikg4rec:$C/multikg4rec_kg_to_text.yaml" --variant KGAT=kgat
+reuse mkg_lgs LightGCN
+compare mkg_lgs --variant LightGCN=lightgcn \
+  --variant "KGAT-LGS=kgat:$C/kgat_lightgcn_settings.yaml" \
+  --variant "Multi-KG4Rec-LGS=multikg4rec:$C/multikg4rec_lightgcn_settings.yaml"

@@ -30,6 +30,24 @@ CONFIGURED_MODELS = {
         "sand",
         yaml.safe_load((PRESET_DIR / "ml-100k-mm" / "sand_lightgcn_settings.yaml").read_text())["model_params"],
     ),
+    # our modifications of KGAT (linear aggregator, symmetric weights); its layer sizes must equal the embedding size,
+    # so the preset's size (the default, 64) is kept
+    "kgat+lightgcn_settings": (
+        "kgat",
+        {
+            **yaml.safe_load((PRESET_DIR / "ml-100k-mm" / "kgat_lightgcn_settings.yaml").read_text())["model_params"],
+            "embedding_dim": 64,
+        },
+    ),
+    "multikg4rec+lightgcn_settings": (
+        "multikg4rec",
+        {
+            **yaml.safe_load(
+                (PRESET_DIR / "ml-100k-mm" / "multikg4rec_lightgcn_settings.yaml").read_text()
+            )["model_params"],
+            "embedding_dim": 64,
+        },
+    ),
 }
 MODEL_NAMES = sorted(MODELS) + sorted(CONFIGURED_MODELS)
 CHANCE_RECALL_AT_10 = 10 / 200

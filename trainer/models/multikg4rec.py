@@ -25,6 +25,7 @@ Interpretations of the paper are listed in docs/results/multikg4rec.md.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -62,6 +63,8 @@ logger = logging.getLogger(__name__)
 NODE_ENTITY, NODE_ITEM, NODE_USER, NODE_PADDING = 0, 1, 2, 3
 COLD_START_ENCODERS = ("multimodal", "neighbour_mean")
 KG_NEGATIVE_TAILS = ("all_nodes", "kg_nodes")
+AGGREGATORS = ("bi_interaction", "linear")
+EDGE_WEIGHTS = ("attention", "symmetric", "attention_symmetric")
 _DIRECTION = re.compile(r"^\s*([^-\s>]+)\s*->\s*([^-\s>]+)\s*$")
 
 
@@ -112,8 +115,34 @@ class MultiKG4RecConfig(ModelConfig):
     min_relation_triples: int = 50
     sparse_edge_products: bool | None = None
     cold_start_encoder: str = "neighbour_mean"
+    # Not the paper's model (our modifications, docs/results/multikg4rec.md "Session 19"). aggregator: "bi_interaction"
+    # (the paper's and KGAT's) or "linear" (LightGCN's: a layer is the weighted neighbour sum, with no transform,
+    # non-linearity or dropout, and the representation is the mean over layers 0..L; every layer_dims entry must then
+    # equal embedding_dim). edge_weights: "attention" (the paper's knowledge-aware attention), "symmetric"
+    # (LightGCN's 1/sqrt(deg_h·deg_t) over the CKG's edges, no attention) or "attention_symmetric" (the symmetric
+    # weights rescaled by deg_h·π(h,r,t), whose mean over each head's edges is 1: π·sqrt(deg_h/deg_t); a uniform
+    # attention gives LightGCN's weights exactly).
+    # attention_gradient false: the attention is computed every step from the current embeddings but outside autograd
+    # (as KGAT's reference code, which recomputes it once per epoch): its parameters then learn from TransR only.
+    aggregator: str = "bi_interaction"
+    edge_weights: str = "attention"
+    attention_gradient: bool = True
+    # initial value of the learned scalar gate on the fused multimodal vector (ours, docs/results/multikg4rec.md): 0 starts
+    # from the structural (KGAT) model
+    fusion_gate_init: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.aggregator not in AGGREGATORS:
+            raise ModelInputError(f"aggregator must be one of {AGGREGATORS}, got {self.aggregator!r}")
+        if self.edge_weights not in EDGE_WEIGHTS:
+            raise ModelInputError(f"edge_weights must be one of {EDGE_WEIGHTS}, got {self.edge_weights!r}")
+        if self.aggregator == "linear" and any(size != self.embedding_dim for size in self.layer_dims):
+            raise ModelInputError(
+                f"aggregator 'linear' keeps the embedding size: every layer_dims entry must be embedding_dim "
+                f"({self.embedding_dim}), got {self.layer_dims}"
+            )
+        if not math.isfinite(self.fusion_gate_init):
+            raise ModelInputError(f"fusion_gate_init must be a finite number, got {self.fusion_gate_init!r}")
         if self.kg_negative_tails not in KG_NEGATIVE_TAILS:
             raise ModelInputError(
                 f"kg_negative_tails must be one of {KG_NEGATIVE_TAILS}, got {self.kg_negative_tails!r}"
@@ -197,9 +226,9 @@ class MultimodalItemEncoder(nn.Module):
             config.transformer_dropout,
         )
         self.fuse = nn.Linear(len(modality_dims) * dim, dim)
-        # gated output, gate initialised at zero: training starts from the structural (KGAT) model and
-        # learns how much multimodal signal to add; tanh bounds each coordinate by the gate
-        self.gate = nn.Parameter(torch.zeros(1))
+        # gated output, gate initialised at fusion_gate_init (default 0: training starts from the structural (KGAT)
+        # model) and learns how much multimodal signal to add; tanh bounds each coordinate by the gate
+        self.gate = nn.Parameter(torch.full((1,), float(config.fusion_gate_init)))
 
     def project(self, features: list[Tensor]) -> list[Tensor]:
         """Per modality raw features [..., d_m] -> reduced features [..., d] (row-wise Linear + LeakyReLU)."""
@@ -217,6 +246,13 @@ class MultimodalItemEncoder(nn.Module):
         return self.gate * torch.tanh(self.fuse(torch.cat([out[:, 0] for out in outputs], dim=-1)))
 
 
+class LinearAggregator(nn.Module):
+    """LightGCN's layer: the (weighted) neighbourhood sum itself; no parameters. The ego input is unused."""
+
+    def forward(self, ego: Tensor, neighbourhood: Tensor) -> Tensor:
+        return neighbourhood
+
+
 class ColdStartItemEncoder(nn.Module):
     """A new item's modality features -> its embedding in the item space (what an isolated item node gets).
 
@@ -229,6 +265,7 @@ class ColdStartItemEncoder(nn.Module):
         super().__init__()
         self.multimodal = model.multimodal
         self.layers = model.layers
+        self.layer_mean = model.config.aggregator == "linear"
 
     def forward(self, *features: Tensor) -> Tensor:
         batch = features[0].shape[0]
@@ -236,11 +273,19 @@ class ColdStartItemEncoder(nn.Module):
         types = torch.full((batch, 1), NODE_ITEM, dtype=torch.long, device=features[0].device)
         hops = torch.zeros((batch, 1), dtype=torch.long, device=features[0].device)
         ego = self.multimodal(sequences, types, hops, None)
-        return _stack_layers(ego, self.layers, lambda x: torch.zeros_like(x))
+        return _stack_layers(ego, self.layers, lambda x: torch.zeros_like(x), self.layer_mean)
 
 
-def _stack_layers(ego: Tensor, layers: nn.ModuleList, neighbourhood) -> Tensor:
-    """[ego ‖ normalize(layer_1) ‖ ... ]; ``neighbourhood(x)`` aggregates x over each node's neighbours."""
+def _stack_layers(ego: Tensor, layers: nn.ModuleList, neighbourhood, layer_mean: bool = False) -> Tensor:
+    """[ego ‖ normalize(layer_1) ‖ ... ], or with ``layer_mean`` the mean of ego and the (unnormalised) layer
+    outputs (LightGCN's combination; all the same size); ``neighbourhood(x)`` aggregates x over each node's
+    neighbours."""
+    if layer_mean:
+        total = current = ego
+        for layer in layers:
+            current = layer(current, neighbourhood(current))
+            total = total + current
+        return total / (len(layers) + 1)
     outputs = [ego]
     current = ego
     for layer in layers:
@@ -298,6 +343,8 @@ class MultiKG4Rec(Recommender):
         sizes = [dim, *config.layer_dims]
         self.layers = nn.ModuleList(
             BiInteraction(sizes[k], sizes[k + 1], config.message_dropout)
+            if config.aggregator == "bi_interaction"
+            else LinearAggregator()
             for k in range(len(config.layer_dims))
         )
         self.multimodal: MultimodalItemEncoder | None = None
@@ -317,6 +364,17 @@ class MultiKG4Rec(Recommender):
 
         buffer("edge_heads", ckg.heads)
         buffer("edge_tails", ckg.tails)
+        # LightGCN's 1/sqrt(deg_h·deg_t), degrees counted over the CKG's edges (every edge has its inverse), and
+        # sqrt(deg_h/deg_t), what turns a softmax over the head's edges into it when the attention is uniform
+        degree = np.bincount(ckg.heads, minlength=ckg.n_nodes).astype(np.float64)
+        head_degree, tail_degree = degree[ckg.heads], degree[ckg.tails]
+        for name, values in (
+            ("symmetric_edge_weights", 1.0 / np.sqrt(head_degree * tail_degree)),
+            ("attention_degree_scale", np.sqrt(head_degree / tail_degree)),
+        ):
+            self.register_buffer(
+                name, torch.as_tensor(values, dtype=torch.float32, device=device), persistent=False
+            )
         buffer("edge_relations", ckg.relations)
         buffer("item_node", ckg.item_node)
         buffer("user_node", ckg.user_node)
@@ -455,22 +513,37 @@ class MultiKG4Rec(Recommender):
             logits = (tails * torch.tanh(heads + self.relation_embedding(self.edge_relations))).sum(-1)
         return segment_softmax(logits, self.edge_heads, self.n_nodes)
 
-    def propagate(self, ego: Tensor) -> Tensor:
-        """Concatenated layer outputs of every node, float [n_nodes, d + sum(layer_dims)].
+    def edge_weights(self, ego: Tensor) -> Tensor:
+        """Propagation weight of every CKG edge, float [n_edges]: the attention, the fixed symmetric weights, or the
+        attention rescaled by sqrt(deg_h/deg_t) (``edge_weights``)."""
+        if self.config.edge_weights == "symmetric":
+            return self.symmetric_edge_weights.to(ego.dtype)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.config.attention_gradient):
+            attention = self.attention(ego)
+        if self.config.edge_weights == "attention_symmetric":
+            return attention * self.attention_degree_scale.to(ego.dtype)
+        return attention
 
-        Each layer's neighbourhood is Σ_t π(h,r,t) e_t: one sparse product with the attention weights as values
-        (sparse edge products), or per-edge messages summed with ``index_add``.
+    def propagate(self, ego: Tensor) -> Tensor:
+        """Layer outputs of every node: concatenated, float [n_nodes, d + sum(layer_dims)], or with the linear
+        aggregator their mean, float [n_nodes, d].
+
+        Each layer's neighbourhood is Σ_t w(h,r,t) e_t (w = π or the symmetric weights): one sparse product with the
+        weights as values (sparse edge products), or per-edge messages summed with ``index_add``.
         """
-        weights = self.attention(ego)
+        weights = self.edge_weights(ego)
+        layer_mean = self.config.aggregator == "linear"
         if self._sparse_edge_products(ego.device):
             merged = weights.new_zeros(self.node_pattern.nnz).index_add(0, self.edge_merge_index, weights)
-            return _stack_layers(ego, self.layers, lambda x: edge_weighted_sum(self.node_pattern, merged, x))
+            return _stack_layers(
+                ego, self.layers, lambda x: edge_weighted_sum(self.node_pattern, merged, x), layer_mean
+            )
         per_edge = weights.unsqueeze(-1)
 
         def neighbourhood(x: Tensor) -> Tensor:
             return torch.zeros_like(x).index_add(0, self.edge_heads, per_edge * x[self.edge_tails])
 
-        return _stack_layers(ego, self.layers, neighbourhood)
+        return _stack_layers(ego, self.layers, neighbourhood, layer_mean)
 
     # ------------------------------------------------------------------ contract
     def representations(self) -> tuple[Tensor, Tensor]:

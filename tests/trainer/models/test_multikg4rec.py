@@ -10,6 +10,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+from trainer.graphs import normalized_bipartite_adjacency, to_torch_sparse_csr
 from trainer.kg import (
     INTERACT,
     INTERACTED_BY,
@@ -22,7 +23,8 @@ from trainer.kg import (
     transr_loss,
 )
 from trainer.models.base import BPRBatch, KGTensors, ModelInputError, ModelInputs
-from trainer.models.multikg4rec import _stack_layers, parse_fusion
+from trainer.models.lightgcn import propagate as lightgcn_propagate
+from trainer.models.multikg4rec import LinearAggregator, _stack_layers, parse_fusion
 from trainer.models.registry import build_model
 
 
@@ -332,10 +334,15 @@ def test_kg_loss_with_kg_node_negatives_never_touches_user_nodes():
     assert set(without_kg.loss_terms(batch)) == {"bpr", "reg"}
 
 
-def test_cold_start_encoder_equals_the_representation_of_an_isolated_item():
+@pytest.mark.parametrize(
+    "structure",
+    [{}, {"aggregator": "linear", "layer_dims": [8, 8]}, {"aggregator": "linear", "layer_dims": [8], "edge_weights": "symmetric"}],
+    ids=["bi_interaction", "linear", "linear_symmetric"],
+)
+def test_cold_start_encoder_equals_the_representation_of_an_isolated_item(structure):
     torch.manual_seed(0)
     inputs = _tiny_inputs(with_isolated_item=True)
-    params = {**NO_KG_FILTER, "embedding_dim": 8, "n_heads": 2, "cold_start_encoder": "multimodal"}
+    params = {**NO_KG_FILTER, "embedding_dim": 8, "n_heads": 2, "cold_start_encoder": "multimodal", **structure}
     model = build_model("multikg4rec", inputs, params).eval()
     isolated = int(model.item_node[4])
     with torch.no_grad():
@@ -359,3 +366,117 @@ def test_kg_loss_draws_corrupted_tails_from_every_node_by_default():
     assert model.node_embedding.weight.grad[model.user_node].abs().sum() > 0
     with pytest.raises(ModelInputError, match="kg_negative_tails"):
         build_model("kgat", inputs, {**params, "kg_negative_tails": "users"})
+
+
+# ---------------------------------------------------------------------------------------- LightGCN-settings options
+def test_symmetric_edge_weights_are_one_over_the_root_of_both_degrees():
+    # user 0 - items 0, 1; user 1 - item 1; no KG: degrees user 0: 2, user 1: 1, item 0: 1, item 1: 2
+    train = _train([(0, 0), (0, 1), (1, 1)], n_users=2, n_items=2)
+    inputs = ModelInputs.from_train_matrix(train, features={}, kg=None)
+    model = build_model("kgat", inputs, {"embedding_dim": 4, "edge_weights": "symmetric"})
+    user, item = model.user_node.tolist(), model.item_node.tolist()
+    expected = {
+        (user[0], item[0]): 1 / math.sqrt(2),
+        (user[0], item[1]): 1 / 2,
+        (user[1], item[1]): 1 / math.sqrt(2),
+    }
+    expected.update({(t, h): w for (h, t), w in list(expected.items())})
+    weights = model.edge_weights(model.ego_embeddings())
+    # attention_symmetric with a uniform attention (all relation parameters zero: every logit 0) gives the same
+    uniform = build_model("kgat", inputs, {"embedding_dim": 4, "edge_weights": "attention_symmetric"})
+    with torch.no_grad():
+        uniform.relation_projection.zero_()
+        torch.testing.assert_close(uniform.edge_weights(uniform.ego_embeddings()), weights)
+    got = {(h, t): w for h, t, w in zip(model.edge_heads.tolist(), model.edge_tails.tolist(), weights.tolist(), strict=True)}
+    assert got.keys() == expected.keys()
+    for edge, weight in expected.items():
+        assert got[edge] == pytest.approx(weight)
+
+
+@pytest.mark.parametrize("sparse_edge_products", [True, False])
+def test_linear_aggregator_with_symmetric_weights_and_no_kg_is_lightgcn(sparse_edge_products):
+    # without KG edges the CKG is the user-item graph, so the two options together make LightGCN's propagation
+    train = _train([(0, 0), (0, 1), (1, 1), (1, 2), (2, 3), (2, 0), (3, 2)], n_users=4, n_items=4)
+    inputs = ModelInputs.from_train_matrix(train, features={}, kg=None)
+    params = {"embedding_dim": 8, "aggregator": "linear", "edge_weights": "symmetric", "layer_dims": [8, 8],
+              "sparse_edge_products": sparse_edge_products}
+    torch.manual_seed(0)
+    model = build_model("kgat", inputs, params).eval()
+    ego = model.node_embedding.weight.detach()
+    users_first = torch.cat([ego[model.user_node], ego[model.item_node]])
+    adjacency = to_torch_sparse_csr(normalized_bipartite_adjacency(train), torch.device("cpu"))
+    expected = lightgcn_propagate(adjacency, users_first, n_layers=2)
+    with torch.no_grad():
+        users, items = model.representations()
+    torch.testing.assert_close(users, expected[:4], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(items, expected[4:], rtol=1e-5, atol=1e-6)
+
+
+def test_linear_aggregator_layers_are_averaged_not_concatenated():
+    ego = torch.tensor([[1.0, -2.0], [0.5, 3.0]])
+    layers = torch.nn.ModuleList([LinearAggregator(), LinearAggregator()])
+    # neighbourhood = 2x: layers 2·ego and 4·ego, mean over ego and both = 7/3·ego
+    torch.testing.assert_close(_stack_layers(ego, layers, lambda x: 2 * x, layer_mean=True), ego * 7 / 3)
+
+
+@pytest.mark.parametrize("edge_weights", ["attention", "attention_symmetric"])
+def test_linear_aggregator_with_attention_trains_the_attention_and_the_fusion(edge_weights):
+    inputs = _tiny_inputs()
+    batch = BPRBatch(users=torch.tensor([0, 1]), pos_items=torch.tensor([0, 2]), neg_items=torch.tensor([3, 4]))
+    torch.manual_seed(0)
+    params = {**NO_KG_FILTER, "embedding_dim": 8, "n_heads": 2, "aggregator": "linear", "layer_dims": [8, 8],
+              "edge_weights": edge_weights, "kg_weight": 0.0}
+    model = build_model("multikg4rec", inputs, params)
+    assert sum(p.numel() for p in model.layers.parameters()) == 0
+    with torch.no_grad():
+        model.multimodal.gate.fill_(0.5)
+    users, items = model.representations()
+    assert users.shape == (3, 8) and items.shape == (5, 8)
+    sum(model.loss_terms(batch).values()).backward()
+    assert model.relation_projection.grad[0].abs().sum() > 0  # the CF relation's W_r: through the attention
+    assert model.multimodal.projections[0][0].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"aggregator": "gcn"}, "aggregator must be one of"),
+        ({"edge_weights": "uniform"}, "edge_weights must be one of"),
+        ({"fusion_gate_init": float("nan")}, "fusion_gate_init must be a finite number"),
+        ({"aggregator": "linear"}, "every layer_dims entry must be embedding_dim"),
+        ({"aggregator": "linear", "layer_dims": [8, 4]}, "every layer_dims entry must be embedding_dim"),
+    ],
+)
+def test_lightgcn_setting_options_reject_bad_values(params, message):
+    with pytest.raises(ModelInputError, match=message):
+        build_model("kgat", _tiny_inputs(), {**NO_KG_FILTER, "embedding_dim": 8, **params})
+
+
+def test_attention_without_gradient_leaves_the_relation_parameters_to_transr():
+    inputs = _tiny_inputs()
+    batch = BPRBatch(users=torch.tensor([0, 1]), pos_items=torch.tensor([0, 2]), neg_items=torch.tensor([3, 4]))
+    params = {**NO_KG_FILTER, "embedding_dim": 8, "message_dropout": 0.0, "attention_gradient": False}
+    torch.manual_seed(0)
+    model = build_model("kgat", inputs, {**params, "kg_weight": 0.0})
+    sum(model.loss_terms(batch).values()).backward()
+    assert model.relation_projection.grad is None and model.node_embedding.weight.grad.abs().sum() > 0
+    torch.manual_seed(0)
+    with_gradient = build_model("kgat", inputs, {**params, "kg_weight": 0.0, "attention_gradient": True})
+    with torch.no_grad():  # same weights either way: only the gradient differs
+        torch.testing.assert_close(model.representations()[1], with_gradient.representations()[1])
+    torch.manual_seed(0)
+    model = build_model("kgat", inputs, {**params, "kg_weight": 1.0})
+    sum(model.kg_loss_terms(model.ego_embeddings()).values()).backward()
+    assert model.relation_projection.grad.abs().sum() > 0
+
+
+def test_fusion_gate_starts_at_its_configured_value():
+    torch.manual_seed(0)
+    params = {**NO_KG_FILTER, "embedding_dim": 8, "n_heads": 2}
+    closed = build_model("multikg4rec", _tiny_inputs(), params).eval()
+    opened = build_model("multikg4rec", _tiny_inputs(), {**params, "fusion_gate_init": 0.1}).eval()
+    assert closed.multimodal.gate.item() == 0.0 and opened.multimodal.gate.item() == pytest.approx(0.1)
+    with torch.no_grad():
+        assert closed.multimodal_item_vectors().abs().sum() == 0
+        assert opened.multimodal_item_vectors().abs().max() <= 0.1 + 1e-6  # gate · tanh(·)
+        assert opened.multimodal_item_vectors().abs().sum() > 0
