@@ -19,7 +19,9 @@ Loss = BPR + λ‖Θ‖² on the batch's ego rows + ``kg_weight`` · TransR L_KG
 :meth:`MultiKG4Rec.loss_terms` (uniform KG edges, tails corrupted uniformly over all CKG nodes, or over the
 entity/item nodes only with ``kg_negative_tails: kg_nodes``; torch's RNG).
 
-Interpretations of the paper are listed in docs/results/multikg4rec.md.
+Interpretations of the paper are listed in docs/results/multikg4rec.md. Options that are not the paper's (session 19):
+``aggregator: linear`` (LightGCN's layer and layer mean instead of 5.; ``message_dropout`` is then unused),
+``edge_weights: symmetric | attention_symmetric`` (instead of 4.), ``attention_gradient``, ``fusion_gate_init``.
 """
 
 from __future__ import annotations
