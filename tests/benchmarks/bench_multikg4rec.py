@@ -50,15 +50,10 @@ MODEL_PARAMS = {
         "multikg4rec": {"sequence_length": 8, "multimodal_refresh_every": 1, "kg_batch_size": 4096},
         "kgat": {"kg_batch_size": 4096},
     },
-    # the CPU presets with the session-19 overlays (linear aggregator, symmetric weights, no TransR, ...)
-    "lightgcn_settings": {
-        "multikg4rec": {
-            "sequence_length": 6,
-            "kg_batch_size": 4096,
-            **_overlay("multikg4rec_lightgcn_settings.yaml"),
-        },
-        "kgat": {"kg_batch_size": 4096, **_overlay("kgat_lightgcn_settings.yaml")},
-    },
+}
+# the CPU presets with the session-19 overlays (linear aggregator, symmetric weights, no TransR, ...)
+MODEL_PARAMS["lightgcn_settings"] = {
+    name: {**MODEL_PARAMS["cpu"][name], **_overlay(f"{name}_lightgcn_settings.yaml")} for name in ("multikg4rec", "kgat")
 }
 
 

@@ -22,31 +22,21 @@ from trainer.loop import NegativeSampler, compute_representations, fit
 from trainer.models.base import ModelInputs, Recommender
 from trainer.models.registry import MODELS, build_model
 
+
+def _preset_model_params(file_name: str, **fixed) -> dict:
+    """model_params of a shipped ml-100k-mm preset (read, so the suite and the preset cannot drift apart) + ``fixed``."""
+    return {**yaml.safe_load((PRESET_DIR / "ml-100k-mm" / file_name).read_text())["model_params"], **fixed}
+
+
 # Documented configurations that change a registered model's structure (not just its sizes) pass the suite too:
-# case -> (registry name, model_params).
+# case -> (registry name, model_params). Our modifications of SAND, KGAT and Multi-KG4Rec; the linear aggregator's
+# layer sizes must equal the embedding size, so the KG models keep the presets' size (the default, 64).
 CONFIGURED_MODELS = {
-    # our modifications of SAND, read from the shipped preset so the two cannot drift apart
-    "sand+lightgcn_settings": (
-        "sand",
-        yaml.safe_load((PRESET_DIR / "ml-100k-mm" / "sand_lightgcn_settings.yaml").read_text())["model_params"],
-    ),
-    # our modifications of KGAT (linear aggregator, symmetric weights); its layer sizes must equal the embedding size,
-    # so the preset's size (the default, 64) is kept
-    "kgat+lightgcn_settings": (
-        "kgat",
-        {
-            **yaml.safe_load((PRESET_DIR / "ml-100k-mm" / "kgat_lightgcn_settings.yaml").read_text())["model_params"],
-            "embedding_dim": 64,
-        },
-    ),
+    "sand+lightgcn_settings": ("sand", _preset_model_params("sand_lightgcn_settings.yaml")),
+    "kgat+lightgcn_settings": ("kgat", _preset_model_params("kgat_lightgcn_settings.yaml", embedding_dim=64)),
     "multikg4rec+lightgcn_settings": (
         "multikg4rec",
-        {
-            **yaml.safe_load(
-                (PRESET_DIR / "ml-100k-mm" / "multikg4rec_lightgcn_settings.yaml").read_text()
-            )["model_params"],
-            "embedding_dim": 64,
-        },
+        _preset_model_params("multikg4rec_lightgcn_settings.yaml", embedding_dim=64),
     ),
 }
 MODEL_NAMES = sorted(MODELS) + sorted(CONFIGURED_MODELS)

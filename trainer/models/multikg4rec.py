@@ -366,16 +366,18 @@ class MultiKG4Rec(Recommender):
 
         buffer("edge_heads", ckg.heads)
         buffer("edge_tails", ckg.tails)
-        # LightGCN's 1/sqrt(deg_h·deg_t), degrees counted over the CKG's edges (every edge has its inverse), and
-        # sqrt(deg_h/deg_t), what turns a softmax over the head's edges into it when the attention is uniform
-        degree = np.bincount(ckg.heads, minlength=ckg.n_nodes).astype(np.float64)
-        head_degree, tail_degree = degree[ckg.heads], degree[ckg.tails]
-        for name, values in (
-            ("symmetric_edge_weights", 1.0 / np.sqrt(head_degree * tail_degree)),
-            ("attention_degree_scale", np.sqrt(head_degree / tail_degree)),
-        ):
+        if self.config.edge_weights != "attention":
+            # symmetric: LightGCN's 1/sqrt(deg_h·deg_t), degrees counted over the CKG's edges (every edge has its
+            # inverse); attention_symmetric: sqrt(deg_h/deg_t), what turns a softmax over the head's edges into it when
+            # the attention is uniform. Only the one the config uses is kept (one float per edge).
+            degree = np.bincount(ckg.heads, minlength=ckg.n_nodes).astype(np.float64)
+            head_degree, tail_degree = degree[ckg.heads], degree[ckg.tails]
+            if self.config.edge_weights == "symmetric":
+                factors = 1.0 / np.sqrt(head_degree * tail_degree)
+            else:
+                factors = np.sqrt(head_degree / tail_degree)
             self.register_buffer(
-                name, torch.as_tensor(values, dtype=torch.float32, device=device), persistent=False
+                "edge_degree_factors", torch.as_tensor(factors, dtype=torch.float32, device=device), persistent=False
             )
         buffer("edge_relations", ckg.relations)
         buffer("item_node", ckg.item_node)
@@ -519,11 +521,11 @@ class MultiKG4Rec(Recommender):
         """Propagation weight of every CKG edge, float [n_edges]: the attention, the fixed symmetric weights, or the
         attention rescaled by sqrt(deg_h/deg_t) (``edge_weights``)."""
         if self.config.edge_weights == "symmetric":
-            return self.symmetric_edge_weights.to(ego.dtype)
+            return self.edge_degree_factors.to(ego.dtype)
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.config.attention_gradient):
             attention = self.attention(ego)
         if self.config.edge_weights == "attention_symmetric":
-            return attention * self.attention_degree_scale.to(ego.dtype)
+            return attention * self.edge_degree_factors.to(ego.dtype)
         return attention
 
     def propagate(self, ego: Tensor) -> Tensor:
