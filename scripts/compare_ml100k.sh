@@ -5,7 +5,8 @@
 # OUT/{sand,sand_lgs,ludp,ludp_item,mkg,mkg_lgs}/compare.md (mean ± std, and differences with 95% intervals over seeds, paired
 # by seed). The families reuse the full models' runs of the main comparison (linked, then `compare --resume`).
 # STEPS picks which comparisons run (default: all seven, "main sand sand_lgs ludp ludp_item mkg mkg_lgs"; the families
-# need main's runs).
+# need main's runs). After main and mkg_lgs, `trainer popularity` adds test Recall@20 by item-popularity group
+# (OUT/main/popularity.md, OUT/mkg_lgs/popularity.md; per-run figures in popularity.json beside them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/compare_ml100k}
@@ -19,6 +20,12 @@ compare() {  # out-subdir, then variants
     --seeds 1 2 3 4 5 --jobs 2 --max-epochs 200 --resume "$@" > "$out.log" 2>&1
   cat "$out/compare.md"
 }
+popularity() {  # out-subdir: Recall@20 by item-popularity group of that comparison's runs (against LightGCN)
+  case " $STEPS " in *" $1 "*) ;; *) return 0 ;; esac
+  .venv/bin/python -W ignore -m trainer popularity --compare-dir "$OUT/$1" --baseline LightGCN \
+    --json "$OUT/$1/popularity.json" > "$OUT/$1/popularity.md"
+  cat "$OUT/$1/popularity.md"
+}
 reuse() {  # family-subdir, label: link the main comparison's runs of that label
   mkdir -p "$OUT/$1"
   ln -sfn "../main/$2" "$OUT/$1/$2"
@@ -27,6 +34,7 @@ mkdir -p "$OUT"
 compare main --variant LightGCN=lightgcn --variant LUDP=ludp --variant LUDP-item=ludp_item --variant SAND=sand \
   --variant "SAND+ID=sand:$C/sand_idgraph.yaml" --variant "SAND-LGS=sand:$C/sand_lightgcn_settings.yaml" \
   --variant KGAT=kgat --variant Multi-KG4Rec=multikg4rec
+popularity main
 reuse sand SAND
 compare sand --variant SAND=sand \
   --variant "InfoNCE+MI=sand:$C/sand_infonce_mi.yaml" --variant "SoloSim+l2=sand:$C/sand_solosim_l2.yaml" \
@@ -59,3 +67,4 @@ reuse mkg_lgs LightGCN
 compare mkg_lgs --variant LightGCN=lightgcn \
   --variant "KGAT-LGS=kgat:$C/kgat_lightgcn_settings.yaml" \
   --variant "Multi-KG4Rec-LGS=multikg4rec:$C/multikg4rec_lightgcn_settings.yaml"
+popularity mkg_lgs

@@ -1,5 +1,5 @@
 """Command line: ``python -m trainer
-fit|evaluate|export|features|perturb|compare|table|tune|demo|explain|retrain|coldstart|models``."""
+fit|evaluate|export|features|perturb|compare|table|popularity|tune|demo|explain|retrain|coldstart|models``."""
 
 from __future__ import annotations
 
@@ -99,6 +99,21 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--rows", type=Path, required=True, help="compare.json, or a {family: rows} file with --family")
     table.add_argument("--family", default=None, help="which group of rows of a {family: rows} file")
     table.add_argument("--baseline", default=None, help="variant label the others are compared with (default: the first)")
+
+    popularity = sub.add_parser(
+        "popularity", help="test Recall@K and top-K exposure by item popularity group for the runs of one compare")
+    popularity.add_argument("--compare-dir", type=Path, required=True,
+                            help="compare's --out directory (its compare.json and LABEL/seedN runs)")
+    popularity.add_argument("--rows", type=Path, default=None,
+                            help="read the runs' labels and seeds from this file instead of COMPARE_DIR/compare.json")
+    popularity.add_argument("--family", default=None, help="which group of rows of a {family: rows} --rows file")
+    popularity.add_argument("--groups", type=int, default=5, help="number of item groups (default 5)")
+    popularity.add_argument("--by", choices=["interactions", "items"], default="interactions",
+                            help="cut the popularity-ordered items into groups of about equal training interactions "
+                                 "(default) or equal item counts")
+    popularity.add_argument("--k", type=int, default=20, help="cut-off K (default 20)")
+    popularity.add_argument("--baseline", default=None, help="variant label the others are compared with (default: the first)")
+    popularity.add_argument("--json", type=Path, default=None, help="also write the per-run figures to this JSON file")
 
     tune = sub.add_parser("tune", help="grid search on VALID Recall@20 (never reads test); write the best preset")
     tune.add_argument("--model", required=True)
@@ -258,6 +273,20 @@ def _cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_popularity(args: argparse.Namespace) -> int:
+    from trainer.loop import write_json_atomic
+    from trainer.popularity_report import popularity_report, popularity_rows
+
+    if args.k < 1:
+        raise ValueError(f"--k must be >= 1, got {args.k}")
+    rows = popularity_rows(args.compare_dir, args.groups, args.k, args.family, args.rows, args.by)
+    report = popularity_report(rows, args.baseline)
+    if args.json is not None:
+        write_json_atomic(args.json, rows)
+    print(report)
+    return 0
+
+
 def _cmd_tune(args: argparse.Namespace) -> int:
     from trainer.pipeline import parse_grid, tune
 
@@ -369,7 +398,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "fit": _cmd_fit, "evaluate": _cmd_evaluate, "export": _cmd_export, "features": _cmd_features,
-    "perturb": _cmd_perturb, "compare": _cmd_compare, "table": _cmd_table, "tune": _cmd_tune, "demo": _cmd_demo,
+    "perturb": _cmd_perturb, "compare": _cmd_compare, "table": _cmd_table, "popularity": _cmd_popularity,
+    "tune": _cmd_tune, "demo": _cmd_demo,
     "explain": _cmd_explain, "retrain": _cmd_retrain, "coldstart": _cmd_coldstart, "models": _cmd_models,
 }
 
