@@ -72,12 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
     perturb = sub.add_parser(
         "perturb",
         help="copy a dataset directory with N feature values moved by one ulp (how far float noise alone moves a "
-             "result: compare the same seeds on both)",
+             "result: compare the same seeds on both), or with the items' feature rows shuffled (a content control)",
     )
     perturb.add_argument("--dataset", required=True, type=Path, help="dataset directory with <modality>_feat.npy")
     perturb.add_argument("--out", required=True, type=Path, help="directory to create (must not exist)")
-    perturb.add_argument("--values", required=True, type=int, help="how many nonzero feature values to move")
-    perturb.add_argument("--seed", type=int, default=0, help="seed of the choice of values and directions")
+    change = perturb.add_mutually_exclusive_group(required=True)
+    change.add_argument("--values", type=int, help="how many nonzero feature values to move by one ulp")
+    change.add_argument("--shuffle-rows", action="store_true",
+                        help="give every item the features of another (one permutation for all modalities)")
+    perturb.add_argument("--seed", type=int, default=0,
+                         help="seed of the choice of values and directions, or of the permutation")
 
     cmp = sub.add_parser("compare", help="train variants × seeds and print a mean ± std table")
     cmp.add_argument("--dataset", required=True, type=Path)
@@ -247,9 +251,13 @@ def _cmd_features(args: argparse.Namespace) -> int:
 
 
 def _cmd_perturb(args: argparse.Namespace) -> int:
-    from trainer.data.perturb import perturb_features
+    from trainer.data.perturb import perturb_features, shuffle_feature_rows
 
-    print(json.dumps(perturb_features(args.dataset, args.out, args.values, seed=args.seed), indent=2))
+    if args.shuffle_rows:
+        report = shuffle_feature_rows(args.dataset, args.out, seed=args.seed)
+    else:
+        report = perturb_features(args.dataset, args.out, args.values, seed=args.seed)
+    print(json.dumps(report, indent=2))
     return 0
 
 

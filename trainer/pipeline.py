@@ -485,10 +485,14 @@ def read_compare_rows(path: Path, family: str | None = None) -> list[dict[str, A
     return stored
 
 
+METRIC_NAMES = {"test_recall@20": "test R@20", "test_ndcg@20": "test N@20", "valid_recall@20": "valid R@20"}
+
+
 def perturbation_table(base_rows: list[dict[str, Any]], perturbed_rows: list[dict[str, Any]],
-                       confidence: float = 0.95) -> str:
+                       confidence: float = 0.95, metric: str = "test_recall@20") -> str:
     """Markdown table of how far a change of the data alone (e.g. a `trainer perturb` copy) moves each variant: the
-    same label and seed trained on both, test R@20 paired by seed. Columns: the mean on each, the mean absolute
+    same label and seed trained on both, ``metric`` (a key of :data:`METRIC_NAMES`; default test R@20) paired by seed.
+    Columns: the mean on each, the mean absolute
     per-seed change, the mean change with its paired t interval, the base runs' seed std (for scale) and how many
     seeds stopped at another epoch. Labels or seeds present on one side only are left out."""
 
@@ -498,15 +502,18 @@ def perturbation_table(base_rows: list[dict[str, Any]], perturbed_rows: list[dic
     base, perturbed = by_key(base_rows), by_key(perturbed_rows)
     labels = [label for label in dict.fromkeys(row["label"] for row in base_rows)
               if any(key[0] == label for key in perturbed)]
+    if metric not in METRIC_NAMES:
+        raise ValueError(f"metric must be one of {sorted(METRIC_NAMES)}, got {metric!r}")
+    name = METRIC_NAMES[metric]
     lines = [
-        "| variant | seeds | test R@20 | test R@20, perturbed | mean abs. change | mean change (95% CI, paired) "
+        f"| variant | seeds | {name} | {name}, perturbed | mean abs. change | mean change (95% CI, paired) "
         "| seed std | other best epoch |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for label in labels:
         seeds = sorted(seed for (name, seed) in base if name == label and (name, seed) in perturbed)
-        before = [float(base[(label, seed)]["test_recall@20"]) for seed in seeds]
-        after = [float(perturbed[(label, seed)]["test_recall@20"]) for seed in seeds]
+        before = [float(base[(label, seed)][metric]) for seed in seeds]
+        after = [float(perturbed[(label, seed)][metric]) for seed in seeds]
         changes = [b - a for a, b in zip(before, after, strict=True)]
         mean_change, low, high = paired_interval(after, before, confidence)
         if len(changes) > 1 and low != high:

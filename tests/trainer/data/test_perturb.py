@@ -11,7 +11,7 @@ from trainer.cli import main
 from trainer.data import load_dataset
 from trainer.data.dataset import DatasetError
 from trainer.data.features import write_mmrec_dir
-from trainer.data.perturb import choose_ulp_moves, perturb_features
+from trainer.data.perturb import choose_ulp_moves, perturb_features, shuffle_feature_rows
 from trainer.data.synthetic import planted_dataset
 
 
@@ -79,3 +79,34 @@ def test_cli_prints_the_report_and_reports_errors(dataset_dir, tmp_path, capsys)
     assert sum(json.loads(capsys.readouterr().out)["values_moved_one_ulp"].values()) == 2
     assert main(["perturb", "--dataset", str(dataset_dir), "--out", str(out), "--values", "2"]) == 2
     assert "exists" in capsys.readouterr().err
+
+
+def test_shuffled_copy_gives_every_item_another_items_features_in_every_modality(dataset_dir, tmp_path):
+    out = tmp_path / "shuffled" / "planted"
+    report = shuffle_feature_rows(dataset_dir, out, seed=4)
+    source, copy = load_dataset(dataset_dir), load_dataset(out)
+    assert report["source_fingerprint"] == source.fingerprint() != copy.fingerprint() == report["fingerprint"]
+    permutation = np.random.default_rng(4).permutation(source.n_items)
+    assert len(source.features) >= 2
+    for modality, before in source.features.items():
+        after = copy.features[modality]
+        np.testing.assert_array_equal(after, before[permutation])  # the same permutation for every modality
+        # the same multiset of rows, but items hold other rows
+        assert sorted(map(bytes, after)) == sorted(map(bytes, before))
+    assert report["items_moved"] == int((permutation != np.arange(source.n_items)).sum()) > source.n_items // 2
+    for split in ("train", "valid", "test"):
+        assert (getattr(source, split) != getattr(copy, split)).nnz == 0
+    manifest = json.loads((out / "features.json").read_text("utf-8"))
+    assert "build_key" not in manifest
+    assert manifest["perturbation"]["item_rows_shuffled"] is True and manifest["perturbation"]["permutation_seed"] == 4
+
+
+def test_shuffle_cli_and_refusals(dataset_dir, tmp_path, capsys):
+    out = tmp_path / "cli" / "planted"
+    assert main(["perturb", "--dataset", str(dataset_dir), "--out", str(out), "--shuffle-rows", "--seed", "2"]) == 0
+    assert json.loads(capsys.readouterr().out)["permutation_seed"] == 2
+    assert main(["perturb", "--dataset", str(dataset_dir), "--out", str(out), "--shuffle-rows"]) == 2
+    assert "exists" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # --values and --shuffle-rows exclude each other
+        main(["perturb", "--dataset", str(dataset_dir), "--out", str(tmp_path / "x"), "--values", "1", "--shuffle-rows"])
+    assert not (tmp_path / "x").exists()
