@@ -140,14 +140,14 @@ def popularity_groups(train_counts: np.ndarray, n_groups: int, by: str = "intera
         raise ValueError(f"n_groups must be between 1 and the number of items ({len(counts)}), got {n_groups}")
     if by not in GROUPINGS:
         raise ValueError(f"popularity groups are cut by one of {GROUPINGS}, got {by!r}")
+    if np.any(counts < 0) or not np.all(np.equal(np.mod(counts, 1), 0)):
+        raise ValueError("train_counts must be non-negative whole numbers")
     order = np.lexsort((np.arange(len(counts)), -counts))
     groups = np.empty(len(counts), dtype=np.int64)
     if by == "items":
         for group, members in enumerate(np.array_split(order, n_groups)):
             groups[members] = group
         return groups
-    if np.any(counts < 0) or not np.all(np.equal(np.mod(counts, 1), 0)):
-        raise ValueError("train_counts must be non-negative whole numbers")
     sorted_counts = counts[order].astype(np.int64)
     total = int(sorted_counts.sum())
     before = np.cumsum(sorted_counts) - sorted_counts
@@ -186,8 +186,7 @@ def grouped_recall(
         hits[present] += hit_groups[present] / truth_groups[present]
         users += present
         held_out += truth_groups
-    with np.errstate(invalid="ignore", divide="ignore"):
-        recall = np.where(users > 0, hits / np.maximum(users, 1), np.nan)
+    recall = np.where(users > 0, hits / np.maximum(users, 1), np.nan)
     return {
         "recall": recall.tolist(),
         "exposure": (slots / max(n_users, 1)).tolist(),
@@ -202,9 +201,9 @@ def evaluate_bundle_by_popularity(
     """Recall@k and exposure per item-popularity group (:func:`grouped_recall`) of the bundle on split ``label``.
 
     The groups come from the split file's training interactions (:func:`popularity_groups` cut ``by`` interactions
-    or items; 0 = most popular), so
-    that every model evaluated on one split is cut the same way. Returns those lists plus ``items`` and
-    ``train_interactions`` per group and the ungrouped ``recall`` (the Recall@k of :func:`evaluate_bundle_on_split`).
+    or items; 0 = most popular), so that every model evaluated on one split is cut the same way. Returns those lists,
+    ``items`` and ``train_interactions`` per group, and ``recall_all``: the ungrouped Recall@k, as
+    :func:`evaluate_bundle_on_split` computes it.
     """
     bundle = load_bundle(bundle_path)
     item_row = {iid: row for row, iid in enumerate(bundle.item_ids)}

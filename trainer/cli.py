@@ -106,11 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     popularity = sub.add_parser(
         "popularity", help="test Recall@K and top-K exposure by item popularity group for the runs of one compare")
-    popularity.add_argument("--compare-dir", type=Path, required=True,
-                            help="compare's --out directory (its compare.json and LABEL/seedN runs)")
-    popularity.add_argument("--rows", type=Path, default=None,
-                            help="read the runs' labels and seeds from this file instead of COMPARE_DIR/compare.json")
-    popularity.add_argument("--family", default=None, help="which group of rows of a {family: rows} --rows file")
+    source = popularity.add_mutually_exclusive_group(required=True)
+    source.add_argument("--compare-dir", type=Path,
+                        help="compare's --out directory (its compare.json and LABEL/seedN runs)")
+    source.add_argument("--stored", type=Path,
+                        help="print the report again from per-run figures that --json wrote (a list, or "
+                             "{family: list} with --family)")
+    popularity.add_argument("--family", default=None, help="which group of rows of a {family: rows} --stored file")
     popularity.add_argument("--groups", type=int, default=5, help="number of item groups (default 5)")
     popularity.add_argument("--by", choices=["interactions", "items"], default="interactions",
                             help="cut the popularity-ordered items into groups of about equal training interactions "
@@ -283,11 +285,16 @@ def _cmd_table(args: argparse.Namespace) -> int:
 
 def _cmd_popularity(args: argparse.Namespace) -> int:
     from trainer.loop import write_json_atomic
-    from trainer.popularity_report import popularity_report, popularity_rows
+    from trainer.popularity_report import popularity_report, popularity_rows, read_popularity_rows
 
     if args.k < 1:
         raise ValueError(f"--k must be >= 1, got {args.k}")
-    rows = popularity_rows(args.compare_dir, args.groups, args.k, args.family, args.rows, args.by)
+    if args.stored is not None:
+        rows = read_popularity_rows(args.stored, args.family)
+    elif args.family is not None:
+        raise ValueError("--family applies to a --stored file")
+    else:
+        rows = popularity_rows(args.compare_dir, args.groups, args.k, args.by)
     report = popularity_report(rows, args.baseline)
     if args.json is not None:
         write_json_atomic(args.json, rows)

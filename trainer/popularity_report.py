@@ -7,6 +7,7 @@ already read once.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -17,14 +18,14 @@ from trainer.pipeline import mean_std, paired_interval, read_compare_rows
 SPLIT_FILE = "split.inter"
 
 
-def popularity_rows(compare_dir: Path, n_groups: int = 5, k: int = 20, family: str | None = None,
-                    rows_file: Path | None = None, by: str = "interactions") -> list[dict[str, Any]]:
-    """One row per variant × seed of ``compare_dir/compare.json`` (or ``rows_file``): its label, model and seed and
-    the per-group figures of its bundle. The run directories are ``compare_dir/LABEL/seedN``, as ``compare`` lays
-    them out."""
-    rows = read_compare_rows(rows_file or compare_dir / "compare.json", family)
-    if not rows:
-        raise ValueError(f"{rows_file or compare_dir / 'compare.json'}: no runs")
+ROW_KEYS = ("label", "seed", "recall", "exposure", "users", "held_out", "items", "train_interactions", "k", "by")
+
+
+def popularity_rows(compare_dir: Path, n_groups: int = 5, k: int = 20, by: str = "interactions") -> list[dict[str, Any]]:
+    """One row per variant × seed of ``compare_dir/compare.json``: its label, model and seed and the per-group figures
+    of its bundle (:func:`~trainer.bundle_eval.evaluate_bundle_by_popularity`). The run directories are
+    ``compare_dir/LABEL/seedN``, as ``compare`` lays them out."""
+    rows = read_compare_rows(compare_dir / "compare.json")
     result = []
     for row in rows:
         run_dir = compare_dir / row["label"] / f"seed{row['seed']}"
@@ -35,6 +36,25 @@ def popularity_rows(compare_dir: Path, n_groups: int = 5, k: int = 20, family: s
         groups = evaluate_bundle_by_popularity(run_dir / "bundles", run_dir / SPLIT_FILE, n_groups, k, by=by)
         result.append({"label": row["label"], "model": row["model"], "seed": int(row["seed"]), **groups})
     return result
+
+
+def read_popularity_rows(path: Path, family: str | None = None) -> list[dict[str, Any]]:
+    """Per-run figures that ``trainer popularity --json`` wrote (a list of rows), or one family's rows of a
+    ``{family: rows}`` file. Raises ValueError naming the file when it holds neither."""
+    try:
+        stored = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read popularity rows from {path}: {exc}") from exc
+    if isinstance(stored, dict):
+        if family is None or family not in stored:
+            raise ValueError(f"{path} holds several groups of rows {sorted(stored)}: name one with --family")
+        stored = stored[family]
+    elif family is not None:
+        raise ValueError(f"{path} holds one list of rows: --family {family!r} does not apply")
+    if not isinstance(stored, list) or not stored or not all(isinstance(r, dict) and set(ROW_KEYS) <= set(r)
+                                                              for r in stored):
+        raise ValueError(f"{path}: expected a non-empty list of popularity rows with {sorted(ROW_KEYS)}")
+    return stored
 
 
 def _by_label(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:

@@ -165,6 +165,16 @@ def test_the_popularity_command_reports_every_variant_against_the_baseline(tmp_p
     assert "| Other | 1,2,3 |" in report and "| items | 10 | 10 | 10 | 10 |" in report
     stored = json.loads(out_json.read_text(encoding="utf-8"))
     assert [(row["label"], row["seed"]) for row in stored] == [(r["label"], r["seed"]) for r in rows]
+    # the stored figures print the same report again, without the runs
+    assert main(["popularity", "--stored", str(out_json)]) == 0
+    assert capsys.readouterr().out == report
+    (tmp_path / "families.json").write_text(json.dumps({"a": stored}), encoding="utf-8")
+    assert main(["popularity", "--stored", str(tmp_path / "families.json"), "--family", "a"]) == 0
+    assert capsys.readouterr().out == report
+    assert main(["popularity", "--stored", str(tmp_path / "families.json")]) == 2
+    assert "name one with --family" in capsys.readouterr().err
+    assert main(["popularity", "--compare-dir", str(tmp_path / "cmp"), "--family", "a"]) == 2
+    assert "--family applies to a --stored file" in capsys.readouterr().err
 
     assert main(["popularity", "--compare-dir", str(tmp_path / "cmp"), "--baseline", "Nope"]) == 2
     assert "baseline 'Nope' is not one of the variants" in capsys.readouterr().err
