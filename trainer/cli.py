@@ -113,11 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print the report again from per-run figures that --json wrote (a list, or "
                              "{family: list} with --family)")
     popularity.add_argument("--family", default=None, help="which group of rows of a {family: rows} --stored file")
-    popularity.add_argument("--groups", type=int, default=5, help="number of item groups (default 5)")
-    popularity.add_argument("--by", choices=["interactions", "items"], default="interactions",
+    popularity.add_argument("--groups", type=int, default=None, help="number of item groups (default 5)")
+    popularity.add_argument("--by", choices=["interactions", "items"], default=None,
                             help="cut the popularity-ordered items into groups of about equal training interactions "
                                  "(default) or equal item counts")
-    popularity.add_argument("--k", type=int, default=20, help="cut-off K (default 20)")
+    popularity.add_argument("--k", type=int, default=None, help="cut-off K (default 20)")
     popularity.add_argument("--baseline", default=None, help="variant label the others are compared with (default: the first)")
     popularity.add_argument("--json", type=Path, default=None, help="also write the per-run figures to this JSON file")
 
@@ -287,14 +287,20 @@ def _cmd_popularity(args: argparse.Namespace) -> int:
     from trainer.loop import write_json_atomic
     from trainer.popularity_report import popularity_report, popularity_rows, read_popularity_rows
 
-    if args.k < 1:
-        raise ValueError(f"--k must be >= 1, got {args.k}")
     if args.stored is not None:
+        given = [flag for flag, value in (("--groups", args.groups), ("--by", args.by), ("--k", args.k)) if value is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} apply to --compare-dir: a --stored file keeps the groups it was "
+                             f"computed with")
         rows = read_popularity_rows(args.stored, args.family)
     elif args.family is not None:
         raise ValueError("--family applies to a --stored file")
     else:
-        rows = popularity_rows(args.compare_dir, args.groups, args.k, args.by)
+        k = 20 if args.k is None else args.k
+        if k < 1:
+            raise ValueError(f"--k must be >= 1, got {k}")
+        rows = popularity_rows(args.compare_dir, 5 if args.groups is None else args.groups, k,
+                               args.by or "interactions")
     report = popularity_report(rows, args.baseline)
     if args.json is not None:
         write_json_atomic(args.json, rows)

@@ -466,23 +466,28 @@ def compare_report(rows: list[dict[str, Any]], baseline: str | None = None) -> s
     return table + "\n\n" + fingerprint_line(rows) + "\n\n" + code_line(rows)
 
 
-def read_compare_rows(path: Path, family: str | None = None) -> list[dict[str, Any]]:
-    """Rows stored by ``compare`` (``compare.json``: a list of rows), or one family's rows of a ``{family: rows}``
-    file (``--family``). Raises ValueError naming the file when it holds neither."""
+def read_stored_rows(path: Path, family: str | None, required: set[str], kind: str) -> list[dict[str, Any]]:
+    """Rows stored as JSON: a list of rows, or one family's rows of a ``{family: rows}`` file (``--family``), each row
+    holding the ``required`` keys. Raises ValueError naming the file (and ``kind``, e.g. "compare rows") otherwise."""
     try:
         stored = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise ValueError(f"cannot read compare rows from {path}: {exc}") from exc
+        raise ValueError(f"cannot read {kind} from {path}: {exc}") from exc
     if isinstance(stored, dict):
         if family is None or family not in stored:
             raise ValueError(f"{path} holds several groups of rows {sorted(stored)}: name one with --family")
         stored = stored[family]
     elif family is not None:
         raise ValueError(f"{path} holds one list of rows: --family {family!r} does not apply")
-    required = {"label", "seed", "valid_recall@20", "test_recall@20"}
     if not isinstance(stored, list) or not stored or not all(isinstance(r, dict) and required <= set(r) for r in stored):
-        raise ValueError(f"{path}: expected a non-empty list of compare rows with {sorted(required)}")
+        raise ValueError(f"{path}: expected a non-empty list of {kind} with {sorted(required)}")
     return stored
+
+
+def read_compare_rows(path: Path, family: str | None = None) -> list[dict[str, Any]]:
+    """Rows stored by ``compare`` (``compare.json``: a list of rows), or one family's rows of a ``{family: rows}``
+    file (``--family``). Raises ValueError naming the file when it holds neither."""
+    return read_stored_rows(path, family, {"label", "seed", "valid_recall@20", "test_recall@20"}, "compare rows")
 
 
 METRIC_NAMES = {"test_recall@20": "test R@20", "test_ndcg@20": "test N@20", "valid_recall@20": "valid R@20"}

@@ -7,17 +7,14 @@ already read once.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 from trainer.bundle_eval import evaluate_bundle_by_popularity
-from trainer.pipeline import mean_std, paired_interval, read_compare_rows
+from trainer.pipeline import mean_std, paired_interval, read_compare_rows, read_stored_rows
 
 SPLIT_FILE = "split.inter"
-
-
 ROW_KEYS = ("label", "seed", "recall", "exposure", "users", "held_out", "items", "train_interactions", "k", "by")
 
 
@@ -41,20 +38,7 @@ def popularity_rows(compare_dir: Path, n_groups: int = 5, k: int = 20, by: str =
 def read_popularity_rows(path: Path, family: str | None = None) -> list[dict[str, Any]]:
     """Per-run figures that ``trainer popularity --json`` wrote (a list of rows), or one family's rows of a
     ``{family: rows}`` file. Raises ValueError naming the file when it holds neither."""
-    try:
-        stored = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"cannot read popularity rows from {path}: {exc}") from exc
-    if isinstance(stored, dict):
-        if family is None or family not in stored:
-            raise ValueError(f"{path} holds several groups of rows {sorted(stored)}: name one with --family")
-        stored = stored[family]
-    elif family is not None:
-        raise ValueError(f"{path} holds one list of rows: --family {family!r} does not apply")
-    if not isinstance(stored, list) or not stored or not all(isinstance(r, dict) and set(ROW_KEYS) <= set(r)
-                                                              for r in stored):
-        raise ValueError(f"{path}: expected a non-empty list of popularity rows with {sorted(ROW_KEYS)}")
-    return stored
+    return read_stored_rows(path, family, set(ROW_KEYS), "popularity rows")
 
 
 def _by_label(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
