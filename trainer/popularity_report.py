@@ -51,9 +51,9 @@ def _by_label(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
 def _paired(ours: list[dict[str, Any]], theirs: list[dict[str, Any]], key: str, group: int) -> str:
     mine = {row["seed"]: row[key][group] for row in ours}
     base = {row["seed"]: row[key][group] for row in theirs}
-    if set(mine) != set(base) or len(mine) < 2:
+    seeds = sorted(set(mine) & set(base))
+    if len(seeds) < 2:
         return "n/a"
-    seeds = sorted(mine)
     difference, low, high = paired_interval([mine[s] for s in seeds], [base[s] for s in seeds])
     if math.isnan(difference):
         return "n/a"
@@ -64,8 +64,8 @@ def _paired(ours: list[dict[str, Any]], theirs: list[dict[str, Any]], key: str, 
 def popularity_report(rows: list[dict[str, Any]], baseline: str | None = None) -> str:
     """Markdown: the groups (items, training interactions, held-out pairs), Recall@K and exposure per group
     (mean ± std over seeds), and each variant's Recall@K and exposure minus ``baseline``'s (default: the first
-    variant) per group with 95% intervals paired by seed (↑ / ↓: the interval excludes zero; n/a: the two variants
-    did not run the same two or more seeds)."""
+    variant) per group with 95% intervals paired by seed, over the seeds both ran (↑ / ↓: the interval excludes zero;
+    n/a: fewer than two seeds in common)."""
     by_label = _by_label(rows)
     labels = list(by_label)
     baseline = labels[0] if baseline is None else baseline
@@ -103,7 +103,8 @@ def popularity_report(rows: list[dict[str, Any]], baseline: str | None = None) -
             lines.append(f"| {label} | {seeds} | " + " | ".join(cells) + " |")
         lines.append("")
         if len(by_label) > 1:
-            lines += [f"{title} − {baseline} (95% CI, paired by seed):", "", f"| variant | {header_groups} |",
+            lines += [f"{title} − {baseline} (95% CI, paired by seed over the seeds both ran):", "",
+                      f"| variant | {header_groups} |",
                       "|---" * (n_groups + 1) + "|"]
             for label, group_rows in by_label.items():
                 if label != baseline:

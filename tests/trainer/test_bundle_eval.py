@@ -161,10 +161,18 @@ def test_the_popularity_command_reports_every_variant_against_the_baseline(tmp_p
     assert main(["popularity", "--compare-dir", str(tmp_path / "cmp"), "--groups", "4", "--by", "items",
                  "--json", str(out_json)]) == 0
     report = capsys.readouterr().out
-    assert "Recall@20 per group − Base (95% CI, paired by seed)" in report
+    assert "Recall@20 per group − Base (95% CI, paired by seed over the seeds both ran)" in report
     assert "| Other | 1,2,3 |" in report and "| items | 10 | 10 | 10 | 10 |" in report
     stored = json.loads(out_json.read_text(encoding="utf-8"))
     assert [(row["label"], row["seed"]) for row in stored] == [(r["label"], r["seed"]) for r in rows]
+    # a variant with a seed fewer is paired over the seeds both ran; with one seed in common there is no interval
+    from trainer.popularity_report import popularity_report
+
+    fewer = [row for row in stored if not (row["label"] == "Other" and row["seed"] == 3)]
+    differences = [line for line in popularity_report(fewer).splitlines() if line.startswith("| Other | ") and "±" not in line]
+    assert len(differences) == 2 and all("n/a" not in line and "[" in line for line in differences)
+    single = [row for row in stored if not (row["label"] == "Other" and row["seed"] > 1)]
+    assert "| Other | n/a | n/a | n/a | n/a |" in popularity_report(single)
     # the stored figures print the same report again, without the runs
     assert main(["popularity", "--stored", str(out_json)]) == 0
     assert capsys.readouterr().out == report
