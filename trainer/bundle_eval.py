@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.bundle import load_bundle
+from service.bundle import Bundle, load_bundle
 
 
 def read_split_file(path: Path) -> dict[int, dict[str, set[str]]]:
@@ -45,22 +45,20 @@ def read_split_file(path: Path) -> dict[int, dict[str, set[str]]]:
 
 
 def ranked_split_lists(
-    bundle_path: Path,
-    split_path: Path,
+    bundle: Bundle,
+    split: dict[int, dict[str, set[str]]],
     label: int = 2,
     depth: int = 50,
     batch: int = 2048,
     score_by_popularity: bool = False,
 ) -> Iterator[tuple[np.ndarray, set[int]]]:
-    """For every user with items in split ``label``: (the bundle rows of its top ``depth`` items, int64 [depth]; the
-    bundle rows of its ``label`` items, a set).
+    """For every user with items in split ``label`` of ``split`` (:func:`read_split_file`): (the bundle rows of its
+    top ``depth`` items, int64 [depth]; the bundle rows of its ``label`` items, a set).
 
     Items of the other splits that come before it (train, and valid when label = 2) are excluded from the ranking.
     Ties are broken by lower item row. ``score_by_popularity`` ranks every user's items by the bundle's training
     popularity instead. Users come in bundle-row order.
     """
-    bundle = load_bundle(bundle_path)
-    split = read_split_file(split_path)
     user_row = {uid: row for row, uid in enumerate(bundle.user_ids)}
     item_row = {iid: row for row, iid in enumerate(bundle.item_ids)}
     masked_labels = [0] if label == 1 else [0, 1]
@@ -107,7 +105,9 @@ def evaluate_bundle_on_split(
     ndcg_sums = dict.fromkeys(ks, 0.0)
     discounts = 1.0 / np.log2(np.arange(2, k_max + 2))
     n_users = 0
-    for ranked, truth in ranked_split_lists(bundle_path, split_path, label, k_max, batch, score_by_popularity):
+    lists = ranked_split_lists(load_bundle(bundle_path), read_split_file(split_path), label, k_max, batch,
+                               score_by_popularity)
+    for ranked, truth in lists:
         n_users += 1
         relevant = np.array([item in truth for item in ranked], dtype=np.float64)
         for k in ks:
@@ -206,17 +206,17 @@ def evaluate_bundle_by_popularity(
     :func:`evaluate_bundle_on_split` computes it.
     """
     bundle = load_bundle(bundle_path)
+    split = read_split_file(split_path)
     item_row = {iid: row for row, iid in enumerate(bundle.item_ids)}
-    train = read_split_file(split_path)[0]
     counts = np.zeros(len(bundle.item_ids), dtype=np.int64)
-    for items in train.values():
+    for items in split[0].values():
         for iid in items:
             counts[item_row[iid]] += 1
     groups = popularity_groups(counts, n_groups, by)
     ungrouped: list[float] = []
 
     def lists() -> Iterator[tuple[np.ndarray, set[int]]]:
-        for ranked, truth in ranked_split_lists(bundle_path, split_path, label, k):
+        for ranked, truth in ranked_split_lists(bundle, split, label, k):
             ungrouped.append(sum(item in truth for item in ranked[:k]) / len(truth))
             yield ranked, truth
 

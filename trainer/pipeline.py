@@ -497,9 +497,12 @@ def perturbation_table(base_rows: list[dict[str, Any]], perturbed_rows: list[dic
                        confidence: float = 0.95, metric: str = "test_recall@20") -> str:
     """Markdown table of how far a change of the data alone (e.g. a `trainer perturb` copy) moves each variant: the
     same label and seed trained on both, ``metric`` (a key of :data:`METRIC_NAMES`; default test R@20) paired by seed.
-    Columns: the mean on each, the mean absolute
-    per-seed change, the mean change with its paired t interval, the base runs' seed std (for scale) and how many
-    seeds stopped at another epoch. Labels or seeds present on one side only are left out."""
+    Columns: the mean on each, the mean absolute per-seed change, the mean change with its paired t interval, the base
+    runs' seed std (for scale) and how many seeds stopped at another epoch. Labels or seeds present on one side only
+    are left out."""
+    if metric not in METRIC_NAMES:
+        raise ValueError(f"metric must be one of {sorted(METRIC_NAMES)}, got {metric!r}")
+    metric_name = METRIC_NAMES[metric]
 
     def by_key(rows: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
         return {(row["label"], int(row["seed"])): row for row in rows}
@@ -507,11 +510,8 @@ def perturbation_table(base_rows: list[dict[str, Any]], perturbed_rows: list[dic
     base, perturbed = by_key(base_rows), by_key(perturbed_rows)
     labels = [label for label in dict.fromkeys(row["label"] for row in base_rows)
               if any(key[0] == label for key in perturbed)]
-    if metric not in METRIC_NAMES:
-        raise ValueError(f"metric must be one of {sorted(METRIC_NAMES)}, got {metric!r}")
-    name = METRIC_NAMES[metric]
     lines = [
-        f"| variant | seeds | {name} | {name}, perturbed | mean abs. change | mean change (95% CI, paired) "
+        f"| variant | seeds | {metric_name} | {metric_name}, perturbed | mean abs. change | mean change (95% CI, paired) "
         "| seed std | other best epoch |",
         "|---|---|---|---|---|---|---|---|",
     ]
