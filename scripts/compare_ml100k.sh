@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # Every model on MovieLens-100K (text + kg) in one comparison, then each multimodal model's variants and ablations
 # against the full model, 5 seeds, the presets of trainer/configs/ml-100k-mm/, two runs at a time (2 CPU cores:
-# about 45 min for the main comparison, 125 min for the families). Results: OUT/main/compare.md and
-# OUT/{sand,sand_lgs,ludp,ludp_item,mkg,mkg_lgs}/compare.md (mean ± std, and differences with 95% intervals over seeds, paired
-# by seed). The families reuse the full models' runs of the main comparison (linked, then `compare --resume`).
-# STEPS picks which comparisons run (default: all seven, "main sand sand_lgs ludp ludp_item mkg mkg_lgs"; the families
-# need main's runs). After main and mkg_lgs, `trainer popularity` adds test Recall@20 by item-popularity group
-# (OUT/main/popularity.md, OUT/mkg_lgs/popularity.md; per-run figures in popularity.json beside them).
+# about 45 min for the main comparison, 175 min for the families). Results: OUT/main/compare.md and
+# OUT/{sand,sand_lgs,sand_lgs_parts,ludp,ludp_item,mkg,mkg_lgs}/compare.md (mean ± std, and differences with 95%
+# intervals over seeds, paired by seed). The families reuse the full models' runs of the main comparison where it ran
+# (linked, then `compare --resume`; without them a family trains its full model too). STEPS picks which comparisons
+# run (default: all eight, "main sand sand_lgs sand_lgs_parts ludp ludp_item mkg mkg_lgs"). sand_lgs_parts takes
+# SAND-LGS's content terms out one at a time, next to LightGCN and LightGCN with user_scale 0.5 (what SAND-LGS is
+# without content): where its gain over LightGCN comes from (~50 min on its own). After main and mkg_lgs,
+# `trainer popularity` adds test Recall@20 by item-popularity group (OUT/main/popularity.md, OUT/mkg_lgs/popularity.md;
+# per-run figures in popularity.json beside them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/compare_ml100k}
-STEPS=${STEPS:-main sand sand_lgs ludp ludp_item mkg mkg_lgs}
+STEPS=${STEPS:-main sand sand_lgs sand_lgs_parts ludp ludp_item mkg mkg_lgs}
 C=trainer/configs/ml-100k-mm
 [ -d data/ml-100k-mm ] || .venv/bin/python -m trainer features --dataset ../shared/datasets/ml-100k --out data/ml-100k-mm
 compare() {  # out-subdir, then variants
@@ -26,8 +29,9 @@ popularity() {  # out-subdir: Recall@20 by item-popularity group of that compari
     --json "$OUT/$1/popularity.json" > "$OUT/$1/popularity.md"
   cat "$OUT/$1/popularity.md"
 }
-reuse() {  # family-subdir, label: link the main comparison's runs of that label
+reuse() {  # family-subdir, label: link the main comparison's runs of that label, where they exist
   mkdir -p "$OUT/$1"
+  [ -d "$OUT/main/$2" ] || return 0
   ln -sfn "../main/$2" "$OUT/$1/$2"
 }
 mkdir -p "$OUT"
@@ -49,6 +53,13 @@ compare sand_lgs --variant SAND-LGS=sand:$C/sand_lightgcn_settings.yaml \
   --variant "InfoNCE+MI=sand:$C/sand_lightgcn_settings_infonce_mi.yaml" \
   --variant "SoloSim+l2=sand:$C/sand_lightgcn_settings_solosim_l2.yaml" \
   --variant "InfoNCE+l2=sand:$C/sand_lightgcn_settings_infonce_l2.yaml"
+reuse sand_lgs_parts LightGCN
+reuse sand_lgs_parts SAND-LGS
+compare sand_lgs_parts --variant LightGCN=lightgcn --variant SAND-LGS=sand:$C/sand_lightgcn_settings.yaml \
+  --variant "no-modal=sand:$C/sand_lightgcn_settings_no_modal.yaml" \
+  --variant "no-knn=sand:$C/sand_lightgcn_settings_no_knn.yaml" \
+  --variant "no-content=sand:$C/sand_lightgcn_settings_no_content.yaml" \
+  --variant "LightGCN-half-user=lightgcn:$C/lightgcn_user_half.yaml"
 reuse ludp LUDP
 compare ludp --variant LUDP=ludp \
   --variant "no-item-graph=ludp:$C/ludp_no_item_graph.yaml" --variant "no-user-graph=ludp:$C/ludp_no_user_graph.yaml" \

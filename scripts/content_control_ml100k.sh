@@ -21,11 +21,7 @@ OMP_NUM_THREADS=1 .venv/bin/python -W ignore -m trainer compare --dataset "$COPY
   > "$OUT/shuffled.log" 2>&1
 cat "$OUT/shuffled/compare.md"
 echo
-.venv/bin/python - "$OUT/main/compare.json" "$OUT/shuffled/compare.json" <<'PY'
-import json, sys
-from trainer.pipeline import perturbation_table
-for metric in ("test_recall@20", "test_ndcg@20"):
-    print(perturbation_table(json.load(open(sys.argv[1])), json.load(open(sys.argv[2])), metric=metric) + "\n")
-PY
+.venv/bin/python -W ignore -m trainer table --rows "$OUT/main/compare.json" --perturbed "$OUT/shuffled/compare.json"
+echo
 .venv/bin/python -W ignore -m trainer popularity --compare-dir "$OUT/shuffled" --baseline LightGCN \
   --json "$OUT/shuffled/popularity.json" | tee "$OUT/shuffled/popularity.md"

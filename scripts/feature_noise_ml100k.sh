@@ -3,7 +3,7 @@
 # seeds (scripts/compare_ml100k.sh, STEPS=main) trained again on a copy of data/ml-100k-mm with VALUES feature values
 # moved by one ulp (`trainer perturb`; 15 is how many kg values a 2-thread and a 1-thread SVD rounded apart before
 # the build was pinned to one thread). LightGCN and KGAT read no features: their rows are controls and must not move.
-# Prints the copy's compare table, then each model's per-seed change against the main runs (perturbation_table).
+# Prints the copy's compare table, then each model's per-seed change against the main runs (`trainer table --perturbed`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/compare_ml100k}
@@ -21,8 +21,5 @@ OMP_NUM_THREADS=1 .venv/bin/python -W ignore -m trainer compare --dataset "$COPY
   > "$OUT/noise.log" 2>&1
 cat "$OUT/noise/compare.md"
 echo
-.venv/bin/python - "$OUT/main/compare.json" "$OUT/noise/compare.json" <<'PY'
-import json, sys
-from trainer.pipeline import perturbation_table
-print(perturbation_table(json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))))
-PY
+.venv/bin/python -W ignore -m trainer table --rows "$OUT/main/compare.json" --perturbed "$OUT/noise/compare.json" \
+  --metric test_recall@20

@@ -103,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--rows", type=Path, required=True, help="compare.json, or a {family: rows} file with --family")
     table.add_argument("--family", default=None, help="which group of rows of a {family: rows} file")
     table.add_argument("--baseline", default=None, help="variant label the others are compared with (default: the first)")
+    table.add_argument("--perturbed", type=Path, default=None,
+                       help="rows of the same variants trained on a changed copy of the data (`trainer perturb`): print "
+                            "each variant's change from --rows instead, paired by seed")
+    table.add_argument("--perturbed-family", default=None, help="which group of rows of a {family: rows} --perturbed file")
+    table.add_argument("--metric", action="append", default=None,
+                       help="with --perturbed: test_recall@20, test_ndcg@20 or valid_recall@20; repeatable "
+                            "(default: the two test metrics)")
 
     popularity = sub.add_parser(
         "popularity", help="test Recall@K and top-K exposure by item popularity group for the runs of one compare")
@@ -277,9 +284,22 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_table(args: argparse.Namespace) -> int:
-    from trainer.pipeline import compare_report, read_compare_rows
+    from trainer.pipeline import compare_report, perturbation_table, read_compare_rows
 
-    print(compare_report(read_compare_rows(args.rows, args.family), args.baseline))
+    rows = read_compare_rows(args.rows, args.family)
+    if args.perturbed is None:
+        given = [flag for flag, value in (("--perturbed-family", args.perturbed_family), ("--metric", args.metric))
+                 if value is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} apply with --perturbed")
+        print(compare_report(rows, args.baseline))
+        return 0
+    if args.baseline is not None:
+        raise ValueError("--baseline does not apply with --perturbed: each variant is compared with itself")
+    perturbed = read_compare_rows(args.perturbed, args.perturbed_family)
+    metrics = args.metric or ["test_recall@20", "test_ndcg@20"]
+    tables = [perturbation_table(rows, perturbed, metric=metric) for metric in metrics]
+    print("\n\n".join(tables))
     return 0
 
 

@@ -300,9 +300,17 @@ def _in_parallel(function, jobs: list[tuple], workers: int, on_result) -> list[A
 def _comparable_config(config: dict[str, Any]) -> dict[str, Any]:
     """What must agree for a finished run to stand in for a new one: model, model, training and export parameters
     (not the config files' paths), as JSON would store them. Runs from before the export section had its
-    defaults. The training settings of warm-started runs only (``WARM_START_ONLY_FIELDS``) are left out: the runs
-    compared here train from scratch, so they did not act (and runs from before they existed lack them)."""
+    defaults; runs from before a model parameter was added get its default, which is the behaviour they trained
+    with (a new option defaults to the earlier behaviour; a parameter that no longer exists stays as stored and so
+    shows as a difference). The training settings of warm-started runs only (``WARM_START_ONLY_FIELDS``) are left
+    out: the runs compared here train from scratch, so they did not act (and runs from before they existed lack them)."""
+    from trainer.models.registry import build_config
+
     comparable = {key: config[key] for key in ("model", "model_params", "train")}
+    try:
+        comparable["model_params"] = dataclasses.asdict(build_config(config["model"], config["model_params"]))
+    except (ValueError, KeyError):
+        pass
     comparable["train"] = {k: v for k, v in comparable["train"].items() if k not in WARM_START_ONLY_FIELDS}
     comparable["export"] = {**dataclasses.asdict(ExportConfig()), **(config.get("export") or {})}
     return json.loads(json.dumps(comparable))
@@ -385,6 +393,7 @@ def _compare_one(dataset: InteractionDataset, dataset_path: Path, label: str, mo
         "model": model,
         "seed": seed,
         "valid_recall@20": metrics["valid"]["recall@20"],
+        "valid_ndcg@20": metrics["valid"]["ndcg@20"],
         "test_recall@20": recomputed["recall@20"],
         "test_ndcg@20": recomputed["ndcg@20"],
         "trainer_test_recall@20": metrics["test"]["recall@20"],
@@ -490,7 +499,8 @@ def read_compare_rows(path: Path, family: str | None = None) -> list[dict[str, A
     return read_stored_rows(path, family, {"label", "seed", "valid_recall@20", "test_recall@20"}, "compare rows")
 
 
-METRIC_NAMES = {"test_recall@20": "test R@20", "test_ndcg@20": "test N@20", "valid_recall@20": "valid R@20"}
+METRIC_NAMES = {"test_recall@20": "test R@20", "test_ndcg@20": "test N@20", "valid_recall@20": "valid R@20",
+                "valid_ndcg@20": "valid N@20"}
 
 
 def perturbation_table(base_rows: list[dict[str, Any]], perturbed_rows: list[dict[str, Any]],
@@ -595,8 +605,10 @@ def difference_interval(rows: list[dict[str, Any]], label: str, baseline: str, k
 def difference_table(rows: list[dict[str, Any]], baseline: str | None = None, confidence: float = 0.95) -> str:
     """Markdown table of every variant's mean valid and test R@20 minus the ``baseline`` variant's (default:
     the first), each with its interval over seeds (:func:`difference_interval`: paired by seed when both ran the
-    same seeds, Welch otherwise; the last column says which). "CI excludes 0" says whether the test difference is
-    separable from seed noise at that level; no correction for comparing several variants is applied."""
+    same seeds, Welch otherwise; the "interval" column says which). "CI excludes 0" says whether the test R@20
+    difference is separable from seed noise at that level; no correction for comparing several variants is applied.
+    Then test N@20 and valid N@20, each where every row has it (rows of ``compare`` do; valid N@20 since session
+    21), as differences in the same way."""
     labels = list(dict.fromkeys(row["label"] for row in rows))
     baseline = labels[0] if baseline is None else baseline
     if baseline not in labels:
@@ -607,10 +619,11 @@ def difference_table(rows: list[dict[str, Any]], baseline: str | None = None, co
         return f"{difference:+.4f} [{low:+.4f}, {high:+.4f}]", low, high, method
 
     percent = f"{100 * confidence:g}%"
+    extra = [key for key in ("test_ndcg@20", "valid_ndcg@20") if all(key in row for row in rows)]
     lines = [
         f"| variant | valid R@20 − {baseline} ({percent} CI) | test R@20 − {baseline} ({percent} CI) | "
-        "test CI excludes 0 | interval |",
-        "|---|---|---|---|---|",
+        "test CI excludes 0 | interval |" + "".join(f" {METRIC_NAMES[key]} − {baseline} ({percent} CI) |" for key in extra),
+        "|---|---|---|---|---|" + "---|" * len(extra),
     ]
     for label in labels:
         if label == baseline:
@@ -621,7 +634,8 @@ def difference_table(rows: list[dict[str, Any]], baseline: str | None = None, co
             verdict, method = "n/a (one seed)", "–"
         else:
             verdict = "higher" if low > 0 else "lower" if high < 0 else "no"
-        lines.append(f"| {label} | {valid} | {test} | {verdict} | {method} |")
+        ndcg = "".join(f" {cell(label, key)[0]} |" for key in extra)
+        lines.append(f"| {label} | {valid} | {test} | {verdict} | {method} |{ndcg}")
     return "\n".join(lines)
 
 

@@ -326,3 +326,16 @@ def test_every_shipped_preset_is_a_valid_config_for_a_registered_model():
     assert (config.item_graph_weights, config.item_graph_scale, config.user_graph) == ("mean", 0.2, False)
     assert (config.layer_combination, config.modalities) == ("mean", ["kg"])
     assert (run.train.lr, run.train.weight_decay, run.train.patience) == (0.005, 1e-6, 20)
+
+
+def test_a_run_from_before_a_model_parameter_existed_compares_with_its_default():
+    from trainer.pipeline import _comparable_config
+
+    def config(**params):
+        return {"model": "lightgcn", "model_params": {"embedding_dim": 64, "n_layers": 2, **params}, "train": {}}
+
+    before = _comparable_config(config())  # stored before user_scale was added
+    assert before == _comparable_config(config(user_scale=1.0))
+    assert before != _comparable_config(config(user_scale=0.5))
+    gone = _comparable_config(config(removed_option=3))  # a parameter that no longer exists stays, as a difference
+    assert gone["model_params"] == {"embedding_dim": 64, "n_layers": 2, "removed_option": 3}

@@ -66,6 +66,22 @@ def test_difference_table_other_baseline_and_errors():
         difference_table(rows, baseline="c")
 
 
+def test_difference_table_adds_ndcg_columns_when_every_row_has_them():
+    rows = _rows("base", [0.3, 0.3], [0.4, 0.4]) + _rows("up", [0.3, 0.3], [0.4, 0.4])
+    for row, ndcg in zip(rows, [0.25, 0.5, 0.5, 0.75], strict=True):
+        row["test_ndcg@20"] = ndcg
+    lines = difference_table(rows).splitlines()
+    assert lines[0].endswith("| interval | test N@20 − base (95% CI) |") and lines[1].count("---") == 6
+    assert lines[2].endswith("| no | paired | +0.2500 [+0.2500, +0.2500] |")  # per-seed +0.25, +0.25
+    for row, ndcg in zip(rows, [0.5, 0.25, 0.25, 0.0], strict=True):
+        row["valid_ndcg@20"] = ndcg
+    lines = difference_table(rows).splitlines()
+    assert lines[0].endswith("| test N@20 − base (95% CI) | valid N@20 − base (95% CI) |")
+    assert lines[2].endswith("| +0.2500 [+0.2500, +0.2500] | -0.2500 [-0.2500, -0.2500] |")
+    del rows[0]["test_ndcg@20"]
+    assert "test N@20" not in difference_table(rows) and "valid N@20" in difference_table(rows)
+
+
 def test_compare_refuses_repeated_seeds(tmp_path):
     # a repeated seed would train twice into one run directory and count twice in mean ± std
     from trainer.pipeline import compare
@@ -153,3 +169,30 @@ def test_table_command_reprints_compare_tables_from_stored_rows(tmp_path, capsys
     (tmp_path / "bad.json").write_text(json.dumps([{"label": "x"}]))
     assert main(["table", "--rows", str(tmp_path / "bad.json")]) == 2
     assert "expected a non-empty list of compare rows" in capsys.readouterr().err
+
+
+def test_table_command_with_perturbed_rows_prints_each_metrics_change(tmp_path, capsys):
+    from trainer.cli import main
+
+    def row(label, seed, recall, ndcg):
+        return {"label": label, "seed": seed, "valid_recall@20": 0.3, "test_recall@20": recall,
+                "test_ndcg@20": ndcg, "best_epoch": 5}
+
+    base = [row("A", 1, 0.5, 0.25), row("A", 2, 0.75, 0.5)]
+    perturbed = [row("A", 1, 0.25, 0.25), row("A", 2, 0.5, 0.5)]
+    (tmp_path / "stored.json").write_text(json.dumps({"main": base, "shuffled": perturbed}))
+    stored = str(tmp_path / "stored.json")
+    assert main(["table", "--rows", stored, "--family", "main", "--perturbed", stored,
+                 "--perturbed-family", "shuffled"]) == 0
+    printed = capsys.readouterr().out
+    assert "| test R@20, perturbed |" in printed and "| test N@20, perturbed |" in printed
+    assert "| A | 1,2 | 0.6250 | 0.3750 | 0.2500 | -0.2500 |" in printed  # R@20; equal changes: no interval
+    assert "| A | 1,2 | 0.3750 | 0.3750 | 0.0000 | +0.0000 |" in printed  # N@20
+    assert main(["table", "--rows", stored, "--family", "main", "--perturbed", stored, "--perturbed-family",
+                 "shuffled", "--metric", "valid_recall@20"]) == 0
+    assert "valid R@20, perturbed" in (out := capsys.readouterr().out) and "test N@20" not in out
+    assert main(["table", "--rows", stored, "--family", "main", "--metric", "test_ndcg@20"]) == 2
+    assert "--metric apply with --perturbed" in capsys.readouterr().err
+    assert main(["table", "--rows", stored, "--family", "main", "--perturbed", stored, "--perturbed-family",
+                 "shuffled", "--metric", "test_mrr"]) == 2
+    assert "metric must be one of" in capsys.readouterr().err

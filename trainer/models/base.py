@@ -48,6 +48,13 @@ class ModelConfig:
             if not (math.isfinite(value) and value > 0):
                 raise ModelInputError(f"{prefix}{name} must be a positive finite number, got {value!r}")
 
+    def require_non_negative_finite(self, *names: str, prefix: str = "") -> None:
+        """Raise ModelInputError unless each named field (a scale factor that may switch a term off) is finite and ≥ 0."""
+        for name in names:
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ModelInputError(f"{prefix}{name} must be a finite number ≥ 0, got {value!r}")
+
 
 @dataclass
 class KGTensors:

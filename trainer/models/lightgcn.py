@@ -14,9 +14,24 @@ from trainer.models.base import BPRBatch, ModelConfig, ModelInputs, Recommender,
 
 @dataclass
 class LightGCNConfig(ModelConfig):
+    """LightGCN hyperparameters.
+
+    Attributes:
+        embedding_dim, n_layers, reg_weight: the paper's (reg on the batch's layer-0 rows).
+        user_scale: OUR ANALYSIS OPTION (default 1.0 = the paper's model): factor on the users' final
+            representation, so every score is user_scale · ⟨u, i⟩. The ranking of one user's items does not
+            change; training does (BPR's sigmoid sees scaled margins, and the regularisers weigh relatively more
+            under Adam). SAND with uniform user weights over M modality chunks and no content in its scores is
+            this model with user_scale 1/M (docs/results/sand.md, "Session 21").
+    """
+
     embedding_dim: int = 64
     n_layers: int = 2
     reg_weight: float = 1e-4
+    user_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.require_positive_finite("user_scale")
 
 
 def propagate(adjacency: Tensor, ego: Tensor, n_layers: int) -> Tensor:
@@ -48,7 +63,10 @@ class LightGCN(Recommender):
     def representations(self) -> tuple[Tensor, Tensor]:
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight], dim=0)
         final = propagate(self.adjacency, ego, self.config.n_layers)
-        return final[: self.n_users], final[self.n_users :]
+        users = final[: self.n_users]
+        if self.config.user_scale != 1.0:  # our analysis option (see LightGCNConfig)
+            users = users * self.config.user_scale
+        return users, final[self.n_users :]
 
     def row_tables(self) -> dict[str, RowKind]:
         return {"user_embedding.weight": "user", "item_embedding.weight": "item"}

@@ -100,9 +100,10 @@ class SANDConfig(ModelConfig):
             LightGCN's: divided by L + 1). H is added after the combination either way.
         modal_scale: OUR MODIFICATION (default 1.0 = the paper's): factor on the projected modal parts
             [g_1 ‖ q_1 ‖ ...] where they enter the user-item graph's layer 0 (and hence on the cold-start
-            encoder's output). The alignment and distancing terms see the unscaled parts.
+            encoder's output). The alignment and distancing terms see the unscaled parts. 0 takes the content out
+            of the scores (an analysis setting; needs item_id_in_graph, and new items then encode to zero).
         knn_scale: OUR MODIFICATION (default 1.0 = the paper's): factor on H = S^K · E_id where it is added to the
-            items (item = GCN + knn_scale · H).
+            items (item = GCN + knn_scale · H); 0 drops H.
     """
 
     embedding_dim: int = 64
@@ -136,7 +137,12 @@ class SANDConfig(ModelConfig):
             raise ModelInputError(
                 f"layer_combination must be one of {LAYER_COMBINATIONS}, got {self.layer_combination!r}"
             )
-        self.require_positive_finite("modal_scale", "knn_scale")
+        self.require_non_negative_finite("modal_scale", "knn_scale")
+        if self.modal_scale == 0 and not self.item_id_in_graph:
+            raise ModelInputError(
+                "modal_scale 0 removes the item features from the user-item graph, which leaves items without a "
+                "layer-0 row: set item_id_in_graph: true"
+            )
 
 
 # Storage precision of the standardised item features, the input of the feature projection. bfloat16 halves

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import scipy.sparse as sp
 import torch
 
 from trainer.graphs import normalized_bipartite_adjacency, to_torch_sparse_csr
+from trainer.models.base import ModelInputError, ModelInputs
 from trainer.models.lightgcn import propagate
+from trainer.models.registry import build_model
 
 
 def test_propagate_is_the_layer_mean_on_a_hand_checked_graph():
@@ -37,3 +40,19 @@ def test_propagate_equals_stack_mean_exactly_values_and_gradients():
         (result * weights).sum().backward()
         (reference * weights).sum().backward()
         torch.testing.assert_close(ego.grad, reference_ego.grad, rtol=0, atol=1e-6)
+
+
+def test_user_scale_multiplies_the_users_only_and_must_be_positive():
+    train = sp.csr_matrix(np.array([[1, 0, 1], [0, 1, 1]], dtype=np.float32))
+    inputs = ModelInputs.from_train_matrix(train)
+    torch.manual_seed(0)
+    plain = build_model("lightgcn", inputs, {"embedding_dim": 4})
+    scaled = build_model("lightgcn", inputs, {"embedding_dim": 4, "user_scale": 0.25})
+    scaled.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        (users, items), (scaled_users, scaled_items) = plain.representations(), scaled.representations()
+    torch.testing.assert_close(scaled_users, users * 0.25)
+    torch.testing.assert_close(scaled_items, items)
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ModelInputError, match="user_scale must be a positive finite number"):
+            build_model("lightgcn", inputs, {"user_scale": bad})

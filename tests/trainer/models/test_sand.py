@@ -53,9 +53,9 @@ def test_declared_feature_dimension_mismatch_is_a_clear_error():
         ({"image": 3, "text": 5}, {"embedding_dim": 8, "distance": "kl"}, "distance must be one of"),
         ({"image": 3, "text": 5}, {"embedding_dim": 8, "user_attention": "max"}, "user_attention must be one of"),
         ({"image": 3, "text": 5}, {"embedding_dim": 8, "layer_combination": "max"}, "layer_combination must be one"),
-        ({"image": 3, "text": 5}, {"embedding_dim": 8, "modal_scale": 0.0}, "modal_scale must be a positive finite"),
-        ({"image": 3, "text": 5}, {"embedding_dim": 8, "knn_scale": -1.0}, "knn_scale must be a positive finite"),
-        ({"image": 3, "text": 5}, {"embedding_dim": 8, "modal_scale": float("inf")}, "modal_scale must be a positive"),
+        ({"image": 3, "text": 5}, {"embedding_dim": 8, "modal_scale": 0.0}, "set item_id_in_graph: true"),
+        ({"image": 3, "text": 5}, {"embedding_dim": 8, "knn_scale": -1.0}, "knn_scale must be a finite number ≥ 0"),
+        ({"image": 3, "text": 5}, {"embedding_dim": 8, "modal_scale": float("inf")}, "modal_scale must be a finite"),
     ],
 )
 def test_bad_inputs_raise_model_input_error(dims, params, message):
@@ -193,6 +193,26 @@ def test_knn_scale_and_layer_mean_act_on_their_own_terms_only():
         summed, h, _ = paper._propagate()
         torch.testing.assert_close(variant.representations()[1], summed[inputs.n_users :] / 3 + 0.3 * h)
         torch.testing.assert_close(paper.representations()[1], summed[inputs.n_users :] + h)
+
+
+def test_without_content_sand_lgs_is_lightgcn_with_the_user_halved():
+    """modal_scale 0 and knn_scale 0 take the features and H out of the scores: with the item ID in the graph, layer
+    mean and uniform user weights over M = 2 modality chunks, SAND is LightGCN with user_scale 1/2 on the same ID
+    tables: the same representations, the same BPR and reg terms."""
+    torch.manual_seed(0)
+    inputs = _inputs({"image": 9, "text": 4})
+    params = {"embedding_dim": 8, "n_layers": 2, "item_id_in_graph": True, "layer_combination": "mean",
+              "user_attention": "uniform", "modal_scale": 0.0, "knn_scale": 0.0}
+    sand = build_model("sand", inputs, params)
+    lightgcn = build_model("lightgcn", inputs, {"embedding_dim": 8, "n_layers": 2, "user_scale": 0.5})
+    with torch.no_grad():
+        lightgcn.user_embedding.weight.copy_(sand.user_embedding.weight)
+        lightgcn.item_embedding.weight.copy_(sand.item_id_embedding.weight)
+        for sand_side, lightgcn_side in zip(sand.representations(), lightgcn.representations(), strict=True):
+            torch.testing.assert_close(sand_side, lightgcn_side)
+        sand_terms, lightgcn_terms = sand.loss_terms(BATCH), lightgcn.loss_terms(BATCH)
+    for name in ("bpr", "reg"):
+        torch.testing.assert_close(sand_terms[name], lightgcn_terms[name])
 
 
 def _angles(degrees: list[float]) -> torch.Tensor:
