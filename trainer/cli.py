@@ -108,8 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "each variant's change from --rows instead, paired by seed")
     table.add_argument("--perturbed-family", default=None, help="which group of rows of a {family: rows} --perturbed file")
     table.add_argument("--metric", action="append", default=None,
-                       help="with --perturbed: test_recall@20, test_ndcg@20 or valid_recall@20; repeatable "
-                            "(default: the two test metrics)")
+                       help="with --perturbed: test_recall@20, test_ndcg@20, valid_recall@20 or valid_ndcg@20 "
+                            "(rows since session 21); repeatable (default: the two test metrics)")
 
     popularity = sub.add_parser(
         "popularity", help="test Recall@K and top-K exposure by item popularity group for the runs of one compare")

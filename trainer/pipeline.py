@@ -513,6 +513,8 @@ def perturbation_table(base_rows: list[dict[str, Any]], perturbed_rows: list[dic
     if metric not in METRIC_NAMES:
         raise ValueError(f"metric must be one of {sorted(METRIC_NAMES)}, got {metric!r}")
     metric_name = METRIC_NAMES[metric]
+    if any(metric not in row for row in [*base_rows, *perturbed_rows]):
+        raise ValueError(f"some rows have no {metric} (rows stored before it was recorded): choose another metric")
 
     def by_key(rows: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
         return {(row["label"], int(row["seed"])): row for row in rows}

@@ -196,3 +196,6 @@ def test_table_command_with_perturbed_rows_prints_each_metrics_change(tmp_path, 
     assert main(["table", "--rows", stored, "--family", "main", "--perturbed", stored, "--perturbed-family",
                  "shuffled", "--metric", "test_mrr"]) == 2
     assert "metric must be one of" in capsys.readouterr().err
+    assert main(["table", "--rows", stored, "--family", "main", "--perturbed", stored, "--perturbed-family",
+                 "shuffled", "--metric", "valid_ndcg@20"]) == 2
+    assert "some rows have no valid_ndcg@20" in capsys.readouterr().err
