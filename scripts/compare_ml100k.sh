@@ -32,6 +32,7 @@ popularity() {  # out-subdir: Recall@20 by item-popularity group of that compari
 reuse() {  # family-subdir, label: link the main comparison's runs of that label, where they exist
   mkdir -p "$OUT/$1"
   [ -d "$OUT/main/$2" ] || return 0
+  if [ -d "$OUT/$1/$2" ] && [ ! -L "$OUT/$1/$2" ]; then return 0; fi  # the family trained its own
   ln -sfn "../main/$2" "$OUT/$1/$2"
 }
 mkdir -p "$OUT"

@@ -10,6 +10,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+# the metrics of compare's rows that `table --perturbed` can pair (trainer.pipeline.METRIC_NAMES, kept import-light)
+TABLE_METRICS = ("test_recall@20", "test_ndcg@20", "valid_recall@20", "valid_ndcg@20")
+
 logger = logging.getLogger("trainer")
 
 
@@ -107,9 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="rows of the same variants trained on a changed copy of the data (`trainer perturb`): print "
                             "each variant's change from --rows instead, paired by seed")
     table.add_argument("--perturbed-family", default=None, help="which group of rows of a {family: rows} --perturbed file")
-    table.add_argument("--metric", action="append", default=None,
-                       help="with --perturbed: test_recall@20, test_ndcg@20, valid_recall@20 or valid_ndcg@20 "
-                            "(rows since session 21); repeatable (default: the two test metrics)")
+    table.add_argument("--metric", action="append", default=None, choices=TABLE_METRICS,
+                       help="with --perturbed; repeatable (default: the two test metrics; valid_ndcg@20 is in rows "
+                            "stored since session 21)")
 
     popularity = sub.add_parser(
         "popularity", help="test Recall@K and top-K exposure by item popularity group for the runs of one compare")
@@ -291,13 +294,13 @@ def _cmd_table(args: argparse.Namespace) -> int:
         given = [flag for flag, value in (("--perturbed-family", args.perturbed_family), ("--metric", args.metric))
                  if value is not None]
         if given:
-            raise ValueError(f"{', '.join(given)} apply with --perturbed")
+            raise ValueError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} only with --perturbed")
         print(compare_report(rows, args.baseline))
         return 0
     if args.baseline is not None:
         raise ValueError("--baseline does not apply with --perturbed: each variant is compared with itself")
-    perturbed = read_compare_rows(args.perturbed, args.perturbed_family)
-    metrics = args.metric or ["test_recall@20", "test_ndcg@20"]
+    perturbed = read_compare_rows(args.perturbed, args.perturbed_family, "--perturbed-family")
+    metrics = list(dict.fromkeys(args.metric or ["test_recall@20", "test_ndcg@20"]))
     tables = [perturbation_table(rows, perturbed, metric=metric) for metric in metrics]
     print("\n\n".join(tables))
     return 0

@@ -297,20 +297,20 @@ def _in_parallel(function, jobs: list[tuple], workers: int, on_result) -> list[A
     return results
 
 
+# {model: {parameter: the value that reproduces the runs stored before the parameter existed}}, for --resume.
+PARAMETERS_ADDED_SINCE: dict[str, dict[str, Any]] = {"lightgcn": {"user_scale": 1.0}}
+
+
 def _comparable_config(config: dict[str, Any]) -> dict[str, Any]:
     """What must agree for a finished run to stand in for a new one: model, model, training and export parameters
     (not the config files' paths), as JSON would store them. Runs from before the export section had its
-    defaults; runs from before a model parameter was added get its default, which is the behaviour they trained
-    with (a new option defaults to the earlier behaviour; a parameter that no longer exists stays as stored and so
-    shows as a difference). The training settings of warm-started runs only (``WARM_START_ONLY_FIELDS``) are left
+    defaults; runs from before a model parameter in ``PARAMETERS_ADDED_SINCE`` was added get the value that
+    reproduces how they trained (only those: a default may change after a parameter is added, so missing
+    parameters are not filled in general). The training settings of warm-started runs only (``WARM_START_ONLY_FIELDS``) are left
     out: the runs compared here train from scratch, so they did not act (and runs from before they existed lack them)."""
-    from trainer.models.registry import build_config
-
     comparable = {key: config[key] for key in ("model", "model_params", "train")}
-    try:
-        comparable["model_params"] = dataclasses.asdict(build_config(config["model"], config["model_params"]))
-    except (ValueError, KeyError):
-        pass
+    added = PARAMETERS_ADDED_SINCE.get(config["model"], {})
+    comparable["model_params"] = {**added, **config["model_params"]}
     comparable["train"] = {k: v for k, v in comparable["train"].items() if k not in WARM_START_ONLY_FIELDS}
     comparable["export"] = {**dataclasses.asdict(ExportConfig()), **(config.get("export") or {})}
     return json.loads(json.dumps(comparable))
@@ -475,28 +475,31 @@ def compare_report(rows: list[dict[str, Any]], baseline: str | None = None) -> s
     return table + "\n\n" + fingerprint_line(rows) + "\n\n" + code_line(rows)
 
 
-def read_stored_rows(path: Path, family: str | None, required: set[str], kind: str) -> list[dict[str, Any]]:
-    """Rows stored as JSON: a list of rows, or one family's rows of a ``{family: rows}`` file (``--family``), each row
-    holding the ``required`` keys. Raises ValueError naming the file (and ``kind``, e.g. "compare rows") otherwise."""
+def read_stored_rows(path: Path, family: str | None, required: set[str], kind: str,
+                     family_flag: str = "--family") -> list[dict[str, Any]]:
+    """Rows stored as JSON: a list of rows, or one family's rows of a ``{family: rows}`` file (chosen with the CLI's
+    ``family_flag``), each row holding the ``required`` keys. Raises ValueError naming the file (and ``kind``, e.g.
+    "compare rows") otherwise."""
     try:
         stored = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ValueError(f"cannot read {kind} from {path}: {exc}") from exc
     if isinstance(stored, dict):
         if family is None or family not in stored:
-            raise ValueError(f"{path} holds several groups of rows {sorted(stored)}: name one with --family")
+            raise ValueError(f"{path} holds several groups of rows {sorted(stored)}: name one with {family_flag}")
         stored = stored[family]
     elif family is not None:
-        raise ValueError(f"{path} holds one list of rows: --family {family!r} does not apply")
+        raise ValueError(f"{path} holds one list of rows: {family_flag} {family!r} does not apply")
     if not isinstance(stored, list) or not stored or not all(isinstance(r, dict) and required <= set(r) for r in stored):
         raise ValueError(f"{path}: expected a non-empty list of {kind} with {sorted(required)}")
     return stored
 
 
-def read_compare_rows(path: Path, family: str | None = None) -> list[dict[str, Any]]:
+def read_compare_rows(path: Path, family: str | None = None, family_flag: str = "--family") -> list[dict[str, Any]]:
     """Rows stored by ``compare`` (``compare.json``: a list of rows), or one family's rows of a ``{family: rows}``
-    file (``--family``). Raises ValueError naming the file when it holds neither."""
-    return read_stored_rows(path, family, {"label", "seed", "valid_recall@20", "test_recall@20"}, "compare rows")
+    file (``family_flag``). Raises ValueError naming the file when it holds neither."""
+    return read_stored_rows(path, family, {"label", "seed", "valid_recall@20", "test_recall@20"}, "compare rows",
+                            family_flag)
 
 
 METRIC_NAMES = {"test_recall@20": "test R@20", "test_ndcg@20": "test N@20", "valid_recall@20": "valid R@20",
@@ -513,13 +516,14 @@ def perturbation_table(base_rows: list[dict[str, Any]], perturbed_rows: list[dic
     if metric not in METRIC_NAMES:
         raise ValueError(f"metric must be one of {sorted(METRIC_NAMES)}, got {metric!r}")
     metric_name = METRIC_NAMES[metric]
-    if any(metric not in row for row in [*base_rows, *perturbed_rows]):
-        raise ValueError(f"some rows have no {metric} (rows stored before it was recorded): choose another metric")
 
     def by_key(rows: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
         return {(row["label"], int(row["seed"])): row for row in rows}
 
     base, perturbed = by_key(base_rows), by_key(perturbed_rows)
+    paired = [row for key in base.keys() & perturbed.keys() for row in (base[key], perturbed[key])]
+    if any(metric not in row for row in paired):
+        raise ValueError(f"some rows have no {metric} (rows stored before it was recorded): choose another metric")
     labels = [label for label in dict.fromkeys(row["label"] for row in base_rows)
               if any(key[0] == label for key in perturbed)]
     lines = [
@@ -607,7 +611,7 @@ def difference_interval(rows: list[dict[str, Any]], label: str, baseline: str, k
 def difference_table(rows: list[dict[str, Any]], baseline: str | None = None, confidence: float = 0.95) -> str:
     """Markdown table of every variant's mean valid and test R@20 minus the ``baseline`` variant's (default:
     the first), each with its interval over seeds (:func:`difference_interval`: paired by seed when both ran the
-    same seeds, Welch otherwise; the "interval" column says which). "CI excludes 0" says whether the test R@20
+    same seeds, Welch otherwise; the "interval" column says which). "test R@20 CI excludes 0" says whether that
     difference is separable from seed noise at that level; no correction for comparing several variants is applied.
     Then test N@20 and valid N@20, each where every row has it (rows of ``compare`` do; valid N@20 since session
     21), as differences in the same way."""
@@ -624,7 +628,7 @@ def difference_table(rows: list[dict[str, Any]], baseline: str | None = None, co
     extra = [key for key in ("test_ndcg@20", "valid_ndcg@20") if all(key in row for row in rows)]
     lines = [
         f"| variant | valid R@20 − {baseline} ({percent} CI) | test R@20 − {baseline} ({percent} CI) | "
-        "test CI excludes 0 | interval |" + "".join(f" {METRIC_NAMES[key]} − {baseline} ({percent} CI) |" for key in extra),
+        "test R@20 CI excludes 0 | interval |" + "".join(f" {METRIC_NAMES[key]} − {baseline} ({percent} CI) |" for key in extra),
         "|---|---|---|---|---|" + "---|" * len(extra),
     ]
     for label in labels:

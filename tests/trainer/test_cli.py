@@ -152,7 +152,7 @@ def test_compare_prints_differences_to_the_baseline(tmp_path, capsys):
     assert written.strip() == capsys.readouterr().out.strip()
     assert "| variant | model | seeds |" in written
     assert "test R@20 − two (95% CI)" in written
-    assert "\n| one | " in written.split("test CI excludes 0")[1]
+    assert "\n| one | " in written.split("test R@20 CI excludes 0")[1]
 
 
 @pytest.mark.parametrize(
@@ -328,14 +328,15 @@ def test_every_shipped_preset_is_a_valid_config_for_a_registered_model():
     assert (run.train.lr, run.train.weight_decay, run.train.patience) == (0.005, 1e-6, 20)
 
 
-def test_a_run_from_before_a_model_parameter_existed_compares_with_its_default():
+def test_a_run_from_before_a_model_parameter_existed_compares_with_the_value_it_trained_with():
     from trainer.pipeline import _comparable_config
 
-    def config(**params):
-        return {"model": "lightgcn", "model_params": {"embedding_dim": 64, "n_layers": 2, **params}, "train": {}}
+    def config(model="lightgcn", **params):
+        return {"model": model, "model_params": {"embedding_dim": 64, "n_layers": 2, **params}, "train": {}}
 
     before = _comparable_config(config())  # stored before user_scale was added
     assert before == _comparable_config(config(user_scale=1.0))
     assert before != _comparable_config(config(user_scale=0.5))
-    gone = _comparable_config(config(removed_option=3))  # a parameter that no longer exists stays, as a difference
-    assert gone["model_params"] == {"embedding_dim": 64, "n_layers": 2, "removed_option": 3}
+    # only the listed parameters are filled: any other missing one (whose default may have changed since) differs
+    assert _comparable_config(config(n_layers=2)) != _comparable_config({**config(), "model_params": {"embedding_dim": 64}})
+    assert _comparable_config(config("mf"))["model_params"] == {"embedding_dim": 64, "n_layers": 2}

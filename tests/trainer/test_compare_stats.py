@@ -192,10 +192,21 @@ def test_table_command_with_perturbed_rows_prints_each_metrics_change(tmp_path, 
                  "shuffled", "--metric", "valid_recall@20"]) == 0
     assert "valid R@20, perturbed" in (out := capsys.readouterr().out) and "test N@20" not in out
     assert main(["table", "--rows", stored, "--family", "main", "--metric", "test_ndcg@20"]) == 2
-    assert "--metric apply with --perturbed" in capsys.readouterr().err
-    assert main(["table", "--rows", stored, "--family", "main", "--perturbed", stored, "--perturbed-family",
-                 "shuffled", "--metric", "test_mrr"]) == 2
-    assert "metric must be one of" in capsys.readouterr().err
+    assert "--metric applies only with --perturbed" in capsys.readouterr().err
+    assert main(["table", "--rows", stored, "--family", "main", "--perturbed", stored, "--baseline", "A"]) == 2
+    assert "--baseline does not apply with --perturbed" in capsys.readouterr().err
+    assert main(["table", "--rows", stored, "--family", "main", "--perturbed", stored]) == 2
+    assert "name one with --perturbed-family" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse: not one of the choices
+        main(["table", "--rows", stored, "--perturbed", stored, "--metric", "test_mrr"])
+    assert "invalid choice: 'test_mrr'" in capsys.readouterr().err
     assert main(["table", "--rows", stored, "--family", "main", "--perturbed", stored, "--perturbed-family",
                  "shuffled", "--metric", "valid_ndcg@20"]) == 2
     assert "some rows have no valid_ndcg@20" in capsys.readouterr().err
+
+
+def test_table_metrics_of_the_cli_are_the_pipelines():
+    from trainer.cli import TABLE_METRICS
+    from trainer.pipeline import METRIC_NAMES
+
+    assert set(TABLE_METRICS) == set(METRIC_NAMES)

@@ -103,7 +103,8 @@ class SANDConfig(ModelConfig):
             encoder's output). The alignment and distancing terms see the unscaled parts. 0 takes the content out
             of the scores (an analysis setting; needs item_id_in_graph, and new items then encode to zero).
         knn_scale: OUR MODIFICATION (default 1.0 = the paper's): factor on H = S^K · E_id where it is added to the
-            items (item = GCN + knn_scale · H); 0 drops H.
+            items (item = GCN + knn_scale · H); 0 drops H (and, without item_id_in_graph, leaves the ID table out of
+            every score).
     """
 
     embedding_dim: int = 64

@@ -198,7 +198,8 @@ def test_knn_scale_and_layer_mean_act_on_their_own_terms_only():
 def test_without_content_sand_lgs_is_lightgcn_with_the_user_halved():
     """modal_scale 0 and knn_scale 0 take the features and H out of the scores: with the item ID in the graph, layer
     mean and uniform user weights over M = 2 modality chunks, SAND is LightGCN with user_scale 1/2 on the same ID
-    tables: the same representations, the same BPR and reg terms."""
+    tables: the same representations, BPR and reg terms, and the same gradients on the ID tables from SAND's whole
+    loss (its alignment and distancing terms reach only the projections)."""
     torch.manual_seed(0)
     inputs = _inputs({"image": 9, "text": 4})
     params = {"embedding_dim": 8, "n_layers": 2, "item_id_in_graph": True, "layer_combination": "mean",
@@ -210,9 +211,15 @@ def test_without_content_sand_lgs_is_lightgcn_with_the_user_halved():
         lightgcn.item_embedding.weight.copy_(sand.item_id_embedding.weight)
         for sand_side, lightgcn_side in zip(sand.representations(), lightgcn.representations(), strict=True):
             torch.testing.assert_close(sand_side, lightgcn_side)
-        sand_terms, lightgcn_terms = sand.loss_terms(BATCH), lightgcn.loss_terms(BATCH)
+    sand_terms, lightgcn_terms = sand.loss_terms(BATCH), lightgcn.loss_terms(BATCH)
+    assert {"bpr", "reg"} < set(sand_terms)  # and SAND's alignment / distancing terms
     for name in ("bpr", "reg"):
         torch.testing.assert_close(sand_terms[name], lightgcn_terms[name])
+    sum(sand_terms.values()).backward()
+    sum(lightgcn_terms.values()).backward()
+    torch.testing.assert_close(sand.user_embedding.weight.grad, lightgcn.user_embedding.weight.grad)
+    torch.testing.assert_close(sand.item_id_embedding.weight.grad, lightgcn.item_embedding.weight.grad)
+    assert sand.user_embedding.weight.grad.abs().sum() > 0
 
 
 def _angles(degrees: list[float]) -> torch.Tensor:
