@@ -306,8 +306,9 @@ def _comparable_config(config: dict[str, Any]) -> dict[str, Any]:
     (not the config files' paths), as JSON would store them. Runs from before the export section had its
     defaults; runs from before a model parameter in ``PARAMETERS_ADDED_SINCE`` was added get the value that
     reproduces how they trained (only those: a default may change after a parameter is added, so missing
-    parameters are not filled in general). The training settings of warm-started runs only (``WARM_START_ONLY_FIELDS``) are left
-    out: the runs compared here train from scratch, so they did not act (and runs from before they existed lack them)."""
+    parameters are not filled in general). The training settings of warm-started runs only
+    (``WARM_START_ONLY_FIELDS``) are left out: the runs compared here train from scratch, so they did not act (and
+    runs from before they existed lack them)."""
     comparable = {key: config[key] for key in ("model", "model_params", "train")}
     added = PARAMETERS_ADDED_SINCE.get(config["model"], {})
     comparable["model_params"] = {**added, **config["model_params"]}

@@ -41,19 +41,14 @@ class ModelConfig:
     embedding_dim: int = 64
     reg_weight: float = 1e-4
 
-    def require_positive_finite(self, *names: str, prefix: str = "") -> None:
-        """Raise ModelInputError unless each named field (a scale factor) is a finite number above zero."""
+    def require_finite_scale(self, *names: str, prefix: str = "", allow_zero: bool = False) -> None:
+        """Raise ModelInputError unless each named field (a scale factor) is a finite number above zero, or at least
+        zero with ``allow_zero`` (a factor that may switch its term off)."""
         for name in names:
             value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ModelInputError(f"{prefix}{name} must be a positive finite number, got {value!r}")
-
-    def require_non_negative_finite(self, *names: str, prefix: str = "") -> None:
-        """Raise ModelInputError unless each named field (a scale factor that may switch a term off) is finite and ≥ 0."""
-        for name in names:
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ModelInputError(f"{prefix}{name} must be a finite number ≥ 0, got {value!r}")
+            if not (math.isfinite(value) and (value >= 0 if allow_zero else value > 0)):
+                bound = "a finite number ≥ 0" if allow_zero else "a positive finite number"
+                raise ModelInputError(f"{prefix}{name} must be {bound}, got {value!r}")
 
 
 @dataclass

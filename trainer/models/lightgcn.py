@@ -31,7 +31,7 @@ class LightGCNConfig(ModelConfig):
     user_scale: float = 1.0
 
     def __post_init__(self) -> None:
-        self.require_positive_finite("user_scale")
+        self.require_finite_scale("user_scale")
 
 
 def propagate(adjacency: Tensor, ego: Tensor, n_layers: int) -> Tensor:

@@ -127,7 +127,7 @@ class LUDPConfig(ModelConfig):
             raise ModelInputError(
                 f"LUDP item_graph_weights must be one of {ITEM_GRAPH_WEIGHT_MODES}, got {self.item_graph_weights!r}"
             )
-        self.require_positive_finite("item_graph_scale", "user_graph_scale", prefix="LUDP ")
+        self.require_finite_scale("item_graph_scale", "user_graph_scale", prefix="LUDP ")
         for name in ("embedding_dim", "knn_k", "item_graph_layers"):
             if getattr(self, name) < 1:
                 raise ModelInputError(f"LUDP {name} must be >= 1, got {getattr(self, name)}")

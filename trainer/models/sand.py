@@ -138,7 +138,7 @@ class SANDConfig(ModelConfig):
             raise ModelInputError(
                 f"layer_combination must be one of {LAYER_COMBINATIONS}, got {self.layer_combination!r}"
             )
-        self.require_non_negative_finite("modal_scale", "knn_scale")
+        self.require_finite_scale("modal_scale", "knn_scale", allow_zero=True)
         if self.modal_scale == 0 and not self.item_id_in_graph:
             raise ModelInputError(
                 "modal_scale 0 removes the item features from the user-item graph, which leaves items without a "
