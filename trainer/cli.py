@@ -106,10 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--rows", type=Path, required=True, help="compare.json, or a {family: rows} file with --family")
     table.add_argument("--family", default=None, help="which group of rows of a {family: rows} file")
     table.add_argument("--baseline", default=None, help="variant label the others are compared with (default: the first)")
-    table.add_argument("--perturbed", type=Path, default=None,
+    table.add_argument("--perturbed", type=Path, action="append", default=None,
                        help="rows of the same variants trained on a changed copy of the data (`trainer perturb`): print "
-                            "each variant's change from --rows instead, paired by seed")
-    table.add_argument("--perturbed-family", default=None, help="which group of rows of a {family: rows} --perturbed file")
+                            "each variant's change from --rows instead, paired by seed; repeatable (several copies, e.g. "
+                            "shuffles with different permutation seeds: each seed's change is averaged over them)")
+    table.add_argument("--perturbed-family", action="append", default=None,
+                       help="which group of rows of a {family: rows} --perturbed file: once for every --perturbed, or "
+                            "once per --perturbed, in the same order")
     table.add_argument("--metric", action="append", default=None, choices=TABLE_METRICS,
                        help="with --perturbed; repeatable (default: the two test metrics; valid_ndcg@20 is in rows "
                             "stored since session 21)")
@@ -286,22 +289,35 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reject_flags(flags: tuple[tuple[str, object], ...], where: str) -> None:
+    """ValueError naming the flags of (flag, value) pairs that were given (value not None), which apply only ``where``."""
+    given = [flag for flag, value in flags if value is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} {where}")
+
+
 def _cmd_table(args: argparse.Namespace) -> int:
     from trainer.pipeline import compare_report, perturbation_table, read_compare_rows
 
     rows = read_compare_rows(args.rows, args.family)
     if args.perturbed is None:
-        given = [flag for flag, value in (("--perturbed-family", args.perturbed_family), ("--metric", args.metric))
-                 if value is not None]
-        if given:
-            raise ValueError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} only with --perturbed")
+        _reject_flags((("--perturbed-family", args.perturbed_family), ("--metric", args.metric)), "only with --perturbed")
         print(compare_report(rows, args.baseline))
         return 0
     if args.baseline is not None:
         raise ValueError("--baseline does not apply with --perturbed: each variant is compared with itself")
-    perturbed = read_compare_rows(args.perturbed, args.perturbed_family, "--perturbed-family")
+    families = args.perturbed_family or [None]
+    if len(families) == 1:
+        families = families * len(args.perturbed)
+    elif len(families) != len(args.perturbed):
+        raise ValueError(f"--perturbed-family given {len(families)} times for {len(args.perturbed)} --perturbed files: "
+                         "give it once, or once per --perturbed")
+    copies = [read_compare_rows(path, family, "--perturbed-family")
+              for path, family in zip(args.perturbed, families, strict=True)]
     metrics = list(dict.fromkeys(args.metric or ["test_recall@20", "test_ndcg@20"]))
-    tables = [perturbation_table(rows, perturbed, metric=metric) for metric in metrics]
+    tables = [perturbation_table(rows, *copies, metric=metric) for metric in metrics]
+    if len(copies) > 1:
+        print(f"{len(copies)} perturbed copies: each seed's change is the mean over the copies; the interval is over seeds.\n")
     print("\n\n".join(tables))
     return 0
 
@@ -311,10 +327,8 @@ def _cmd_popularity(args: argparse.Namespace) -> int:
     from trainer.popularity_report import popularity_report, popularity_rows, read_popularity_rows
 
     if args.stored is not None:
-        given = [flag for flag, value in (("--groups", args.groups), ("--by", args.by), ("--k", args.k)) if value is not None]
-        if given:
-            raise ValueError(f"{', '.join(given)} apply to --compare-dir: a --stored file keeps the groups it was "
-                             f"computed with")
+        _reject_flags((("--groups", args.groups), ("--by", args.by), ("--k", args.k)),
+                      "to --compare-dir: a --stored file keeps the groups it was computed with")
         rows = read_popularity_rows(args.stored, args.family)
     elif args.family is not None:
         raise ValueError("--family applies to a --stored file")

@@ -507,46 +507,59 @@ METRIC_NAMES = {"test_recall@20": "test R@20", "test_ndcg@20": "test N@20", "val
                 "valid_ndcg@20": "valid N@20"}
 
 
-def perturbation_table(base_rows: list[dict[str, Any]], perturbed_rows: list[dict[str, Any]],
+def perturbation_table(base_rows: list[dict[str, Any]], *perturbed_sets: list[dict[str, Any]],
                        confidence: float = 0.95, metric: str = "test_recall@20") -> str:
     """Markdown table of how far a change of the data alone (e.g. a `trainer perturb` copy) moves each variant: the
-    same label and seed trained on both, ``metric`` (a key of :data:`METRIC_NAMES`; default test R@20) paired by seed.
-    Columns: the mean on each, the mean absolute per-seed change, the mean change with its paired t interval, the base
-    runs' seed std (for scale) and how many seeds stopped at another epoch. Labels or seeds present on one side only
-    are left out."""
+    same label and seed trained on the base data and on each perturbed copy, ``metric`` (a key of
+    :data:`METRIC_NAMES`; default test R@20) paired by seed.
+
+    With one copy, a seed's change is its perturbed minus its base value. With several copies (e.g. shuffles with
+    different permutation seeds, all of the same training seeds), a seed's change is the mean over the copies of that
+    difference; the seed stays the unit of the interval, since the copies of one seed share its base run. Columns: the
+    base mean, the perturbed mean (over seeds and copies), the mean absolute change of one run (over every seed and
+    copy), the mean change with its paired t interval over seeds, the base runs' seed std (for scale) and how many runs
+    stopped at another epoch than their base run. A label is shown for the seeds it ran on the base data and on every
+    copy; other labels and seeds are left out."""
     if metric not in METRIC_NAMES:
         raise ValueError(f"metric must be one of {sorted(METRIC_NAMES)}, got {metric!r}")
+    if not perturbed_sets:
+        raise ValueError("perturbation_table needs at least one set of perturbed rows")
     metric_name = METRIC_NAMES[metric]
 
     def by_key(rows: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
         return {(row["label"], int(row["seed"])): row for row in rows}
 
-    base, perturbed = by_key(base_rows), by_key(perturbed_rows)
-    paired = [row for key in base.keys() & perturbed.keys() for row in (base[key], perturbed[key])]
+    base = by_key(base_rows)
+    copies = [by_key(rows) for rows in perturbed_sets]
+    shared = set(base).intersection(*copies)
+    paired = [row for key in shared for row in (base[key], *(copy[key] for copy in copies))]
     if any(metric not in row for row in paired):
         raise ValueError(f"some rows have no {metric} (rows stored before it was recorded): choose another metric")
-    labels = [label for label in dict.fromkeys(row["label"] for row in base_rows)
-              if any(key[0] == label for key in perturbed)]
+    labels = [label for label in dict.fromkeys(row["label"] for row in base_rows) if any(key[0] == label for key in shared)]
     lines = [
         f"| variant | seeds | {metric_name} | {metric_name}, perturbed | mean abs. change | mean change (95% CI, paired) "
         "| seed std | other best epoch |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for label in labels:
-        seeds = sorted(seed for (name, seed) in base if name == label and (name, seed) in perturbed)
+        seeds = sorted(seed for (name, seed) in shared if name == label)
         before = [float(base[(label, seed)][metric]) for seed in seeds]
-        after = [float(perturbed[(label, seed)][metric]) for seed in seeds]
-        changes = [b - a for a, b in zip(before, after, strict=True)]
-        mean_change, low, high = paired_interval(after, before, confidence)
-        if len(changes) > 1 and low != high:
+        runs = [[float(copy[(label, seed)][metric]) for copy in copies] for seed in seeds]  # [seed][copy]
+        run_changes = [[value - b for value in values] for b, values in zip(before, runs, strict=True)]
+        # each seed's mean change against zero: a run equal to its base contributes exactly 0 (no rounding of means)
+        seed_changes = [statistics.fmean(changes) for changes in run_changes]
+        mean_change, low, high = paired_interval(seed_changes, [0.0] * len(seeds), confidence)
+        if len(seeds) > 1 and low != high:
             interval = f"{mean_change:+.4f} [{low:+.4f}, {high:+.4f}]"
         else:
             interval = f"{mean_change:+.4f}"
-        moved_epochs = sum(base[(label, s)]["best_epoch"] != perturbed[(label, s)]["best_epoch"] for s in seeds)
+        moved_epochs = sum(base[(label, s)]["best_epoch"] != copy[(label, s)]["best_epoch"] for s in seeds for copy in copies)
         lines.append(
-            f"| {label} | {','.join(map(str, seeds))} | {statistics.fmean(before):.4f} | {statistics.fmean(after):.4f} "
-            f"| {statistics.fmean(abs(c) for c in changes):.4f} | {interval} | {mean_std(before)[1]:.4f} "
-            f"| {moved_epochs} of {len(seeds)} |"
+            f"| {label} | {','.join(map(str, seeds))} | {statistics.fmean(before):.4f} "
+            f"| {statistics.fmean(value for values in runs for value in values):.4f} "
+            f"| {statistics.fmean(abs(c) for changes in run_changes for c in changes):.4f} | {interval} "
+            f"| {mean_std(before)[1]:.4f} "
+            f"| {moved_epochs} of {len(seeds) * len(copies)} |"
         )
     return "\n".join(lines)
 

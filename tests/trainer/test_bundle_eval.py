@@ -184,7 +184,7 @@ def test_the_popularity_command_reports_every_variant_against_the_baseline(tmp_p
     assert main(["popularity", "--compare-dir", str(tmp_path / "cmp"), "--family", "a"]) == 2
     assert "--family applies to a --stored file" in capsys.readouterr().err
     assert main(["popularity", "--stored", str(out_json), "--groups", "3"]) == 2
-    assert "--groups apply to --compare-dir" in capsys.readouterr().err
+    assert "--groups applies to --compare-dir" in capsys.readouterr().err
     assert main(["popularity", "--compare-dir", str(tmp_path / "cmp"), "--k", "0"]) == 2
     assert "--k must be >= 1" in capsys.readouterr().err
 

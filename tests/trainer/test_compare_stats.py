@@ -91,12 +91,15 @@ def test_compare_refuses_repeated_seeds(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def _run_row(label, seed, test, epoch):
+    """A compare row with only what perturbation_table reads."""
+    return {"label": label, "seed": seed, "test_recall@20": test, "best_epoch": epoch}
+
+
 def test_perturbation_table_pairs_seeds_hand_checked():
     from trainer.pipeline import perturbation_table
 
-    def row(label, seed, test, epoch):
-        return {"label": label, "seed": seed, "test_recall@20": test, "best_epoch": epoch}
-
+    row = _run_row
     base = [row("A", 1, 0.30, 10), row("A", 2, 0.32, 12), row("A", 3, 0.34, 14), row("B", 1, 0.5, 5),
             row("only-base", 1, 0.1, 1)]
     perturbed = [row("A", 1, 0.31, 10), row("A", 2, 0.30, 15), row("A", 3, 0.36, 14), row("B", 1, 0.5, 5),
@@ -111,6 +114,32 @@ def test_perturbation_table_pairs_seeds_hand_checked():
     assert cells[6] == "0.0200" and cells[7] == "1 of 3"
     b_cells = [c.strip() for c in lines[3].strip("|").split("|")]
     assert b_cells[4:] == ["0.0000", "+0.0000", "0.0000", "0 of 1"]
+
+
+def test_perturbation_table_averages_several_copies_per_seed_hand_checked():
+    from trainer.pipeline import perturbation_table
+
+    row = _run_row
+    base = [row("A", 1, 0.30, 10), row("A", 2, 0.32, 12), row("A", 3, 0.34, 14), row("A", 4, 0.5, 1),
+            row("B", 1, 0.5, 5)]
+    first = [row("A", 1, 0.31, 10), row("A", 2, 0.30, 15), row("A", 3, 0.36, 14), row("A", 4, 0.6, 1),
+             row("B", 1, 0.5, 5)]
+    second = [row("A", 1, 0.33, 11), row("A", 2, 0.32, 12), row("A", 3, 0.34, 14)]
+    lines = perturbation_table(base, first, second).splitlines()
+    assert len(lines) == 3  # B and A's seed 4 are not in the second copy
+    cells = [c.strip() for c in lines[2].strip("|").split("|")]
+    # run changes (+0.01, +0.03), (-0.02, 0), (+0.02, 0); per-seed means +0.02, -0.01, +0.01: mean +0.006667,
+    # sd 0.015275, t(0.975, 2) = 4.302653 -> half-width 0.037946; perturbed mean (0.32 + 0.31 + 0.35) / 3;
+    # mean abs. change of one run 0.08 / 6; other best epoch: seed 2 of the first copy, seed 1 of the second
+    assert cells == ["A", "1,2,3", "0.3200", "0.3267", "0.0133", "+0.0067 [-0.0313, +0.0446]", "0.0200", "2 of 6"]
+    assert perturbation_table(base, first).splitlines()[3].startswith("| B | 1 |")
+    # a variant that reads nothing perturbed (a control) shows exactly no change, also where the mean of the
+    # copies' equal values would round (fmean([0.1] * 3) != 0.1)
+    control = [row("C", seed, 0.1 * seed, 5) for seed in (1, 2)]
+    lines = perturbation_table(control, control, control, control).splitlines()
+    assert [c.strip() for c in lines[2].strip("|").split("|")][4:6] == ["0.0000", "+0.0000"]
+    with pytest.raises(ValueError, match="at least one set"):
+        perturbation_table(base)
 
 
 def test_paired_interval_hand_checked():
@@ -197,6 +226,27 @@ def test_table_command_with_perturbed_rows_prints_each_metrics_change(tmp_path, 
     assert "--baseline does not apply with --perturbed" in capsys.readouterr().err
     assert main(["table", "--rows", stored, "--family", "main", "--perturbed", stored]) == 2
     assert "name one with --perturbed-family" in capsys.readouterr().err
+    (tmp_path / "second.json").write_text(json.dumps([row("A", 1, 0.75, 0.25), row("A", 2, 0.5, 0.5)]))
+    assert main(["table", "--rows", stored, "--family", "main", "--perturbed", stored, "--perturbed-family",
+                 "shuffled", "--perturbed", str(tmp_path / "second.json"), "--metric", "test_recall@20"]) == 2
+    assert "name one with --perturbed-family" not in (err := capsys.readouterr().err) and "second.json" in err
+    (tmp_path / "second.json").write_text(json.dumps({"shuffled": [row("A", 1, 0.75, 0.25), row("A", 2, 0.5, 0.5)]}))
+    assert main(["table", "--rows", stored, "--family", "main", "--perturbed", stored, "--perturbed-family",
+                 "shuffled", "--perturbed", str(tmp_path / "second.json"), "--metric", "test_recall@20"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("2 perturbed copies: each seed's change is the mean over the copies")
+    # one file holding both copies as families, one --perturbed-family per --perturbed
+    (tmp_path / "both.json").write_text(json.dumps({"a": perturbed, "b": json.loads((tmp_path / "second.json")
+                                                                                    .read_text())["shuffled"]}))
+    both = str(tmp_path / "both.json")
+    assert main(["table", "--rows", stored, "--family", "main", "--perturbed", both, "--perturbed-family", "a",
+                 "--perturbed", both, "--perturbed-family", "b", "--metric", "test_recall@20"]) == 0
+    assert capsys.readouterr().out == printed
+    assert main(["table", "--rows", stored, "--family", "main", "--perturbed", both, "--perturbed", both,
+                 "--perturbed", both, "--perturbed-family", "a", "--perturbed-family", "b"]) == 2
+    assert "--perturbed-family given 2 times for 3 --perturbed files" in capsys.readouterr().err
+    # seed 1: (0.25 + 0.75) / 2 - 0.5 = 0; seed 2: (0.5 + 0.5) / 2 - 0.75 = -0.25
+    assert "| A | 1,2 | 0.6250 | 0.5000 | 0.2500 | -0.1250 [" in printed
     with pytest.raises(SystemExit):  # argparse: not one of the choices
         main(["table", "--rows", stored, "--perturbed", stored, "--metric", "test_mrr"])
     assert "invalid choice: 'test_mrr'" in capsys.readouterr().err
