@@ -8,7 +8,7 @@
 #
 # Environment: SEED (the permutation, default 1; its runs go to OUT/shuffled, other seeds' to OUT/shuffled-seedN),
 # SEEDS (training seeds, default "1 2 3 4 5"), ONLY (labels to train, default "LightGCN SAND-LGS SAND+ID LUDP-item
-# LUDP"; SAND, the paper's model, on request), MAIN_ROWS (the real-feature rows to pair with, default
+# LUDP"; on request also the papers' SAND, KGAT and Multi-KG4Rec), MAIN_ROWS (the real-feature rows to pair with, default
 # OUT/main/compare.json; any compare rows of the same labels and seeds, e.g. a stored docs/results/data/*.json), JOBS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +23,7 @@ if [ "$SEED" = 1 ]; then RUNS=$OUT/shuffled; else RUNS=$OUT/shuffled-seed$SEED; 
 [ -f "$MAIN_ROWS" ] || { echo "no $MAIN_ROWS: run STEPS=main scripts/compare_ml100k.sh first (or set MAIN_ROWS)" >&2; exit 2; }
 declare -A SPEC=(
   [LightGCN]=lightgcn [SAND-LGS]="sand:$C/sand_lightgcn_settings.yaml" [SAND+ID]="sand:$C/sand_idgraph.yaml"
-  [LUDP-item]=ludp_item [LUDP]=ludp [SAND]=sand
+  [LUDP-item]=ludp_item [LUDP]=ludp [SAND]=sand [KGAT]=kgat [Multi-KG4Rec]=multikg4rec
 )
 VARIANT_ARGS=()
 for label in $ONLY; do
