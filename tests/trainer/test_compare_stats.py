@@ -96,6 +96,11 @@ def _run_row(label, seed, test, epoch):
     return {"label": label, "seed": seed, "test_recall@20": test, "best_epoch": epoch}
 
 
+def _cells(line):
+    """The stripped cells of one markdown table row."""
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
 def test_perturbation_table_pairs_seeds_hand_checked():
     from trainer.pipeline import perturbation_table
 
@@ -106,13 +111,13 @@ def test_perturbation_table_pairs_seeds_hand_checked():
                  row("A", 9, 0.9, 9)]
     lines = perturbation_table(base, perturbed).splitlines()
     assert len(lines) == 4  # header, rule, A, B; "only-base" and A's seed 9 have no pair
-    cells = [c.strip() for c in lines[2].strip("|").split("|")]
+    cells = _cells(lines[2])
     # changes +0.01, -0.02, +0.02: mean abs 0.0167, mean +0.00333, sd 0.020817, t(0.975, 2) = 4.302653
     # -> half-width 4.302653 * 0.020817 / sqrt(3) = 0.051713
     assert cells[:5] == ["A", "1,2,3", "0.3200", "0.3233", "0.0167"]
     assert cells[5] == "+0.0033 [-0.0484, +0.0550]"
     assert cells[6] == "0.0200" and cells[7] == "1 of 3"
-    b_cells = [c.strip() for c in lines[3].strip("|").split("|")]
+    b_cells = _cells(lines[3])
     assert b_cells[4:] == ["0.0000", "+0.0000", "0.0000", "0 of 1"]
 
 
@@ -127,7 +132,7 @@ def test_perturbation_table_averages_several_copies_per_seed_hand_checked():
     second = [row("A", 1, 0.33, 11), row("A", 2, 0.32, 12), row("A", 3, 0.34, 14)]
     lines = perturbation_table(base, first, second).splitlines()
     assert len(lines) == 3  # B and A's seed 4 are not in the second copy
-    cells = [c.strip() for c in lines[2].strip("|").split("|")]
+    cells = _cells(lines[2])
     # run changes (+0.01, +0.03), (-0.02, 0), (+0.02, 0); per-seed means +0.02, -0.01, +0.01: mean +0.006667,
     # sd 0.015275, t(0.975, 2) = 4.302653 -> half-width 0.037946; perturbed mean (0.32 + 0.31 + 0.35) / 3;
     # mean abs. change of one run 0.08 / 6; other best epoch: seed 2 of the first copy, seed 1 of the second
@@ -137,7 +142,7 @@ def test_perturbation_table_averages_several_copies_per_seed_hand_checked():
     # copies' equal values would round (fmean([0.1] * 3) != 0.1)
     control = [row("C", seed, 0.1 * seed, 5) for seed in (1, 2)]
     lines = perturbation_table(control, control, control, control).splitlines()
-    assert [c.strip() for c in lines[2].strip("|").split("|")][4:6] == ["0.0000", "+0.0000"]
+    assert _cells(lines[2])[4:6] == ["0.0000", "+0.0000"]
     with pytest.raises(ValueError, match="at least one set"):
         perturbation_table(base)
 
